@@ -1,0 +1,468 @@
+"""CLI verbs that look at, check, convert and export datasets on disk.
+
+``list``, ``info``, ``verify``, ``preview``, ``import-npz`` and ``export-minari``. A dataset is
+named either by id (a benchmark id such as ``walker_walk-medrep`` or a custom name, looked up under
+the dataset root) or by path (a folder holding a ``manifest.json``, or any argument with a ``/``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import LQVError
+
+ROOT_OPTION_HELP = "Dataset root (default: $LQV_D4RL_ROOT, else ~/.lqv_d4rl)."
+
+
+def _friendly_errors(command):
+    """Report the toolkit's own errors as one-line messages instead of tracebacks."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except LQVError as err:
+            raise click.ClickException(str(err)) from None
+
+    return wrapper
+
+
+def _root_option(command):
+    option = click.option(
+        "--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+        help=ROOT_OPTION_HELP,
+    )
+    return option(command)
+
+
+# --------------------------------------------------------------------------------------- list
+
+
+@click.command("list")
+@_root_option
+@click.option("--remote", is_flag=True, help="List the datasets a Hugging Face Hub repo holds.")
+@click.option("--repo-id", default=None,
+              help="Hub repo (default: $LQV_D4RL_HUB_REPO or lqv-d4rl/lqv-d4rl).")
+@click.option("--revision", default=None, help="Hub branch, tag or commit (with --remote).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_friendly_errors
+def list_command(root, remote, repo_id, revision, as_json):
+    """List the 15 benchmark datasets and whether each is on disk, plus custom datasets."""
+    from ..registry import dataset_root
+
+    if remote:
+        rows = _remote_rows(root, repo_id, revision)
+    else:
+        rows = _registry_rows(root) + _custom_rows(root)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if remote:
+        from ..hub import hub_settings
+
+        click.echo(f"Datasets in hub repo {hub_settings(repo_id).repo_id} @ {revision or 'main'}:")
+        if not rows:
+            click.echo("  (none)")
+            return
+        columns = ("dataset_id", "local")
+    else:
+        click.echo(f"Datasets under {dataset_root(root)}:")
+        columns = ("dataset_id", "task", "level", "episodes", "local")
+    click.echo(_text_table(rows, columns))
+
+
+def _registry_rows(root) -> list[dict]:
+    from ..registry import DATASET_IDS, dataset_path, get_recipe
+
+    rows = []
+    for dataset_id in DATASET_IDS:
+        recipe = get_recipe(dataset_id)
+        rows.append(
+            {
+                "dataset_id": dataset_id,
+                "task": recipe.task,
+                "level": recipe.level,
+                "episodes": recipe.episodes,
+                "local": local_status(dataset_path(dataset_id, root)),
+                "custom": False,
+            }
+        )
+    return rows
+
+
+def _custom_rows(root) -> list[dict]:
+    """Datasets in the root that are not benchmark ids (imported or self-made ones)."""
+    from ..format import read_manifest
+    from ..registry import DATASET_IDS, dataset_root
+
+    folder = dataset_root(root)
+    if not folder.is_dir():
+        return []
+    rows = []
+    for candidate in sorted(folder.iterdir()):
+        # Hidden folders are work in progress (e.g. a download's staging folder), not datasets.
+        hidden = candidate.name.startswith(".")
+        if hidden or candidate.name in DATASET_IDS or not (candidate / "manifest.json").is_file():
+            continue
+        try:
+            manifest = read_manifest(candidate)
+        except LQVError:
+            manifest = {}
+        rows.append(
+            {
+                "dataset_id": candidate.name,
+                "task": manifest.get("task", "?"),
+                "level": manifest.get("level", "?"),
+                "episodes": manifest.get("num_episodes", "?"),
+                "local": local_status(candidate),
+                "custom": True,
+            }
+        )
+    return rows
+
+
+def _remote_rows(root, repo_id, revision) -> list[dict]:
+    from ..hub import list_remote_datasets
+    from ..registry import dataset_path
+
+    rows = []
+    for dataset_id in list_remote_datasets(repo_id=repo_id, revision=revision):
+        try:
+            status = local_status(dataset_path(dataset_id, root))
+        except LQVError:  # a repo folder whose name is no valid dataset id
+            status = "-"
+        rows.append({"dataset_id": dataset_id, "local": status})
+    return rows
+
+
+def local_status(folder: Path) -> str:
+    """One word or phrase on a dataset folder: missing, complete, incomplete (k episodes), damaged.
+
+    Cheap: reads the manifest and checks that each shard exists with its recorded size; the
+    checksums are ``verify``'s job.
+    """
+    from ..format import read_manifest
+
+    if not folder.is_dir():
+        return "missing"
+    if not (folder / "manifest.json").is_file():
+        return "damaged (no manifest.json)"
+    try:
+        manifest = read_manifest(folder)
+    except LQVError:
+        return "damaged (unreadable manifest)"
+    for shard in manifest.get("shards", []):
+        path = folder / shard["file"]
+        if not path.is_file():
+            return f"damaged ({shard['file']} missing)"
+        if "bytes" in shard and path.stat().st_size != shard["bytes"]:
+            return f"damaged ({shard['file']} has the wrong size)"
+    if not manifest.get("complete", False):
+        return f"incomplete ({manifest.get('num_episodes', 0)} episodes so far)"
+    return "complete"
+
+
+def _text_table(rows: list[dict], columns) -> str:
+    lines = [list(columns)] + [[str(row[column]) for column in columns] for row in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+        for line in lines
+    )
+
+
+# --------------------------------------------------------------------------------------- info
+
+
+@click.command("info")
+@click.argument("dataset")
+@_root_option
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_friendly_errors
+def info_command(dataset, root, as_json):
+    """Return statistics (Table-3 style), policies, size and provenance of DATASET (id or path)."""
+    from ..dataset import resolve_dataset_folder
+
+    folder = resolve_dataset_folder(dataset, root)
+    report = dataset_report(folder)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(format_dataset_report(report))
+
+
+def dataset_report(folder: Path) -> dict:
+    """Everything ``info`` shows about the dataset in ``folder``, as a JSON-able dict."""
+    from ..dataset import load_dataset
+    from ..format import read_manifest
+    from ..registry import DATASET_IDS, get_recipe
+    from ..stats import return_statistics, summarize_policies
+
+    manifest = read_manifest(folder)
+    data = load_dataset(folder, lazy=True, verify=False, allow_partial=True)
+    dataset_id = manifest.get("dataset_id", folder.name)
+    paper = None
+    if dataset_id in DATASET_IDS:
+        recipe = get_recipe(dataset_id)
+        paper = {"episodes": recipe.episodes, **recipe.paper_returns}
+    provenance = manifest.get("provenance", {})
+    return {
+        "dataset_id": dataset_id,
+        "folder": str(folder),
+        "task": manifest.get("task", data.task),
+        "level": manifest.get("level"),
+        "complete": bool(manifest.get("complete", False)),
+        "num_episodes": len(data),
+        "num_steps": int(data.num_steps),
+        "returns": return_statistics(data.returns),
+        "paper_returns": paper,
+        "policies": summarize_policies(data.policy_ids, data.returns, data.policy_steps),
+        "bytes_on_disk": _bytes_on_disk(folder),
+        "bytes_in_memory": _bytes_in_memory(manifest, int(data.num_steps)),
+        "provenance": {
+            "distractor": provenance.get("distractor"),
+            "seed": provenance.get("seed"),
+            "code_version": provenance.get("code_version"),
+            "created": provenance.get("created"),
+            "source": provenance.get("source"),
+        },
+    }
+
+
+def format_dataset_report(report: dict) -> str:
+    """The text ``info`` prints for a :func:`dataset_report`."""
+    from ..stats import format_bytes, format_policy_summary, format_statistics_table
+
+    rows = [(report["dataset_id"], report["returns"])]
+    if report["paper_returns"] is not None:
+        rows.append(("paper (Table 3)", report["paper_returns"]))
+    episodes = report["num_episodes"]
+    provenance = report["provenance"]
+    lines = [
+        f"{report['dataset_id']}  (task {report['task']}, level {report['level']}"
+        f"{'' if report['complete'] else ', INCOMPLETE'})",
+        f"folder: {report['folder']}",
+        "",
+        "Episodic return:",
+        format_statistics_table(rows),
+        "",
+        f"steps: {report['num_steps']} entries in {episodes} episodes "
+        f"({report['num_steps'] - episodes} agent steps)",
+        f"size: {format_bytes(report['bytes_on_disk'])} on disk, "
+        f"{format_bytes(report['bytes_in_memory'])} in RAM (uncompressed)",
+        "",
+        f"Policies: {len(report['policies'])}",
+        format_policy_summary(report["policies"]),
+        "",
+        "Provenance:",
+        f"  distractor:   {_describe_distractor(provenance['distractor'])}",
+        f"  seed:         {_or_unknown(provenance['seed'])}",
+        f"  code version: {_or_unknown(provenance['code_version'])}",
+        f"  created:      {_or_unknown(provenance['created'])}",
+    ]
+    if provenance.get("source"):
+        lines.append(f"  source:       {provenance['source']}")
+    return "\n".join(lines)
+
+
+def _describe_distractor(description) -> str:
+    if not description:
+        return "unknown"
+    if not isinstance(description, dict):
+        return str(description)
+    kind = description.get("kind", "?")
+    details = ", ".join(f"{key}={value}" for key, value in description.items() if key != "kind")
+    return f"{kind} ({details})" if details else str(kind)
+
+
+def _or_unknown(value) -> str:
+    return "unknown" if value is None else str(value)
+
+
+def _bytes_on_disk(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
+
+
+def _bytes_in_memory(manifest: dict, num_steps: int) -> int:
+    """Bytes of the step arrays once loaded: uint8 images, float32 action/reward/discount, flags."""
+    spaces = manifest.get("spaces", {})
+    image_values = 1
+    for size in spaces.get("image", {}).get("shape", (64, 64, 3)):
+        image_values *= int(size)
+    action_dim = 1
+    for size in spaces.get("action", {}).get("shape", (1,)):
+        action_dim *= int(size)
+    per_step = image_values + 4 * action_dim + 4 + 4 + 3
+    return per_step * num_steps
+
+
+# ------------------------------------------------------------------------------------- verify
+
+
+@click.command("verify")
+@click.argument("dataset")
+@_root_option
+@click.option("--require-complete", is_flag=True,
+              help="Count an unfinished (incomplete) dataset as bad too.")
+@_friendly_errors
+def verify_command(dataset, root, require_complete):
+    """Check DATASET's checksums and schema; exit code 1 names each bad file."""
+    from ..dataset import resolve_dataset_folder
+    from ..format import read_manifest, verify_dataset
+
+    folder = resolve_dataset_folder(dataset, root)
+    problems = verify_dataset(folder, require_complete=require_complete)
+    if problems:
+        for problem in problems:
+            click.echo(f"BAD  {problem}")
+        click.echo(f"{folder}: {len(problems)} problem(s) found", err=True)
+        raise click.exceptions.Exit(1)
+    manifest = read_manifest(folder)
+    unfinished = "" if manifest.get("complete") else " (INCOMPLETE: not finished writing)"
+    click.echo(
+        f"OK   {folder}: {len(manifest.get('shards', []))} shard(s), "
+        f"{manifest.get('num_episodes', 0)} episodes; checksums and schema verified{unfinished}"
+    )
+
+
+# ------------------------------------------------------------------------------------ preview
+
+
+@click.command("preview")
+@click.argument("dataset")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file: .gif (animation) or .png (contact sheet, one row per episode).")
+@click.option("--episodes", default="0", show_default=True,
+              help="Comma-separated episode indices, e.g. 0,3.")
+@click.option("--frames", type=click.IntRange(min=1), default=None,
+              help="Frames per episode (default: all for a GIF, 10 for a PNG).")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Take every K-th frame.")
+@click.option("--fps", type=click.IntRange(min=1), default=15, show_default=True)
+@click.option("--scale", type=click.IntRange(min=1), default=2, show_default=True)
+@_root_option
+@_friendly_errors
+def preview_command(dataset, out, episodes, frames, every, fps, scale, root):
+    """Write a GIF or PNG contact sheet of DATASET's episodes."""
+    import numpy as np
+
+    from ..dataset import load_dataset, resolve_dataset_folder
+    from ..images import save_preview
+
+    suffix = out.suffix.lower()
+    if suffix not in (".gif", ".png"):
+        raise click.BadParameter("the file must end in .gif or .png", param_hint="--out")
+    folder = resolve_dataset_folder(dataset, root)
+    data = load_dataset(folder, lazy=True, verify=False, allow_partial=True)
+    indices = _parse_episode_indices(episodes, len(data))
+    if frames is None:
+        frames = 10 if suffix == ".png" else None
+    clips = [_episode_frames(data, index, every, frames) for index in indices]
+    same_length = len({len(clip) for clip in clips}) == 1
+    columns = len(clips[0]) if suffix == ".png" and same_length else None
+    path = save_preview(np.concatenate(clips), out, fps=fps, columns=columns, scale=scale)
+    total = sum(len(clip) for clip in clips)
+    click.echo(f"Wrote {path} ({total} frames of episode(s) {', '.join(map(str, indices))})")
+
+
+def _parse_episode_indices(text: str, num_episodes: int) -> list[int]:
+    try:
+        indices = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers",
+                                 param_hint="--episodes") from None
+    if not indices:
+        raise click.BadParameter("give at least one episode index", param_hint="--episodes")
+    bad = [index for index in indices if not 0 <= index < num_episodes]
+    if bad:
+        raise click.BadParameter(
+            f"episode(s) {', '.join(map(str, bad))} out of range: the dataset has {num_episodes} "
+            f"episodes (0..{num_episodes - 1})",
+            param_hint="--episodes",
+        )
+    return indices
+
+
+def _episode_frames(data, index: int, every: int, frames: int | None):
+    import numpy as np
+
+    start = int(data.episode_starts[index])
+    stop = start + int(data.episode_lengths[index])
+    clip = np.asarray(data.images[start:stop])[::every]
+    return clip if frames is None else clip[:frames]
+
+
+# --------------------------------------------------------------------------------- import-npz
+
+
+@click.command("import-npz")
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--id", "dataset_id", required=True,
+              help="Dataset id to create: a benchmark id (walker_walk-medrep) or a custom name.")
+@click.option("--task", default=None, help="Task of a custom id (benchmark ids imply it).")
+@click.option("--level", default=None, help="Level of a custom id (default: custom).")
+@_root_option
+@click.option("--policy-map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None,
+              help="CSV (pattern,policy_id[,policy_step]) or JSON: file names or globs -> policy.")
+@click.option("--policy-id", default=None,
+              help="Policy id of the files the map does not name (no map: all; default unknown).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset of that id.")
+@click.option("--resume", is_flag=True, help="Continue an import that stopped half-way.")
+@_friendly_errors
+def import_npz_command(source, dataset_id, task, level, root, policy_map, policy_id, overwrite,
+                       resume):
+    """Import one-episode .npz files (DreamerV2 / V-D4RL layout) from SOURCE as a dataset."""
+    from ..format import read_manifest
+    from ..npz_import import import_npz_dir
+
+    if overwrite and resume:
+        raise click.UsageError("pass --overwrite or --resume, not both")
+    folder = import_npz_dir(
+        source, dataset_id, task=task, level=level, root=root, policy_map=policy_map,
+        policy_id=policy_id, overwrite=overwrite, resume=resume,
+    )
+    manifest = read_manifest(folder)
+    click.echo(
+        f"Imported {manifest['num_episodes']} episodes ({manifest['num_steps']} steps) "
+        f"into {folder}"
+    )
+
+
+# ------------------------------------------------------------------------------ export-minari
+
+
+@click.command("export-minari")
+@click.argument("dataset")
+@click.option("--name", required=True,
+              help="Minari id '[namespace/]name-v<version>', e.g. lqv-d4rl/walker_walk-medrep-v0.")
+@click.option("--minari-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Minari dataset root (default: $MINARI_DATASETS_PATH, else ~/.minari/datasets).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing Minari dataset of that name.")
+@_root_option
+@_friendly_errors
+def export_minari_command(dataset, name, minari_root, overwrite, root):
+    """Export DATASET so that minari.load_dataset(NAME) loads it (needs the minari package)."""
+    from ..dataset import resolve_dataset_folder
+    from ..minari_export import export_to_minari
+
+    folder = resolve_dataset_folder(dataset, root)
+    target = export_to_minari(folder, name, minari_root=minari_root, overwrite=overwrite)
+    hint = ""
+    if minari_root is not None:
+        hint = f" (with MINARI_DATASETS_PATH={Path(minari_root).resolve()})"
+    click.echo(f"Exported to {target}; load it with minari.load_dataset({name!r}){hint}")
+
+
+COMMANDS = [
+    list_command,
+    info_command,
+    verify_command,
+    preview_command,
+    import_npz_command,
+    export_minari_command,
+]

@@ -1,0 +1,91 @@
+"""Optimizer wrapper, mixed precision helpers and parameter counting.
+
+``precision`` is one of ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``. Mixed precision is
+used only on CUDA (``torch.autocast``); on CPU every precision runs in float32, so the same config
+runs everywhere. ``"float16"`` also scales the loss with a ``GradScaler`` (SeMOPO trained in fp16);
+``"bfloat16"`` needs no scaling.
+"""
+
+import contextlib
+
+import torch
+
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_precision(precision):
+    """Raise a ValueError for an unknown precision name."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}")
+
+
+def uses_autocast(device, precision):
+    """True if computations on ``device`` should run under autocast for this ``precision``."""
+    check_precision(precision)
+    return torch.device(device).type == "cuda" and PRECISIONS[precision] is not None
+
+
+def autocast(device, precision="float32"):
+    """A context manager: ``torch.autocast`` on CUDA with a mixed precision, else a no-op."""
+    if not uses_autocast(device, precision):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=PRECISIONS[precision])
+
+
+def count_parameters(module, trainable_only=True):
+    """Number of (trainable) parameters of a module."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+class Optimizer:
+    """Adam with gradient clipping and optional fp16 loss scaling, for one group of parameters.
+
+    ``step(loss)`` zeroes the gradients, backpropagates into *these parameters only* (so an actor
+    loss that flows through the world model leaves the world model's ``.grad`` untouched), clips
+    the global gradient norm to ``clip`` and updates.
+
+    Args:
+        name: used as a prefix of the returned metrics, e.g. ``"model"``.
+        parameters: an iterable of parameters (or a module).
+        lr, eps, weight_decay: Adam settings (DreamerV2: eps 1e-5; Dreamer-v1 / TIA: 1e-7).
+        clip: global gradient-norm clip (100 in all four algorithms); ``None`` disables it.
+        precision: mixed precision name; ``"float16"`` on CUDA enables a GradScaler.
+        device: where the parameters live (decides whether loss scaling is active).
+    """
+
+    def __init__(self, name, parameters, lr, eps=1e-5, clip=100.0, weight_decay=0.0,
+                 precision="float32", device="cpu"):
+        if isinstance(parameters, torch.nn.Module):
+            parameters = parameters.parameters()
+        self.name = name
+        self.parameters = [p for p in parameters if p.requires_grad]
+        if not self.parameters:
+            raise ValueError(f"optimizer {name!r} got no trainable parameters")
+        self.clip = clip
+        self.optimizer = torch.optim.Adam(self.parameters, lr=lr, eps=eps, weight_decay=weight_decay)
+        scaling = uses_autocast(device, precision) and precision == "float16"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=scaling)
+
+    def step(self, loss, retain_graph=False):
+        """Update the parameters from ``loss``; returns ``{name_loss, name_grad_norm}`` (tensors)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward(inputs=self.parameters, retain_graph=retain_graph)
+        self.scaler.unscale_(self.optimizer)
+        if self.clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.clip)
+        else:
+            norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(p.grad) for p in self.parameters if p.grad is not None])
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {f"{self.name}_loss": loss.detach(), f"{self.name}_grad_norm": norm.detach()}
+
+    def state_dict(self):
+        """Optimizer and scaler state, for checkpoints."""
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state):
+        """Restore what :meth:`state_dict` returned."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])

@@ -1,0 +1,152 @@
+"""A single-branch DreamerV2 world model: encoder, RSSM, image decoder and reward head.
+
+This is Offline DV2's model (with ``ensemble=7``) and the template that SeMOPO and TIA extend with a
+second branch (see :mod:`lqv_d4rl.networks.mask`). Its loss is the negative ELBO of DreamerV2::
+
+    loss = kl_scale * KLbalanced(post, prior) - image_scale * log p(o_t | s_t) - reward_scale * log p(r_t | s_t)
+
+averaged over batch and time. A batch is a dict of ``(B, T, ...)`` arrays or tensors with the keys
+``image`` (uint8, channels last), ``action``, ``reward`` and ``is_first`` (the sampler's output).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from lqv_d4rl.networks.conv import ConvDecoder, ConvEncoder, preprocess_image
+from lqv_d4rl.networks.distributions import image_log_likelihood
+from lqv_d4rl.networks.heads import DenseHead
+from lqv_d4rl.networks.losses import kl_balanced
+from lqv_d4rl.networks.optim import Optimizer, autocast
+from lqv_d4rl.networks.rssm import RSSM, detach_states
+
+BATCH_KEYS = ("image", "action", "reward", "is_first")
+
+
+@dataclass
+class WorldModelConfig:
+    """Settings of :class:`WorldModel`; defaults are the DreamerV2 / SeMOPO sizes.
+
+    Attributes:
+        depth: CNN channel multiplier (48 SeMOPO, 32 DreamerV2, 26 TIA).
+        deter, stoch, classes, hidden: RSSM sizes; ``classes=None`` gives a Gaussian latent of
+            ``stoch`` units (TIA: stoch 30), else ``stoch`` groups of ``classes`` (32 x 32).
+        ensemble: prior heads (7 for Offline DV2 / SeMOPO / LOMPO, 1 otherwise).
+        ensemble_kl: ``"sampled"`` trains the head drawn at each step (one head per step, as the
+            published ensemble RSSMs draw it), ``"all"`` averages the KL over all heads.
+        units, reward_layers: reward MLP (4 x 400).
+        reward_stop_grad: the reward head sees stop-gradient features (SeMOPO).
+        kl_balance, free_nats, free_average: see :func:`lqv_d4rl.networks.losses.kl_balanced`.
+        kl_scale, image_scale, reward_scale: loss weights.
+        lr, eps, clip: Adam settings (model lr 3e-4 in the released SeMOPO config, 6e-5 in its paper).
+        precision: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (mixed precision on CUDA only).
+        seed: seeds the ensemble-head generator (``None``: global torch RNG).
+    """
+
+    depth: int = 48
+    deter: int = 200
+    stoch: int = 32
+    classes: int | None = 32
+    hidden: int = 200
+    ensemble: int = 1
+    ensemble_kl: str = "sampled"
+    units: int = 400
+    reward_layers: int = 4
+    reward_stop_grad: bool = False
+    kl_balance: float = 0.8
+    free_nats: float = 1.0
+    free_average: bool = True
+    kl_scale: float = 1.0
+    image_scale: float = 1.0
+    reward_scale: float = 1.0
+    lr: float = 3e-4
+    eps: float = 1e-5
+    clip: float = 100.0
+    precision: str = "float32"
+    seed: int | None = None
+
+
+class WorldModel(nn.Module):
+    """Encoder + RSSM + image decoder + reward head, trained on sequences of the offline dataset.
+
+    Args:
+        action_dim: size of the action vector.
+        config: a :class:`WorldModelConfig`.
+        device: where the networks live.
+    """
+
+    def __init__(self, action_dim, config=None, device="cpu"):
+        super().__init__()
+        cfg = self.config = config or WorldModelConfig()
+        if cfg.ensemble_kl not in ("sampled", "all"):
+            raise ValueError(f"ensemble_kl must be 'sampled' or 'all', got {cfg.ensemble_kl!r}")
+        self.device = torch.device(device)
+        self.encoder = ConvEncoder(cfg.depth)
+        self.rssm = RSSM(self.encoder.output_dim, action_dim, cfg.deter, cfg.stoch, cfg.classes,
+                         cfg.hidden, cfg.ensemble, seed=cfg.seed)
+        self.decoder = ConvDecoder(self.rssm.feature_dim, cfg.depth)
+        self.reward_head = DenseHead(self.rssm.feature_dim, (), "normal", cfg.reward_layers, cfg.units)
+        self.to(self.device)
+        self.optimizer = Optimizer("model", self, cfg.lr, cfg.eps, cfg.clip,
+                                   precision=cfg.precision, device=self.device)
+
+    def to_tensors(self, batch):
+        """Move the batch keys the model needs onto its device (images stay uint8)."""
+        missing = [key for key in BATCH_KEYS if key not in batch]
+        if missing:
+            raise KeyError(f"world-model batch lacks {missing}; it needs {list(BATCH_KEYS)}")
+        tensors = {}
+        for key in BATCH_KEYS:
+            value = batch[key]
+            value = torch.from_numpy(np.asarray(value)) if not torch.is_tensor(value) else value
+            tensors[key] = value.to(self.device, non_blocking=True)
+        tensors["action"] = tensors["action"].float()
+        tensors["reward"] = tensors["reward"].float()
+        tensors["is_first"] = tensors["is_first"].bool()
+        return tensors
+
+    def observe(self, batch, state=None):
+        """Posterior and prior states ``(B, T, ...)`` of a batch (no loss)."""
+        data = self.to_tensors(batch)
+        return self.rssm.observe(self.encoder(data["image"]), data["action"], data["is_first"], state)
+
+    def loss(self, batch, state=None):
+        """Negative ELBO of a batch; returns ``(loss, posterior, metrics)``."""
+        cfg = self.config
+        data = self.to_tensors(batch)
+        embed = self.encoder(data["image"])
+        post, prior = self.rssm.observe(embed, data["action"], data["is_first"], state)
+        if cfg.ensemble_kl == "all" and cfg.ensemble > 1:
+            prior = self.rssm.head_stats(post["deter"])
+        kl_loss, kl = kl_balanced(post, prior, cfg.kl_balance, cfg.free_nats, cfg.free_average)
+        features = self.rssm.features(post)
+        image_ll = image_log_likelihood(self.decoder(features), preprocess_image(data["image"])).mean()
+        reward_input = features.detach() if cfg.reward_stop_grad else features
+        reward_ll = self.reward_head(reward_input).log_prob(data["reward"]).mean()
+        loss = cfg.kl_scale * kl_loss - cfg.image_scale * image_ll - cfg.reward_scale * reward_ll
+        metrics = {"kl": kl.mean(), "image_log_prob": image_ll.detach(), "reward_log_prob": reward_ll.detach()}
+        return loss, post, metrics
+
+    def train_step(self, batch, state=None):
+        """One model update; returns ``(posterior, metrics)`` with the posterior detached.
+
+        (Named ``train_step`` because ``nn.Module.train`` switches training mode.)
+        """
+        with autocast(self.device, self.config.precision):
+            loss, post, metrics = self.loss(batch, state)
+        metrics.update(self.optimizer.step(loss))
+        return detach_states(post), metrics
+
+    def imagine(self, policy, start, horizon, head=None):
+        """Imagined rollout from ``start`` states; see :meth:`RSSM.imagine`."""
+        return self.rssm.imagine(policy, start, horizon, head)
+
+    def reward(self, imagination):
+        """Predicted rewards ``(H, N)`` of the imagined transitions (reward head at states 1..H)."""
+        return self.reward_head(imagination.features[1:]).mean
+
+    def decode(self, state):
+        """Image means ``(..., 64, 64, 3)`` of latent states, in normalized pixel space."""
+        return self.decoder(self.rssm.features(state))

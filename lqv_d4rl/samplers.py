@@ -1,0 +1,606 @@
+"""Samplers that draw training batches from a dataset without ever crossing an episode boundary.
+
+A sampler works on any object with the flat-array attributes of :class:`lqv_d4rl.dataset.Dataset`:
+``images, actions, rewards, discounts, is_first, is_last, is_terminal`` (first axis = all steps of
+all episodes, back to back) and ``episode_starts, episode_lengths, returns, policy_ids,
+policy_steps`` (one entry per episode). Episode ``e`` occupies rows
+``episode_starts[e] : episode_starts[e] + episode_lengths[e]``; every window a sampler draws lies
+inside one such range.
+
+Sequence samplers (world models: SeMOPO, Offline DV2, LOMPO) return windows of ``seq_len`` entries::
+
+    sampler = make_sequence_sampler(dataset, mode="conservative", batch_size=64, seq_len=50, seed=0)
+    batch = sampler.sample()     # batch["image"]: (64, 50, 64, 64, 3) uint8, ...
+
+Three modes:
+
+``random``
+    Uniform over all valid windows: every (episode, start) pair with ``start + seq_len <= length``
+    is equally likely, so an episode is drawn with probability proportional to its number of
+    windows. With equal-length episodes this is exactly DreamerV2's replay (episode uniform, then
+    start uniform); with unequal lengths it does not over-sample the steps of short episodes.
+``conservative``
+    SeMOPO's conservative sampling (paper Sec. 3.3): behaviour policies are put in order (see
+    :func:`order_policies`); training epoch ``m`` (1-based, ``epoch_length`` batches each) draws
+    every batch from the trajectories of ONE policy, chosen uniformly among the first
+    ``min(m, n)`` policies; from epoch ``n + 1`` on, batches are drawn uniformly from the whole
+    dataset, as in ``random``.
+``return_curriculum``
+    The rule of SeMOPO's released code: episodes sorted by return (ascending); each sequence comes
+    from an episode drawn uniformly from the lowest-return prefix, then a uniform start in it. The
+    prefix grows from ``initial_episodes`` (10) episodes to all of them over ``curriculum_steps``
+    (25,000) batches, updated every ``update_every`` (100) batches.
+
+Sequence batches are large (39 MB of images for 64 x 50), and faulting fresh memory in costs as
+much as filling it; so by default a sampler refills the arrays of an earlier batch once nothing
+outside it refers to them any more (:class:`BatchRecycler`; ``recycle=False`` turns this off), and
+``sample(out=sampler.empty_batch())`` fills a batch of your own in place.
+
+:class:`TransitionSampler` serves model-free algorithms (DrQ+BC, CQL, BC) with frame-stacked
+transitions, and :func:`action_entropy` measures how varied the sampled actions are (the effect of
+conservative sampling in the paper's Fig. 6).
+"""
+
+import inspect
+import math
+import sys
+from collections.abc import Mapping
+
+import numpy as np
+
+from lqv_d4rl.errors import LQVError
+
+# batch key -> Dataset attribute holding that key's flat array
+STEP_ARRAYS = {
+    "image": "images",
+    "action": "actions",
+    "reward": "rewards",
+    "discount": "discounts",
+    "is_first": "is_first",
+    "is_last": "is_last",
+    "is_terminal": "is_terminal",
+}
+EPISODE_ARRAYS = ("episode_starts", "episode_lengths", "returns", "policy_ids", "policy_steps")
+
+# Arrays whose rows are smaller than this are gathered with one fancy-indexing call; larger rows
+# (images) are copied window by window, which reads contiguous memory and works on lazy arrays.
+_FANCY_INDEX_MAX_ROW_BYTES = 1024
+
+
+class SamplerError(LQVError, ValueError):
+    """A sampler cannot be built or used as asked (bad mode, option, or too-short episodes)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Windows: which (episode, start) pairs are valid, and drawing them uniformly
+# ----------------------------------------------------------------------------------------------
+
+
+class WindowTable:
+    """The valid windows of a set of episodes, with uniform draws over all of them.
+
+    ``episodes[i]`` has ``num_windows[i]`` windows, starting at offsets ``0 .. num_windows[i]-1``.
+    """
+
+    def __init__(self, episodes, num_windows):
+        self.episodes = np.asarray(episodes, dtype=np.int64)
+        self.num_windows = np.asarray(num_windows, dtype=np.int64)
+        self.cumulative = np.cumsum(self.num_windows)
+
+    @classmethod
+    def for_length(cls, episode_lengths, seq_len, episodes=None):
+        """Windows of ``seq_len`` entries in ``episodes`` (default: all); short episodes are left out."""
+        lengths = np.asarray(episode_lengths, dtype=np.int64)
+        if episodes is None:
+            episodes = np.arange(len(lengths))
+        episodes = np.asarray(episodes, dtype=np.int64)
+        long_enough = episodes[lengths[episodes] >= seq_len]
+        return cls(long_enough, lengths[long_enough] - seq_len + 1)
+
+    @property
+    def total(self):
+        """Number of windows in the table."""
+        return int(self.cumulative[-1]) if len(self.cumulative) else 0
+
+    def draw(self, rng, size):
+        """Draw ``size`` windows uniformly (with replacement); returns (episodes, starts)."""
+        flat = rng.integers(0, self.total, size=size)
+        position = np.searchsorted(self.cumulative, flat, side="right")
+        before = np.where(position > 0, self.cumulative[position - 1], 0)
+        return self.episodes[position], flat - before
+
+
+def eligible_episodes(dataset, seq_len):
+    """Indices of the episodes with at least ``seq_len`` entries, or a SamplerError if there are none."""
+    lengths = np.asarray(dataset.episode_lengths, dtype=np.int64)
+    episodes = np.flatnonzero(lengths >= seq_len)
+    if len(episodes) == 0:
+        longest = int(lengths.max()) if len(lengths) else 0
+        raise SamplerError(
+            f"no episode has at least seq_len={seq_len} entries (the dataset has {len(lengths)} "
+            f"episodes, the longest has {longest}); choose seq_len <= {longest}"
+        )
+    return episodes
+
+
+def check_dataset(dataset):
+    """Raise a SamplerError naming the attributes a dataset-like object lacks."""
+    required = list(STEP_ARRAYS.values()) + list(EPISODE_ARRAYS)
+    missing = [name for name in required if not hasattr(dataset, name)]
+    if missing:
+        raise SamplerError(
+            f"{type(dataset).__name__} lacks {', '.join(missing)}; samplers need an "
+            "lqv_d4rl.Dataset (see load_dataset) or an object with the same flat arrays"
+        )
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise SamplerError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gathering windows into a batch
+# ----------------------------------------------------------------------------------------------
+
+
+def _gather_windows(array, first_rows, length, out=None):
+    """Stack ``array[r : r + length]`` for every r in ``first_rows`` into one (B, length, ...) array.
+
+    Fills and returns ``out`` when given, else a new array.
+    """
+    if isinstance(array, np.ndarray):
+        row_bytes = array.itemsize * math.prod(array.shape[1:])
+        if row_bytes <= _FANCY_INDEX_MAX_ROW_BYTES:
+            rows = first_rows[:, None] + np.arange(length)
+            return array[rows] if out is None else np.take(array, rows, axis=0, out=out)
+    done = 0
+    if out is None:  # shape and dtype from the first window (works for lazy array-likes too)
+        first = np.asarray(array[first_rows[0] : first_rows[0] + length])
+        out = np.empty((len(first_rows),) + first.shape, dtype=first.dtype)
+        out[0] = first
+        done = 1
+    for i in range(done, len(first_rows)):
+        out[i] = array[first_rows[i] : first_rows[i] + length]
+    return out
+
+
+def gather_sequences(dataset, episodes, starts, seq_len, out=None):
+    """The batch of windows (episode ``episodes[i]``, offset ``starts[i]``, ``seq_len`` entries).
+
+    Returns a dict with the step keys, each (B, seq_len, ...), plus ``episode`` and ``start`` (B,).
+    With ``out`` (a dict like :meth:`SequenceSampler.empty_batch` makes) the arrays are filled in
+    place and ``out`` is returned.
+    """
+    episodes = np.asarray(episodes, dtype=np.int64)
+    starts = np.asarray(starts, dtype=np.int64)
+    first_rows = np.asarray(dataset.episode_starts, dtype=np.int64)[episodes] + starts
+    batch = {} if out is None else out
+    for key, attribute in STEP_ARRAYS.items():
+        target = None if out is None else out[key]
+        batch[key] = _gather_windows(getattr(dataset, attribute), first_rows, seq_len, target)
+    if out is None:
+        batch["episode"], batch["start"] = episodes, starts
+    else:
+        out["episode"][...], out["start"][...] = episodes, starts
+    return batch
+
+
+def _reference_counts(arrays):
+    return [sys.getrefcount(array) for array in arrays]
+
+
+# What _reference_counts reports for an array that only one dict refers to (measured, not assumed,
+# because the count includes the interpreter's own temporary references).
+_HELD_BY_ONE_DICT = _reference_counts({"probe": np.empty(0)}.values())[0]
+
+
+class BatchRecycler:
+    """Hands out batch arrays, reusing those of earlier batches that nobody uses any more.
+
+    Faulting a fresh 64x50 image batch (39 MB) into memory costs about as much as filling it, so
+    reusing memory nearly doubles sampling throughput. A batch is reused only when the reference
+    counts of all its arrays show that this recycler holds the only reference: a batch you keep,
+    or any view, slice or ``torch.from_numpy`` tensor of one of its arrays, is never overwritten.
+    The ``slots`` most recently allocated batches are candidates for reuse.
+    """
+
+    def __init__(self, make_batch, slots=2):
+        self._make_batch = make_batch
+        self._slots = slots
+        self._batches = []
+
+    def get(self):
+        """A batch dict to fill: recycled when one is free, else newly allocated."""
+        for batch in self._batches:
+            if max(_reference_counts(batch.values())) <= _HELD_BY_ONE_DICT:
+                return dict(batch)  # the caller gets its own dict; ours stays as it is
+        batch = self._make_batch()
+        self._batches.append(batch)
+        if len(self._batches) > self._slots:
+            self._batches.pop(0)  # forget the oldest (still in use) batch: it is the caller's now
+        return dict(batch)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sequence samplers
+# ----------------------------------------------------------------------------------------------
+
+
+class SequenceSampler:
+    """Uniform sequence sampler (mode ``random``): every valid window is equally likely.
+
+    ``sample()`` returns a dict of numpy arrays: ``image`` (B,T,64,64,3) uint8, ``action`` (B,T,A)
+    float32, ``reward``/``discount`` (B,T) float32, ``is_first``/``is_last``/``is_terminal`` (B,T)
+    bool, ``episode`` (B,) episode index in the dataset and ``start`` (B,) offset in the episode.
+    Episodes shorter than ``seq_len`` are never sampled. ``step`` counts the batches drawn so far.
+    The sampler is iterable (an endless stream of batches). With ``recycle=True`` the arrays of
+    batches you no longer reference are reused (see :class:`BatchRecycler`).
+    """
+
+    mode = "random"
+
+    def __init__(self, dataset, *, batch_size=64, seq_len=50, seed=0, recycle=True):
+        check_dataset(dataset)
+        self.dataset = dataset
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.seq_len = _check_positive_int("seq_len", seq_len)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.step = 0
+        self.episodes = eligible_episodes(dataset, self.seq_len)
+        self.windows = WindowTable.for_length(dataset.episode_lengths, self.seq_len, self.episodes)
+        self.recycler = BatchRecycler(self.empty_batch) if recycle else None
+
+    def choose_windows(self):
+        """Pick the next batch's windows and advance ``step``; returns (episodes, starts), each (B,)."""
+        episodes, starts = self._choose()
+        self.step += 1
+        return episodes, starts
+
+    def _choose(self):
+        return self.windows.draw(self.rng, self.batch_size)
+
+    def set_step(self, step):
+        """Set the number of batches counted as drawn (curriculum modes read their state from it)."""
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise SamplerError(f"step must be a non-negative integer, got {step!r}")
+        self.step = int(step)
+
+    def sample(self, out=None):
+        """Draw the next batch (see the class docstring for its keys and shapes).
+
+        ``out``: a batch from :meth:`empty_batch` to fill in place and return, overwriting it.
+        """
+        episodes, starts = self.choose_windows()
+        if out is None and self.recycler is not None:
+            out = self.recycler.get()
+        return gather_sequences(self.dataset, episodes, starts, self.seq_len, out=out)
+
+    def empty_batch(self):
+        """Uninitialized arrays with the shapes and dtypes of one batch, for ``sample(out=...)``."""
+        shape = (self.batch_size, self.seq_len)
+        batch = {}
+        for key, attribute in STEP_ARRAYS.items():
+            array = getattr(self.dataset, attribute)
+            batch[key] = np.empty(shape + tuple(array.shape[1:]), dtype=array.dtype)
+        batch["episode"] = np.empty(self.batch_size, np.int64)
+        batch["start"] = np.empty(self.batch_size, np.int64)
+        return batch
+
+    def __iter__(self):
+        while True:
+            yield self.sample()
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}(mode={self.mode!r}, batch_size={self.batch_size}, "
+            f"seq_len={self.seq_len}, seed={self.seed!r}, step={self.step}, "
+            f"episodes={len(self.episodes)})"
+        )
+
+
+POLICY_ORDERS = ("auto", "policy_step", "return", "appearance")
+
+
+def order_policies(dataset, episodes, order="auto"):
+    """The behaviour policies of ``episodes`` in curriculum order, as a list of policy ids.
+
+    ``policy_step``: ascending checkpoint step (a medrep training run: earliest policy first);
+    ``return``: ascending mean episode return (weakest policy first); ``appearance``: order of first
+    appearance in the dataset. ``auto`` uses ``policy_step`` when every episode of ``episodes`` has
+    one (>= 0), else ``return``. Ties keep first-appearance order.
+    """
+    if order not in POLICY_ORDERS:
+        raise SamplerError(f"policy_order must be one of {POLICY_ORDERS}, got {order!r}")
+    policy_ids = np.asarray(dataset.policy_ids)[episodes]
+    policy_steps = np.asarray(dataset.policy_steps, dtype=np.int64)[episodes]
+    returns = np.asarray(dataset.returns, dtype=np.float64)[episodes]
+    unique, first_seen, inverse = np.unique(policy_ids, return_index=True, return_inverse=True)
+    appearance = np.argsort(first_seen, kind="stable")
+    if order == "auto":
+        order = "policy_step" if np.all(policy_steps >= 0) else "return"
+    if order == "appearance":
+        ranking = appearance
+    else:
+        if order == "policy_step":
+            keys = np.array([policy_steps[inverse == i].min() for i in range(len(unique))])
+        else:
+            keys = np.array([returns[inverse == i].mean() for i in range(len(unique))])
+        ranking = appearance[np.argsort(keys[appearance], kind="stable")]
+    return [str(unique[i]) for i in ranking]
+
+
+class ConservativeSampler(SequenceSampler):
+    """SeMOPO's conservative sampling (paper Sec. 3.3), made precise.
+
+    The n behaviour policies are ordered by :func:`order_policies` (``policy_order``). Epoch ``m``
+    (1-based) covers batches ``(m-1)*epoch_length .. m*epoch_length-1``. While ``m <= n``, each
+    batch comes from ONE policy, drawn uniformly from the first ``min(m, n)`` policies, and its
+    windows are drawn uniformly from that policy's valid windows. From epoch ``n + 1`` on, batches
+    are uniform over the whole dataset (mode ``random``). ``epoch_length`` defaults to
+    ``max(1, curriculum_steps // n)``, so that the data opens up after ``curriculum_steps``
+    batches (25,000: SeMOPO's number of model-training steps). The sampler advances its epoch
+    as it samples; ``set_epoch(m)`` jumps to the start of epoch ``m``.
+    """
+
+    mode = "conservative"
+
+    def __init__(
+        self,
+        dataset,
+        *,
+        batch_size=64,
+        seq_len=50,
+        seed=0,
+        recycle=True,
+        epoch_length=None,
+        curriculum_steps=25_000,
+        policy_order="auto",
+    ):
+        super().__init__(dataset, batch_size=batch_size, seq_len=seq_len, seed=seed, recycle=recycle)
+        self.policy_order = order_policies(dataset, self.episodes, policy_order)
+        policy_ids = np.asarray(dataset.policy_ids)
+        self.policy_windows = [
+            WindowTable.for_length(
+                dataset.episode_lengths,
+                self.seq_len,
+                self.episodes[policy_ids[self.episodes] == pid],
+            )
+            for pid in self.policy_order
+        ]
+        if epoch_length is None:
+            curriculum_steps = _check_positive_int("curriculum_steps", curriculum_steps)
+            epoch_length = max(1, curriculum_steps // self.num_policies)
+        self.epoch_length = _check_positive_int("epoch_length", epoch_length)
+
+    @property
+    def num_policies(self):
+        """n: the number of behaviour policies with at least one valid window."""
+        return len(self.policy_order)
+
+    @property
+    def epoch(self):
+        """The 1-based epoch of the next batch."""
+        return self.step // self.epoch_length + 1
+
+    @property
+    def is_open(self):
+        """True once batches come from the whole dataset (epoch > n)."""
+        return self.epoch > self.num_policies
+
+    def set_epoch(self, epoch):
+        """Jump to the first batch of epoch ``epoch`` (1-based)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 1:
+            raise SamplerError(f"epoch must be an integer >= 1, got {epoch!r}")
+        self.step = (int(epoch) - 1) * self.epoch_length
+
+    def allowed_policies(self):
+        """The policy ids the next batch may come from (all of them once the curriculum is open)."""
+        return self.policy_order[: min(self.epoch, self.num_policies)]
+
+    def _choose(self):
+        if self.is_open:
+            return self.windows.draw(self.rng, self.batch_size)
+        policy = self.rng.integers(0, min(self.epoch, self.num_policies))
+        return self.policy_windows[policy].draw(self.rng, self.batch_size)
+
+
+class ReturnCurriculumSampler(SequenceSampler):
+    """The return curriculum of SeMOPO's released code, without its off-by-one.
+
+    Eligible episodes (>= ``seq_len`` entries) are sorted by return, ascending (ties: dataset
+    order). Each sequence comes from an episode drawn uniformly from the first ``prefix_size()``
+    of them, with a uniform start in it. After ``c = step // update_every`` completed updates the
+    prefix holds ``k0 + (E - k0) * min(c, C) // C`` episodes, with ``k0 = min(initial_episodes,
+    E)`` and ``C = ceil(curriculum_steps / update_every)``: ``k0`` at first, all ``E`` after
+    ``curriculum_steps`` batches.
+
+    The released code (``OfflineReplay`` with ``incremental=True, sort_rewards=True``) starts at 10
+    episodes, adds ``max(int(E / 250.01), 1)`` after every 100 model steps, and caps the prefix at
+    ``E - 1`` while drawing indices from ``[0, prefix)``: its best episode is never sampled (and
+    with 400 episodes it only reaches 260 of them in 25,001 steps). ``replicate_off_by_one=True``
+    applies that cap (prefix at most ``E - 1``, at least 1) on top of the linear growth above.
+    """
+
+    mode = "return_curriculum"
+
+    def __init__(
+        self,
+        dataset,
+        *,
+        batch_size=64,
+        seq_len=50,
+        seed=0,
+        recycle=True,
+        initial_episodes=10,
+        curriculum_steps=25_000,
+        update_every=100,
+        replicate_off_by_one=False,
+    ):
+        super().__init__(dataset, batch_size=batch_size, seq_len=seq_len, seed=seed, recycle=recycle)
+        returns = np.asarray(dataset.returns, dtype=np.float64)[self.episodes]
+        self.sorted_episodes = self.episodes[np.argsort(returns, kind="stable")]
+        lengths = np.asarray(dataset.episode_lengths, dtype=np.int64)
+        self.sorted_num_windows = lengths[self.sorted_episodes] - self.seq_len + 1
+        self.initial_episodes = _check_positive_int("initial_episodes", initial_episodes)
+        self.curriculum_steps = _check_positive_int("curriculum_steps", curriculum_steps)
+        self.update_every = _check_positive_int("update_every", update_every)
+        self.replicate_off_by_one = bool(replicate_off_by_one)
+
+    def prefix_size(self, step=None):
+        """How many of the lowest-return episodes the batch at ``step`` (default: next) draws from."""
+        step = self.step if step is None else step
+        total = len(self.sorted_episodes)
+        initial = min(self.initial_episodes, total)
+        updates = math.ceil(self.curriculum_steps / self.update_every)
+        done = min(step // self.update_every, updates)
+        size = initial + (total - initial) * done // updates
+        if self.replicate_off_by_one:
+            size = max(1, min(size, total - 1))
+        return size
+
+    def _choose(self):
+        picks = self.rng.integers(0, self.prefix_size(), size=self.batch_size)
+        starts = self.rng.integers(0, self.sorted_num_windows[picks])
+        return self.sorted_episodes[picks], starts
+
+
+SEQUENCE_SAMPLERS = {
+    SequenceSampler.mode: SequenceSampler,
+    ConservativeSampler.mode: ConservativeSampler,
+    ReturnCurriculumSampler.mode: ReturnCurriculumSampler,
+}
+
+
+def make_sequence_sampler(dataset, mode="random", *, batch_size=64, seq_len=50, seed=0, **options):
+    """A sequence sampler of the given mode (``random``, ``conservative``, ``return_curriculum``).
+
+    ``options`` go to the mode's class: every mode takes ``recycle``; ``conservative`` takes ``epoch_length``,
+    ``curriculum_steps``, ``policy_order``; ``return_curriculum`` takes ``initial_episodes``,
+    ``curriculum_steps``, ``update_every``, ``replicate_off_by_one``.
+    """
+    sampler_class = SEQUENCE_SAMPLERS.get(mode)
+    if sampler_class is None:
+        raise SamplerError(f"unknown sampling mode {mode!r}; choose one of {sorted(SEQUENCE_SAMPLERS)}")
+    accepted = set(inspect.signature(sampler_class).parameters) - {
+        "dataset",
+        "batch_size",
+        "seq_len",
+        "seed",
+    }
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise SamplerError(
+            f"mode {mode!r} does not take option(s) {unknown}; it takes {sorted(accepted) or 'none'}"
+        )
+    return sampler_class(dataset, batch_size=batch_size, seq_len=seq_len, seed=seed, **options)
+
+
+# ----------------------------------------------------------------------------------------------
+# Transitions with frame stacking
+# ----------------------------------------------------------------------------------------------
+
+
+class TransitionSampler:
+    """Frame-stacked transitions for model-free algorithms (DrQ+BC, CQL, BC).
+
+    A transition at entry t of an episode (0 <= t <= length - 2) is returned as:
+    ``obs`` (B, 3*frame_stack, H, W) uint8, channel-first frames o_{t-k+1} .. o_t, oldest first
+    (frames before the episode start repeat its first frame); ``action`` (B, A), the action that
+    follows o_t (stored in entry t+1); ``reward``, ``discount`` (B,) of entry t+1; ``next_obs``
+    stacked likewise ending at o_{t+1}; ``terminal`` (B,) bool, is_terminal of entry t+1;
+    ``episode`` (B,) and ``index`` (B,) = t. Transitions are drawn uniformly over all of them.
+    """
+
+    def __init__(self, dataset, *, batch_size=256, frame_stack=3, seed=0):
+        check_dataset(dataset)
+        self.dataset = dataset
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.frame_stack = _check_positive_int("frame_stack", frame_stack)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        # a transition (t, t+1) is a window of two entries
+        self.transitions = WindowTable.for_length(
+            dataset.episode_lengths, 2, eligible_episodes(dataset, 2)
+        )
+        self.episode_starts = np.asarray(dataset.episode_starts, dtype=np.int64)
+
+    def sample(self):
+        """Draw the next batch of transitions (see the class docstring for the keys)."""
+        episodes, t = self.transitions.draw(self.rng, self.batch_size)
+        first_rows = self.episode_starts[episodes]
+        # entries t-k+1 .. t+1, clamped at the episode's first entry
+        offsets = np.maximum(t[:, None] + np.arange(1 - self.frame_stack, 2), 0)
+        frames = np.asarray(self.dataset.images[(first_rows[:, None] + offsets).ravel()])
+        frames = frames.reshape((len(t), self.frame_stack + 1) + frames.shape[1:])
+        frames = frames.transpose(0, 1, 4, 2, 3)  # (B, k+1, C, H, W)
+        size, _, channels, height, width = frames.shape
+        stacked_shape = (size, self.frame_stack * channels, height, width)
+        next_rows = first_rows + t + 1
+        return {
+            "obs": np.ascontiguousarray(frames[:, :-1]).reshape(stacked_shape),
+            "action": np.asarray(self.dataset.actions[next_rows]),
+            "reward": np.asarray(self.dataset.rewards[next_rows]),
+            "discount": np.asarray(self.dataset.discounts[next_rows]),
+            "next_obs": np.ascontiguousarray(frames[:, 1:]).reshape(stacked_shape),
+            "terminal": np.asarray(self.dataset.is_terminal[next_rows]),
+            "episode": episodes,
+            "index": t,
+        }
+
+    def __iter__(self):
+        while True:
+            yield self.sample()
+
+    def __repr__(self):
+        return (
+            f"TransitionSampler(batch_size={self.batch_size}, frame_stack={self.frame_stack}, "
+            f"seed={self.seed!r}, transitions={self.transitions.total})"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Action entropy
+# ----------------------------------------------------------------------------------------------
+
+
+def action_entropy(actions, is_first=None, *, bins=20, low=-1.0, high=1.0):
+    """Mean over action dimensions of the histogram entropy of the actions, in nats.
+
+    ``actions`` is an array (..., A) or a batch dict (its ``action`` key, and its ``is_first`` key
+    unless ``is_first`` is given). Entries flagged ``is_first`` hold the placeholder zero action of
+    an episode's first step and are left out. Each dimension is binned into ``bins`` equal bins
+    over [low, high] (values outside are clipped into the end bins) and the plug-in entropy
+    ``-sum p log p`` of the bin frequencies is computed; the result is the mean over dimensions,
+    between 0 (all actions in one bin) and log(bins) (uniform spread). Fixed bins make values
+    comparable across batches and datasets; adding log((high - low) / bins) gives an estimate of
+    the differential entropy.
+    """
+    if isinstance(actions, Mapping):
+        if is_first is None:
+            is_first = actions.get("is_first")
+        actions = actions["action"]
+    actions = np.asarray(actions, dtype=np.float64)
+    if actions.ndim == 0:
+        raise SamplerError("action_entropy needs an array of actions (..., action_dim)")
+    actions = actions.reshape(-1, actions.shape[-1] if actions.ndim > 1 else 1)
+    if is_first is not None:
+        is_first = np.asarray(is_first, dtype=bool).reshape(-1)
+        if len(is_first) != len(actions):
+            raise SamplerError(
+                f"is_first has {len(is_first)} entries but there are {len(actions)} actions"
+            )
+        actions = actions[~is_first]
+    if len(actions) == 0:
+        raise SamplerError("action_entropy got no actions (all entries empty or is_first)")
+    bins = _check_positive_int("bins", bins)
+    edges = np.linspace(low, high, bins + 1)
+    clipped = np.clip(actions, low, high)
+    entropies = []
+    for dimension in clipped.T:
+        counts, _ = np.histogram(dimension, bins=edges)
+        p = counts[counts > 0] / len(dimension)
+        entropies.append(float(-(p * np.log(p)).sum()))
+    return float(np.mean(entropies))

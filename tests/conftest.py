@@ -1,0 +1,99 @@
+"""Shared test helpers: synthetic episodes and tiny datasets written through the real ShardWriter.
+
+Import the helpers directly (``from conftest import make_episode, write_tiny_dataset``) or use the
+fixtures ``episode_factory``, ``tiny_dataset_factory`` and ``tiny_dataset_path``.
+"""
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+# Tests never talk to the real Hugging Face Hub nor touch the user's cache: huggingface_hub reads
+# these once, at import, so they are set before any test module imports it.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="lqv-test-hf-home-")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("HF_TOKEN", "lqv-test-token")
+
+from lqv_d4rl.format import ShardWriter
+
+
+def make_episode(length: int = 501, action_dim: int = 6, seed: int = 0, *, terminal: bool = False,
+                 reward_scale: float = 1.0) -> dict:
+    """A step dict of ``length`` entries following the entry convention, with random content.
+
+    Images are real 64x64x3 uint8 noise, actions in [-1, 1], rewards in [0, reward_scale); entry 0
+    has zero action, zero reward and discount 1. ``terminal=True`` ends the episode with
+    is_terminal and discount 0. The same seed gives the same episode.
+    """
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, size=(length, 64, 64, 3), dtype=np.uint8)
+    action = rng.uniform(-1, 1, size=(length, action_dim)).astype(np.float32)
+    reward = (rng.random(length) * reward_scale).astype(np.float32)
+    discount = np.ones(length, np.float32)
+    action[0], reward[0] = 0.0, 0.0
+    is_first = np.zeros(length, bool)
+    is_first[0] = True
+    is_last = np.zeros(length, bool)
+    is_last[-1] = True
+    is_terminal = np.zeros(length, bool)
+    if terminal:
+        is_terminal[-1] = True
+        discount[-1] = 0.0
+    return {"image": image, "action": action, "reward": reward, "discount": discount,
+            "is_first": is_first, "is_last": is_last, "is_terminal": is_terminal}
+
+
+def tiny_policy_id(policy_index: int) -> str:
+    """Policy id used by :func:`write_tiny_dataset` for its ``policy_index``-th policy."""
+    return f"policy-{policy_index:02d}"
+
+
+def write_tiny_dataset(folder, *, num_policies: int = 3, episodes_per_policy: int = 2,
+                       length: int = 21, task: str = "walker_walk", level: str = "medrep",
+                       dataset_id: str | None = None, action_dim: int | None = None,
+                       max_shard_bytes: int | None = None, seed: int = 0, **writer_options):
+    """Write a small dataset with ShardWriter and return its folder.
+
+    Episode ``k`` (0-based, policies in blocks) is ``make_episode(length, action_dim, seed=seed+k)``
+    with policy id ``tiny_policy_id(k // episodes_per_policy)``, policy_step ``1000 * policy``,
+    seed ``seed + k`` and video ids ``[k, k + 1]``. ``max_shard_bytes`` defaults to about two
+    episodes, so that a few shards are written.
+    """
+    from lqv_d4rl.tasks import TASKS
+
+    action_dim = action_dim or (TASKS[task].action_dim if task in TASKS else 6)
+    dataset_id = dataset_id or f"{task}-{level}"
+    episode_bytes = length * (64 * 64 * 3 + 4 * action_dim + 4 + 4 + 3)
+    options = dict(dataset_id=dataset_id, task=task, level=level, action_dim=action_dim,
+                   max_shard_bytes=max_shard_bytes or 2 * episode_bytes,
+                   provenance={"seed": seed, "distractor": {"kind": "test-noise"}})
+    options.update(writer_options)
+    with ShardWriter(folder, **options) as writer:
+        for k in range(num_policies * episodes_per_policy):
+            policy = k // episodes_per_policy
+            writer.add_episode(make_episode(length, action_dim, seed=seed + k),
+                               policy_id=tiny_policy_id(policy), policy_step=1000 * policy,
+                               seed=seed + k, video_ids=[k, k + 1])
+    return folder
+
+
+@pytest.fixture
+def episode_factory():
+    """The :func:`make_episode` function, as a fixture."""
+    return make_episode
+
+
+@pytest.fixture
+def tiny_dataset_factory():
+    """The :func:`write_tiny_dataset` function, as a fixture."""
+    return write_tiny_dataset
+
+
+@pytest.fixture
+def tiny_dataset_path(tmp_path):
+    """A finished 'walker_walk-medrep' dataset under ``tmp_path/root``: 3 policies x 2 episodes of
+    21 entries in 3 shards. Load it with ``load_dataset(tiny_dataset_path)`` or with
+    ``load_dataset("walker_walk-medrep", root=tiny_dataset_path.parent)``."""
+    return write_tiny_dataset(tmp_path / "root" / "walker_walk-medrep")
