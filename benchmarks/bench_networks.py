@@ -94,7 +94,8 @@ def settings(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="batch 16x50 only, 1 thread, one timed update")
     parser.add_argument("--ensemble", type=int, default=1, help="prior heads (7 for Offline DV2 / SeMOPO)")
     args = parser.parse_args()

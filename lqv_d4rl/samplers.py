@@ -503,6 +503,16 @@ def make_sequence_sampler(dataset, mode="random", *, batch_size=64, seq_len=50, 
 # ----------------------------------------------------------------------------------------------
 
 
+def channels_first(images):
+    """(N, H, W, C) images -> a new (N, C, H, W) array."""
+    images = np.asarray(images)
+    count, height, width, channels = images.shape
+    out = np.empty((count, channels, height * width), dtype=images.dtype)
+    # transposing (H*W, C) -> (C, H*W) is about twice as fast as the 4-D transpose
+    np.copyto(out, images.reshape(count, height * width, channels).transpose(0, 2, 1))
+    return out.reshape(count, channels, height, width)
+
+
 class TransitionSampler:
     """Frame-stacked transitions for model-free algorithms (DrQ+BC, CQL, BC).
 
@@ -533,10 +543,9 @@ class TransitionSampler:
         first_rows = self.episode_starts[episodes]
         # entries t-k+1 .. t+1, clamped at the episode's first entry
         offsets = np.maximum(t[:, None] + np.arange(1 - self.frame_stack, 2), 0)
-        frames = np.asarray(self.dataset.images[(first_rows[:, None] + offsets).ravel()])
-        frames = frames.reshape((len(t), self.frame_stack + 1) + frames.shape[1:])
-        frames = frames.transpose(0, 1, 4, 2, 3)  # (B, k+1, C, H, W)
-        size, _, channels, height, width = frames.shape
+        frames = channels_first(self.dataset.images[(first_rows[:, None] + offsets).ravel()])
+        size, (channels, height, width) = len(t), frames.shape[1:]
+        frames = frames.reshape(size, self.frame_stack + 1, channels, height, width)
         stacked_shape = (size, self.frame_stack * channels, height, width)
         next_rows = first_rows + t + 1
         return {

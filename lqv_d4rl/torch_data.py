@@ -180,9 +180,8 @@ class DeviceSequenceSampler:
     windows, this class gathers them from device tensors. ``sample()`` returns a dict of tensors on
     ``device`` with the same keys, shapes and values as ``sampler.sample()`` would. Only the rows
     of the dataset's episodes are uploaded (for a view, not its parent's other episodes); they
-    need room, plus one batch; ``memory_budget`` (bytes) caps what may be
-    used, by default what the device reports free. If it does not fit, a DeviceMemoryError says
-    so before anything is allocated.
+    and one batch must fit in ``memory_budget`` bytes (default: what the device reports free),
+    else a DeviceMemoryError says so before anything is allocated.
     """
 
     def __init__(self, sampler, *, device="cuda", memory_budget=None, chunk_rows=4096):

@@ -191,6 +191,16 @@ def test_action_free_rssm_ignores_actions():
     assert gradient is None or bool((gradient == 0).all())
 
 
+@pytest.mark.parametrize("std_activation", ["softplus", "sigmoid2"])
+def test_gaussian_std_stays_above_min_std(std_activation):
+    torch.manual_seed(0)
+    rssm = RSSM(8, 2, deter=12, stoch=4, hidden=10, min_std=0.1, std_activation=std_activation)
+    post, prior = rssm.observe(100 * torch.randn(2, 5, 8), torch.randn(2, 5, 2), torch.zeros(2, 5, dtype=torch.bool))
+    assert bool((post["std"] >= 0.1).all()) and bool((prior["std"] >= 0.1).all())
+    if std_activation == "sigmoid2":
+        assert bool((post["std"] <= 2.1).all())
+
+
 def test_action_conditioned_rssm_depends_on_actions():
     rssm = make_rssm()
     embed, is_first = torch.randn(2, 5, 8), torch.zeros(2, 5, dtype=torch.bool)

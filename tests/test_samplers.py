@@ -551,6 +551,9 @@ def test_samplers_read_the_written_episodes(tiny_dataset_path, lazy):
                 assert np.array_equal(batch[key][i], expected[key][start : start + 8]), key
         if epoch <= 3:
             assert len(set(dataset.policy_ids[batch["episode"]])) == 1
+    host = make_sequence_sampler(dataset, batch_size=6, seq_len=8, seed=1).sample()
+    on_device = make_device_sampler(dataset, device="cpu", batch_size=6, seq_len=8, seed=1).sample()
+    assert all(np.array_equal(on_device[key].numpy(), host[key]) for key in host)
     transitions = TransitionSampler(dataset, batch_size=16, seed=0).sample()
     for i, (episode, t) in enumerate(zip(transitions["episode"], transitions["index"])):
         frames = dataset.episode(int(episode))["image"][[max(t - 1, 0), t, t + 1]]

@@ -108,7 +108,9 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.config = config or BehaviorConfig()
         if self.config.actor_grad not in self.ACTOR_GRADS:
-            raise ValueError(f"unknown actor_grad {self.config.actor_grad!r}; choose one of {self.ACTOR_GRADS}")
+            raise ValueError(
+                f"unknown actor_grad {self.config.actor_grad!r}; choose one of {self.ACTOR_GRADS}"
+            )
         cfg = self.config
         self.device = torch.device(device)
         self.actor = ActionHead(feature_dim, action_dim, cfg.actor_layers, cfg.units, cfg.actor_dist)

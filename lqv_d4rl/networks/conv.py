@@ -102,7 +102,8 @@ class ConvDecoder(nn.Module):
         self.first = nn.ConvTranspose2d(widths[0], widths[1], DECODER_KERNELS[0], stride=2)
         layers = [activation()]
         for index in range(1, len(DECODER_KERNELS)):
-            layers.append(nn.ConvTranspose2d(widths[index], widths[index + 1], DECODER_KERNELS[index], stride=2))
+            kernel = DECODER_KERNELS[index]
+            layers.append(nn.ConvTranspose2d(widths[index], widths[index + 1], kernel, stride=2))
             if index < len(DECODER_KERNELS) - 1:
                 layers.append(activation())
         self.net = nn.Sequential(*layers)

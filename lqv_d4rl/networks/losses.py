@@ -2,7 +2,8 @@
 
 KL balancing (DreamerV2, Hafner et al. 2021, Sec. 2 and its ``kl_loss``)::
 
-    loss = balance * max(mean KL(sg(post) || prior), free) + (1 - balance) * max(mean KL(post || sg(prior)), free)
+    loss = balance * max(mean KL(sg(post) || prior), free)
+         + (1 - balance) * max(mean KL(post || sg(prior)), free)
 
 with balance 0.8: 80 % of the gradient trains the prior towards the posterior, 20 % regularizes the
 posterior. ``free_average=True`` (DreamerV2's default ``free_avg``, used here by default) applies free

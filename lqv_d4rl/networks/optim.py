@@ -47,7 +47,7 @@ class Optimizer:
     Args:
         name: used as a prefix of the returned metrics, e.g. ``"model"``.
         parameters: an iterable of parameters (or a module).
-        lr, eps, weight_decay: Adam settings (DreamerV2: eps 1e-5; Dreamer-v1 / TIA: 1e-7).
+        lr, eps, weight_decay: Adam settings (DreamerV2: eps 1e-5).
         clip: global gradient-norm clip (100 in all four algorithms); ``None`` disables it.
         precision: mixed precision name; ``"float16"`` on CUDA enables a GradScaler.
         device: where the parameters live (decides whether loss scaling is active).

@@ -93,15 +93,21 @@ class RSSM(nn.Module):
         ensemble: number K of prior heads (1: no ensemble; ``ENSEMBLE_SIZE`` = 7 for Offline DV2,
             SeMOPO, LOMPO).
         min_std: lower bound of the Gaussian std (0.1, Dreamer-v1 / TIA).
+        std_activation: Gaussian std as ``softplus(x) + min_std`` (Dreamer-v1 / TIA) or
+            ``"sigmoid2"``: ``2 * sigmoid(x / 2) + min_std`` (DreamerV2's Gaussian option).
         action_free: the prior ignores actions entirely (SeMOPO's exogenous branch).
         seed: seeds the generator that draws ensemble heads; ``None`` uses the global torch RNG.
     """
 
     def __init__(self, embed_dim, action_dim, deter=200, stoch=30, classes=None, hidden=200,
-                 ensemble=1, min_std=0.1, action_free=False, layer_norm=True, seed=None):
+                 ensemble=1, min_std=0.1, action_free=False, layer_norm=True, seed=None,
+                 std_activation="softplus"):
         super().__init__()
         if ensemble < 1:
             raise ValueError(f"ensemble must be at least 1 (got {ensemble})")
+        if std_activation not in ("softplus", "sigmoid2"):
+            raise ValueError(f"std_activation must be 'softplus' or 'sigmoid2', got {std_activation!r}")
+        self.std_activation = std_activation
         self.embed_dim, self.action_dim = embed_dim, action_dim
         self.deter_dim, self.stoch_dim, self.classes = deter, stoch, classes
         self.ensemble, self.min_std, self.action_free = ensemble, min_std, action_free
@@ -261,7 +267,11 @@ class RSSM(nn.Module):
         if self.classes:
             return {"logits": output.reshape(*output.shape[:-1], self.stoch_dim, self.classes)}
         mean, std = output.chunk(2, -1)
-        return {"mean": mean, "std": F.softplus(std) + self.min_std}
+        if self.std_activation == "softplus":
+            std = F.softplus(std)
+        else:
+            std = 2 * torch.sigmoid(std / 2)
+        return {"mean": mean, "std": std + self.min_std}
 
     def _with_stoch(self, stats, sample):
         dist = self.dist(stats)

@@ -3,7 +3,8 @@
 This is Offline DV2's model (with ``ensemble=7``) and the template that SeMOPO and TIA extend with a
 second branch (see :mod:`lqv_d4rl.networks.mask`). Its loss is the negative ELBO of DreamerV2::
 
-    loss = kl_scale * KLbalanced(post, prior) - image_scale * log p(o_t | s_t) - reward_scale * log p(r_t | s_t)
+    loss = kl_scale * KLbalanced(post, prior)
+           - image_scale * log p(o_t | s_t) - reward_scale * log p(r_t | s_t)
 
 averaged over batch and time. A batch is a dict of ``(B, T, ...)`` arrays or tensors with the keys
 ``image`` (uint8, channels last), ``action``, ``reward`` and ``is_first`` (the sampler's output).
@@ -33,6 +34,7 @@ class WorldModelConfig:
         depth: CNN channel multiplier (48 SeMOPO, 32 DreamerV2, 26 TIA).
         deter, stoch, classes, hidden: RSSM sizes; ``classes=None`` gives a Gaussian latent of
             ``stoch`` units (TIA: stoch 30), else ``stoch`` groups of ``classes`` (32 x 32).
+        min_std, std_activation: Gaussian-latent std settings (see :class:`RSSM`).
         ensemble: prior heads (7 for Offline DV2 / SeMOPO / LOMPO, 1 otherwise).
         ensemble_kl: ``"sampled"`` trains the head drawn at each step (one head per step, as the
             published ensemble RSSMs draw it), ``"all"`` averages the KL over all heads.
@@ -50,6 +52,8 @@ class WorldModelConfig:
     stoch: int = 32
     classes: int | None = 32
     hidden: int = 200
+    min_std: float = 0.1
+    std_activation: str = "softplus"
     ensemble: int = 1
     ensemble_kl: str = "sampled"
     units: int = 400
@@ -85,7 +89,8 @@ class WorldModel(nn.Module):
         self.device = torch.device(device)
         self.encoder = ConvEncoder(cfg.depth)
         self.rssm = RSSM(self.encoder.output_dim, action_dim, cfg.deter, cfg.stoch, cfg.classes,
-                         cfg.hidden, cfg.ensemble, seed=cfg.seed)
+                         cfg.hidden, cfg.ensemble, cfg.min_std, seed=cfg.seed,
+                         std_activation=cfg.std_activation)
         self.decoder = ConvDecoder(self.rssm.feature_dim, cfg.depth)
         self.reward_head = DenseHead(self.rssm.feature_dim, (), "normal", cfg.reward_layers, cfg.units)
         self.to(self.device)
@@ -126,7 +131,8 @@ class WorldModel(nn.Module):
         reward_input = features.detach() if cfg.reward_stop_grad else features
         reward_ll = self.reward_head(reward_input).log_prob(data["reward"]).mean()
         loss = cfg.kl_scale * kl_loss - cfg.image_scale * image_ll - cfg.reward_scale * reward_ll
-        metrics = {"kl": kl.mean(), "image_log_prob": image_ll.detach(), "reward_log_prob": reward_ll.detach()}
+        metrics = {"kl": kl.mean(), "image_log_prob": image_ll.detach(),
+                   "reward_log_prob": reward_ll.detach()}
         return loss, post, metrics
 
     def train_step(self, batch, state=None):
