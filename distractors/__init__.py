@@ -23,6 +23,13 @@ The package depends only on numpy and OpenCV. Its parts, in the order data flows
 * **Statistics**: ``video_statistics`` measures brightness, contrast and motion per clip, to compare
   a pool with ``REAL_DRIVING_STATISTICS``.
 
+Modules: ``pool`` (VideoPool, BackgroundPlayer), ``sources`` (make_video_pool), ``video_dir``
+(real videos), ``procedural`` (clip plan, camera shake, auto exposure) drawing its clips with
+``road_scene`` (perspective road, sky), ``roadside`` (buildings, trees, poles, lights), ``traffic``
+(other cars), ``cabin`` (car interior and bonnet overlays), ``street_scene`` (cars passing a kerb
+camera), ``palette`` and ``drawing`` (colors and OpenCV drawing helpers); ``composite``, ``stats``
+and ``errors``.
+
 Example::
 
     from distractors import make_video_pool, BackgroundPlayer, composite_segmentation

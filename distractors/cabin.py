@@ -34,7 +34,7 @@ class CabinOverlay:
         self.exposure_lut = np.clip(np.arange(256) * self.exposure + 10, 0, 255).astype(np.uint8)
 
     def apply(self, road_view):
-        """Brighten the road view (the camera exposes for the dark cabin), draw the cabin over it."""
+        """Brighten the road view (exposed for the dark cabin) and draw the cabin over it."""
         out = cv2.LUT(road_view, self.exposure_lut)
         np.copyto(out, self.image, where=self.mask[:, :, None])
         return out

@@ -9,19 +9,14 @@ SUBPIXEL = 1 << SUBPIXEL_BITS  # OpenCV fixed-point drawing: coordinates in 1/16
 
 
 def fill_polygons(image, polygons, color):
-    """Fill polygons given as lists of (x, y) float pixel positions, with sub-pixel precision."""
+    """Fill polygons given as (N, K, 2) float pixel positions, with sub-pixel precision."""
     height, width = image.shape[:2]
-    points = np.asarray(polygons, np.float64) * SUBPIXEL  # (N, K, 2)
+    points = np.asarray(polygons, np.float64) * SUBPIXEL
     # keep huge coordinates (points just in front of the camera) inside OpenCV's fixed-point range
     np.minimum(points, 3 * SUBPIXEL * max(height, width), out=points)
     np.maximum(points, -2 * SUBPIXEL * max(height, width), out=points)
-    cv2.fillPoly(image, list(points.astype(np.int32)), _color_tuple(color), cv2.LINE_8,
-                 SUBPIXEL_BITS)
-
-
-def _color_tuple(color):
-    """An OpenCV color: a tuple of Python floats."""
-    return tuple(map(float, np.ravel(color)))
+    cv2.fillPoly(image, points.astype(np.int32), np.asarray(color, np.float64).tolist(),
+                 cv2.LINE_8, SUBPIXEL_BITS)
 
 
 def fill_circle(image, center, radius, color):
@@ -29,8 +24,8 @@ def fill_circle(image, center, radius, color):
     if radius < 0.2:
         return
     cv2.circle(image, (int(center[0] * SUBPIXEL), int(center[1] * SUBPIXEL)),
-               max(int(radius * SUBPIXEL), 1), tuple(float(c) for c in color), -1, cv2.LINE_8,
-               SUBPIXEL_BITS)
+               max(int(radius * SUBPIXEL), 1), np.asarray(color, np.float64).tolist(), -1,
+               cv2.LINE_8, SUBPIXEL_BITS)
 
 
 def mix(color_a, color_b, amount):

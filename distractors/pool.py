@@ -16,7 +16,7 @@ class VideoPool:
     """Decoded background frames.
 
     Attributes:
-        frames: (F, H, W, C) uint8, C == 1 (grayscale) or 3 (RGB).
+        frames: (F, H, W, C) uint8, C == 1 (grayscale) or 3 (RGB); (F, H, W) is taken as gray.
         video_ids: (F,) int32, the source clip of each frame (0, 1, 2, ... in pool order).
         description: JSON-able provenance, at least ``{"kind": "procedural" | "video_dir", ...}``.
     """
@@ -27,6 +27,8 @@ class VideoPool:
 
     def __post_init__(self):
         self.frames = np.ascontiguousarray(self.frames)
+        if self.frames.ndim == 3:
+            self.frames = self.frames[..., None]
         self.video_ids = np.asarray(self.video_ids, dtype=np.int32)
         frames = self.frames
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] not in (1, 3):

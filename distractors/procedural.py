@@ -8,12 +8,16 @@ take turns:
   country road; curves, lane markings, roadside objects and other cars streaming past),
 * ``in_car``: the same kind of drive seen by a hand-held camera inside the car, framed by the
   dashboard, A-pillars, roof, mirror and often the steering wheel,
-* ``street``: a camera at the kerb watching cars drive past, sometimes panning with one of them.
+* ``street``: a camera standing by the road while cars drive past: either looking across the
+  street (side view, sometimes panning with a car) or along the road (perspective, style city,
+  highway or country).
 
 Frames are drawn at twice the output size and reduced with ``cv2.INTER_AREA`` (anti-aliasing),
-shaken a little like a real camera, and given a per-clip exposure. Every clip draws from its own
-random stream derived from ``seed``, so a shorter video is a prefix of a longer one with the same
-seed and the same seed always gives the same bytes.
+shaken a little like a real camera, and exposed by an auto exposure that gives each clip a target
+brightness and contrast; the targets are spread over the range measured on real Kinetics clips, so
+the pool's statistics match real footage (``stats.REAL_DRIVING_STATISTICS``). Every clip draws
+from its own random stream derived from ``seed``: the same seed always gives the same bytes, and
+a shorter video is a prefix of a longer one with the same seed.
 """
 
 import cv2
@@ -42,7 +46,8 @@ def procedural_driving_video(*, num_frames=1000, size=64, rgb=False, seed=0) -> 
     clips 0, 1, 2, ... and ``description["clips"]`` says what each clip shows.
     """
     if num_frames < 1 or size < 8:
-        raise ValueError(f"need num_frames >= 1 and size >= 8, got {num_frames} and {size}")
+        raise ValueError(f"procedural_driving_video needs num_frames >= 1 and size >= 8, got "
+                         f"num_frames={num_frames} and size={size}")
     plan = plan_clips(num_frames, seed)
     frames = np.empty((num_frames, size, size, 3 if rgb else 1), np.uint8)
     video_ids = np.empty(num_frames, np.int32)
@@ -62,29 +67,31 @@ def procedural_driving_video(*, num_frames=1000, size=64, rgb=False, seed=0) -> 
 def plan_clips(num_frames, seed):
     """What each clip shows, how long it is and how the camera exposes it.
 
-    Clip kinds rotate in shuffled rounds of three (never the same kind twice in a row); within a
-    round the exposure targets are spread over low / middle / high thirds of the range measured on
-    real clips, so every pool mixes dark and bright, flat and contrasty clips. The last clip is cut
-    short. Returns a list of JSON-able dicts ``{"kind", "style", "frames", "luminance",
-    "contrast"}`` (targets: mean gray level and mean per-frame standard deviation).
+    Clip kinds rotate in shuffled rounds of three (never the same kind twice in a row). The
+    exposure targets of successive clips follow low-discrepancy sequences over the range measured
+    on real clips, so that even a pool of a few clips mixes dark and bright, flat and contrasty
+    clips around the real medians. The last clip is cut short. Returns a list of JSON-able dicts
+    ``{"kind", "style", "frames", "luminance", "contrast"}`` (targets: mean gray level and mean
+    per-frame standard deviation).
     """
     rng = np.random.default_rng([seed, 0])
+    light_start, contrast_start = rng.random(2)
     plan, total, previous = [], 0, None
     while total < num_frames:
         kinds = list(rng.permutation(CLIP_KINDS))
         if kinds[0] == previous:  # no two clips of the same kind in a row
             kinds.reverse()
-        luminance_thirds = rng.permutation(3)
-        contrast_thirds = rng.permutation(3)
-        for kind, light, contrast in zip(kinds, luminance_thirds, contrast_thirds):
+        for kind in kinds:
             if total >= num_frames:
                 break
             length = int(min(rng.integers(CLIP_FRAMES[0], CLIP_FRAMES[1] + 1), num_frames - total))
-            style = str(rng.choice(STYLES)) if kind != "street" else "street"
-            luminance = _quantile(TARGET_LUMINANCE, (light + rng.random()) / 3)
-            spread = _quantile(TARGET_CONTRAST, (contrast + rng.random()) / 3)
+            style = str(rng.choice(STYLES if kind != "street" else ("side",) + STYLES))
+            # additive recurrences with irrational steps spread any prefix evenly over [0, 1)
+            light = (light_start + len(plan) * 0.6180339887) % 1.0
+            contrast = (contrast_start + len(plan) * 0.4142135624) % 1.0
             plan.append({"kind": str(kind), "style": style, "frames": length,
-                         "luminance": round(luminance, 1), "contrast": round(spread, 1)})
+                         "luminance": round(_quantile(TARGET_LUMINANCE, light), 1),
+                         "contrast": round(_quantile(TARGET_CONTRAST, contrast), 1)})
             total += length
             previous = kind
     return plan
@@ -127,9 +134,11 @@ def _muted(rgb_frames, gray_frames, saturation=0.65):
 
 def _make_scene(clip, rng, render_size):
     """The scene object of a clip: something with ``step()`` and ``render() -> RGB image``."""
-    if clip["kind"] == "street":
+    if clip["kind"] == "street" and clip["style"] == "side":
         return StreetScene(rng, render_size, CLIP_FRAMES[1])
-    road = RoadScene(rng, render_size, clip["style"])
+    road = RoadScene(rng, render_size, clip["style"], parked=clip["kind"] == "street")
+    if clip["kind"] == "street":
+        return road
     if clip["kind"] == "in_car":
         return OverlaidScene(road, CabinOverlay(rng, render_size))
     if rng.random() < 0.5:
@@ -156,7 +165,7 @@ class OverlaidScene:
 class CameraShake:
     """Per-frame shift, roll and zoom: road vibration for a dashcam, hand tremor in the car."""
 
-    AMPLITUDE = {"dashcam": (1.2, 2.0, 0.7), "in_car": (3.0, 3.0, 1.5), "street": (1.5, 1.5, 0.6)}
+    AMPLITUDE = {"dashcam": (1.5, 2.5, 0.8), "in_car": (3.5, 3.5, 1.8), "street": (3.0, 3.0, 1.2)}
 
     def __init__(self, rng, kind, size, frames):
         shift_x, shift_y, roll = self.AMPLITUDE[kind]
@@ -167,7 +176,9 @@ class CameraShake:
         self.dy += rng.normal(0, 0.3 * shift_y * scale, frames)  # bumps of the road
         self.roll = (smooth_noise(rng, frames, cells) - 0.5) * 2 * roll
         self.size = size
-        self.zoom = 1.0 + 2.5 * max(shift_x, shift_y) * scale / size * 2
+        # zoom in just enough that shifted and rolled frames still cover the picture
+        margin = 2 * max(shift_x, shift_y) * scale + np.radians(roll) * size * 0.71
+        self.zoom = 1.0 + margin / (size / 2)
 
     def apply(self, image, index):
         """Return ``image`` moved by this frame's shake (a slight zoom keeps the edges covered)."""
@@ -191,6 +202,7 @@ def auto_exposure(gray_frames, luminance, contrast, gamma):
     histograms = np.stack([np.bincount(f, minlength=256) for f in per_frame]) / per_frame.shape[1]
 
     def measure(gain, offset):
+        """Mean gray level and mean per-frame std after the curve with this gain and offset."""
         curve = np.clip(118 + (levels - 118) * gain + offset, 0, 255)
         means = histograms @ curve
         spreads = np.sqrt(np.maximum(histograms @ curve**2 - means**2, 0))

@@ -9,9 +9,11 @@ panorama that turns with the car's heading. Roadside objects (``roadside.py``) a
 and slide outward as the car approaches them.
 """
 
+import math
+
 import numpy as np
 
-from .drawing import FRAME_TIME, mix, sky_panorama
+from .drawing import FRAME_TIME, sky_panorama
 from .palette import jittered, sky_colors
 from .roadside import RoadsideObjects
 from .traffic import Traffic
@@ -28,10 +30,13 @@ STYLES = ("city", "highway", "country")
 
 
 class RoadScene:
-    """Renders consecutive (R, R, 3) uint8 RGB frames of one drive along a road."""
+    """Renders consecutive (R, R, 3) uint8 RGB frames of one drive along a road.
 
-    def __init__(self, rng, render_size, style):
-        self.rng = rng
+    With ``parked=True`` the camera stands still at the roadside, looking along the road while
+    cars drive past it (an exterior shot).
+    """
+
+    def __init__(self, rng, render_size, style, parked=False):
         self.size = render_size
         self.style = style
         self.focal = 0.65 * render_size
@@ -46,10 +51,17 @@ class RoadScene:
         self.patch_table = rng.random((97, 8)) < rng.uniform(0.03, 0.15)
         self.half_width = self.lanes * LANE_WIDTH / 2
         self.ego_lane = self.lanes - 1 if self.two_way else int(rng.integers(self.lanes))
-        self.speed = rng.uniform(9, 15) if style == "city" else rng.uniform(20, 33)
+        self.speed = rng.uniform(10, 16) if style == "city" else rng.uniform(22, 35)
+        self.lateral = self.lane_center(self.ego_lane)
+        self.parked = parked
+        self.center_u = render_size / 2  # image column straight ahead of the camera
+        if parked:  # stand beside the road, turned toward it
+            side = rng.choice([-1, 1])
+            self.ego_lane, self.speed = None, 0.0
+            self.lateral = side * (self.half_width + rng.uniform(0.8, 2.0))
+            self.center_u += side * self.focal * np.tan(rng.uniform(0.25, 0.45))
         self.travel = rng.uniform(0, 1000)
         self.heading = 0.0
-        self.lateral = self.lane_center(self.ego_lane)
         self.curve_phase = rng.uniform(0, 2 * np.pi, size=2)
         self.curve_amount = rng.uniform(0.0, 0.012) * (0.4 if style == "city" else 1.0)
         self.curvature = self._curvature_at(self.travel)
@@ -85,7 +97,8 @@ class RoadScene:
         self.travel += distance
         self.curvature = self._curvature_at(self.travel)
         self.heading += self.curvature * distance
-        self.lateral = self.lane_center(self.ego_lane) + 0.25 * np.sin(self.travel / 37)
+        if not self.parked:  # drifting a little within the lane
+            self.lateral = self.lane_center(self.ego_lane) + 0.25 * np.sin(self.travel / 37)
         self.objects.advance(self.travel)
         self.traffic.advance()
 
@@ -101,7 +114,8 @@ class RoadScene:
 
     def _draw_sky(self, image):
         """The panorama above the horizon, turned by the car's heading."""
-        offset = int(self.heading * self.focal) % self.panorama.shape[1]
+        turn = self.heading * self.focal - (self.center_u - self.size / 2)
+        offset = int(turn) % self.panorama.shape[1]
         columns = (np.arange(self.size) + offset) % self.panorama.shape[1]
         image[: self.ground_top] = self.panorama[:, columns]
 
@@ -109,7 +123,7 @@ class RoadScene:
         """Road and verge below the horizon, fading into the fog with distance."""
         z = self.row_z[:, None]
         curve = self.curvature
-        center = self.size / 2 + self.focal * (curve * z / 2 - self.lateral / z)
+        center = self.center_u + self.focal * (curve * z / 2 - self.lateral / z)
         lateral = (self.columns[None, :] - center) * z / self.focal
         labels = self._ground_labels(lateral, z)
         colors = self.palette[labels]
@@ -148,14 +162,14 @@ class RoadScene:
 
         Works on floats or on numpy arrays (broadcast together).
         """
-        u = self.size / 2 + self.focal * (self.curvature * z * z / 2 + x - self.lateral) / z
+        u = self.center_u + self.focal * (self.curvature * z * z / 2 + x - self.lateral) / z
         v = self.horizon + self.focal * (CAMERA_HEIGHT - height) / z
         return u, v
 
     def fogged(self, color, z):
         """Blend a color toward the fog color with distance, as the ground is."""
-        amount = 1 - np.exp(-z / self.fog_distance)
-        return mix(color, self.fog_color, amount)
+        amount = 1.0 - math.exp(-z / self.fog_distance)
+        return color + (self.fog_color - color) * amount
 
 
 def _ground_palette(rng, style):

@@ -99,8 +99,14 @@ class RoadsideObjects:
 
 
 def in_view(scene, item):
-    """False for objects entirely left or right of the picture (they are not drawn)."""
+    """False for objects entirely left or right of the picture (they are not drawn).
+
+    Also false for objects right in front of a camera standing at the roadside: a real camera
+    would stand beside them, not in them.
+    """
     z_near = max(item.start - scene.travel, NEAR)
+    if z_near < 20 and abs(item.lateral - scene.lateral) < 2.0:
+        return False
     u_near, _ = scene.project(item.lateral, 0, z_near)
     if item.kind == "building":
         z_far = max(item.start + item.length - scene.travel, NEAR)
@@ -203,4 +209,4 @@ def _fill_ellipse(image, center, axes, color):
         return
     cv2.ellipse(image, (int(center[0] * SUBPIXEL), int(center[1] * SUBPIXEL)),
                 (max(int(axes[0] * SUBPIXEL), 1), max(int(axes[1] * SUBPIXEL), 1)), 0, 0, 360,
-                tuple(map(float, color)), -1, cv2.LINE_8, SUBPIXEL_BITS)
+                np.asarray(color, np.float64).tolist(), -1, cv2.LINE_8, SUBPIXEL_BITS)

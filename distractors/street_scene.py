@@ -44,7 +44,7 @@ class StreetScene:
         self.road_bottom = min(self.road_top + 6.3 * self.scale, 0.95 * s)
         self.lane_y = {FAR_LANE: self.road_top + 0.35 * (self.road_bottom - self.road_top),
                        NEAR_LANE: self.road_top + 0.85 * (self.road_bottom - self.road_top)}
-        self.pan_speed = rng.uniform(3, 6) if rng.random() < 0.5 else 0.0  # m/s, follows a car
+        self.pan_speed = rng.uniform(2, 4) if rng.random() < 0.5 else 0.0  # m/s, follows a car
         self.offset = 0.0  # metres the camera has panned
         pan_pixels = int(self.pan_speed * max_frames * FRAME_TIME * self.scale)
         self.strip = self._draw_strip(pan_pixels + 3 * s)
@@ -75,7 +75,8 @@ class StreetScene:
         strip[int(self.road_bottom) + 1:] = (walk * 1.05).clip(0, 255).astype(np.uint8)
         middle = (self.road_top + self.road_bottom) / 2
         dash = 3.0 * self.scale
-        dashes = [rectangle(x, middle - 1, x + dash, middle + 1) for x in np.arange(0, width, 3 * dash)]
+        dashes = [rectangle(x, middle - 1, x + dash, middle + 1)
+                  for x in np.arange(0, width, 3 * dash)]
         fill_polygons(strip, dashes, (225, 225, 215))
         return strip
 

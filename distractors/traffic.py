@@ -2,8 +2,9 @@
 
 A car is a lane and a distance ahead of our camera that changes with its speed relative to ours.
 Cars keep their distance from the car ahead in their lane, and a car in our own lane never gets
-closer than a few metres (we brake). Each is drawn from behind (or from the front when oncoming):
-shadow, body, cabin, rear window, lights.
+closer than a few metres (we brake). When the camera is parked at the roadside, cars overtake it
+from behind and oncoming ones drive past it. Each is drawn from behind (or from the front when
+oncoming): shadow, body, cabin, rear window, lights.
 """
 
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class Traffic:
         else:
             first = scene.lanes // 2 if scene.two_way else 0
             lane, relative = int(rng.integers(first, scene.lanes)), rng.uniform(-4, 3)
+            if scene.parked:  # it comes from behind the camera and drives away
+                distance, relative = NEAR + 1.5, rng.uniform(8, 20)
         if all(abs(car.distance - distance) > SAFE_GAP for car in self.cars if car.lane == lane):
             self.cars.append(Car(lane, distance, relative, car_color(rng), oncoming))
 
@@ -56,8 +59,8 @@ class Traffic:
         self._keep_distance()
         for car in self.cars:
             car.distance += car.relative_speed * FRAME_TIME
-        self.cars = [car for car in self.cars if NEAR + 1 < car.distance < FAR + 20]
-        if len(self.cars) < 3 and self.rng.random() < 0.02:
+        self.cars = [car for car in self.cars if NEAR + 1 <= car.distance < FAR + 20]
+        if len(self.cars) < 3 and self.rng.random() < (0.08 if self.scene.parked else 0.02):
             self._spawn(FAR)
         if not self.cars:
             self._spawn(self.rng.uniform(30, FAR))

@@ -201,6 +201,7 @@ def test_video_pool_checks_its_arrays_and_broadcasts_gray_to_rgb():
     assert rgb.shape == (4, 4, 3) and np.array_equal(rgb[..., 2], frames[1, ..., 0])
     rgb[:] = 0  # a copy: the pool is not changed
     assert pool.frames[1].max() == 31
+    assert VideoPool(frames[..., 0], [0, 0]).frames.shape == (2, 4, 4, 1)  # (F, H, W) is gray
     with pytest.raises(ValueError, match="uint8"):
         VideoPool(frames.astype(np.float32), [0, 1])
     with pytest.raises(ValueError, match="video_ids"):
@@ -210,7 +211,8 @@ def test_video_pool_checks_its_arrays_and_broadcasts_gray_to_rgb():
 # ---------------------------------------------------------------- playback
 
 def small_pool(length=7):
-    frames = np.repeat(np.arange(length, dtype=np.uint8), 4).reshape(length, 2, 2, 1)
+    values = (np.arange(length) % 256).astype(np.uint8)  # frame i shows the value i (mod 256)
+    frames = np.repeat(values, 4).reshape(length, 2, 2, 1)
     return VideoPool(frames, np.arange(length) // 3, {"kind": "test"})
 
 
@@ -309,10 +311,11 @@ def test_procedural_video_is_deterministic_per_seed():
 
 
 def test_a_shorter_procedural_video_is_a_prefix_of_a_longer_one():
-    short = procedural_driving_video(num_frames=90, size=32, seed=2)
-    longer = procedural_driving_video(num_frames=400, size=32, seed=2)
-    assert np.array_equal(short.frames, longer.frames[:90])
-    assert np.array_equal(short.video_ids, longer.video_ids[:90])
+    longer = procedural_driving_video(num_frames=250, size=32, seed=2)
+    for length in (20, 90):  # shorter and longer than the frames the exposure is metered on
+        short = procedural_driving_video(num_frames=length, size=32, seed=2)
+        assert np.array_equal(short.frames, longer.frames[:length])
+        assert np.array_equal(short.video_ids, longer.video_ids[:length])
 
 
 def test_procedural_video_in_rgb_and_gray():
@@ -322,6 +325,9 @@ def test_procedural_video_in_rgb_and_gray():
     assert rgb.description["rgb"] is True and gray.description["rgb"] is False
     channel_spread = np.abs(rgb.frames[..., 0].astype(int) - rgb.frames[..., 2]).mean()
     assert channel_spread > 3  # really colored, not gray copied three times
+    # the same scenes: the luminance of the color frames is close to the gray frames
+    rgb_luminance = video_statistics(rgb.frames)["mean_luminance"]["median"]
+    assert abs(rgb_luminance - video_statistics(gray.frames)["mean_luminance"]["median"]) < 8
 
 
 def test_default_pool_is_made_of_varied_clips_joined_by_cuts(default_pool):
