@@ -1,0 +1,220 @@
+"""The SeMOPO agent: a world model, an actor-critic in its endogenous latent space, and a policy that acts.
+
+Policy learning (paper Sec. 3.3, DreamerV2 behaviour learning): every posterior state of a batch
+(B x T of them) starts an imagined rollout of ``horizon`` steps in the *endogenous* latent space,
+one ensemble head drawn per step; the actor and critic learn from the penalized reward::
+
+    r~ = r^(s+_{t+1}) - lambda * u(s+_t, a_t)
+
+where ``u`` is the disagreement of the K endogenous prior heads (``config.penalty``). The penalty
+keeps its gradient, so (as in the released code) the actor is also pushed, through the dynamics,
+towards actions on which the heads agree. The world model is not updated in this phase.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lqv_d4rl.networks import ActorCritic, BehaviorConfig, flatten_states
+
+from .config import SeMOPOConfig
+from .model import build_world_model
+
+CHECKPOINT_VERSION = 1
+
+
+def behavior_config(config):
+    """The ``lqv_d4rl.networks.BehaviorConfig`` of a :class:`SeMOPOConfig`."""
+    return BehaviorConfig(
+        horizon=config.horizon, gamma=config.gamma, lambda_=config.lambda_gae,
+        actor_layers=config.actor_layers, critic_layers=config.critic_layers, units=config.units,
+        entropy_scale=config.actor_entropy, actor_lr=config.actor_lr, critic_lr=config.critic_lr,
+        eps=1e-5, clip=config.clip, slow_target_update=config.slow_critic_every,
+        precision=config.precision,
+    )
+
+
+class SeMOPOAgent:
+    """World model + actor-critic, with the two training steps and checkpointing.
+
+    Args:
+        action_dim: size of the action vector.
+        config: a :class:`SeMOPOConfig`.
+        task: the benchmark task the data comes from (kept for evaluation), or None.
+        device: ``"cpu"``, ``"cuda"``, ...
+        seed: seeds the ensemble-head draws (parameters are initialized from the global torch
+            RNG: seed it first, as :func:`semopo.train` does).
+    """
+
+    def __init__(self, action_dim, config=None, *, task=None, device="cpu", seed=0):
+        self.config = config or SeMOPOConfig()
+        self.action_dim = int(action_dim)
+        self.task = task
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.world_model = build_world_model(self.action_dim, self.config, self.device, self.seed)
+        self.behavior = ActorCritic(self.world_model.rssm.feature_dim, self.action_dim,
+                                    behavior_config(self.config), device=self.device)
+        self.model_updates = 0
+        self.policy_updates = 0
+
+    # ----------------------------------------------------------------------------- training
+
+    def train_model_step(self, batch):
+        """One world-model update on a sequence batch; returns detached scalar metric tensors."""
+        self.world_model.train()
+        _, metrics = self.world_model.train_step(batch)
+        self.model_updates += 1
+        return _detached(metrics)
+
+    def penalized_reward(self, imagination):
+        """``r - lambda * u`` of each imagined transition, ``(H, N)``; also returns ``(reward, u)``."""
+        reward = self.world_model.reward(imagination).float()
+        penalty = self.world_model.disagreement(imagination, self.config.penalty).float()
+        return reward - self.config.penalty_lambda * penalty, reward, penalty
+
+    def start_states(self, batch):
+        """All posterior states of a batch, flattened to ``(B*T, ...)`` and detached."""
+        with torch.no_grad():
+            post, _ = self.world_model.observe(batch)
+        return flatten_states(post)
+
+    def train_policy_step(self, batch):
+        """One actor and critic update from imagination started at the batch's posteriors."""
+        self.world_model.eval()
+        start = self.start_states(batch)
+        parts = {}
+
+        def reward_fn(imagination):
+            total, reward, penalty = self.penalized_reward(imagination)
+            parts["model_reward"] = reward.mean().detach()
+            parts["penalty"] = penalty.mean().detach()
+            return total
+
+        metrics = self.behavior.train_step(start, self.world_model.imagine, reward_fn)
+        metrics.update(parts)
+        self.policy_updates += 1
+        return _detached(metrics)
+
+    # ----------------------------------------------------------------------------- acting
+
+    def policy(self, *, sample=False):
+        """A fresh :class:`SeMOPOPolicy` (recurrent state reset) that acts on environment observations."""
+        return SeMOPOPolicy(self, sample=sample)
+
+    # ----------------------------------------------------------------------------- checkpoints
+
+    def state_dict(self):
+        """Everything needed to continue training: networks, optimizers, counters, head generators."""
+        model = self.world_model
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": self.config.to_dict(),
+            "action_dim": self.action_dim,
+            "task": self.task,
+            "seed": self.seed,
+            "world_model": model.state_dict(),
+            "model_optimizer": model.optimizer.state_dict(),
+            "behavior": self.behavior.state_dict(),
+            "actor_optimizer": self.behavior.actor_opt.state_dict(),
+            "critic_optimizer": self.behavior.critic_opt.state_dict(),
+            "behavior_updates": self.behavior.updates,
+            "head_generators": [rssm.generator.get_state() for rssm in _rssms(model)],
+            "model_updates": self.model_updates,
+            "policy_updates": self.policy_updates,
+        }
+
+    def load_state_dict(self, state):
+        """Restore what :meth:`state_dict` returned (same config and action size)."""
+        model = self.world_model
+        model.load_state_dict(state["world_model"])
+        model.optimizer.load_state_dict(state["model_optimizer"])
+        self.behavior.load_state_dict(state["behavior"])
+        self.behavior.actor_opt.load_state_dict(state["actor_optimizer"])
+        self.behavior.critic_opt.load_state_dict(state["critic_optimizer"])
+        self.behavior.updates = int(state["behavior_updates"])
+        for rssm, generator_state in zip(_rssms(model), state["head_generators"]):
+            rssm.generator.set_state(generator_state)
+        self.model_updates = int(state["model_updates"])
+        self.policy_updates = int(state["policy_updates"])
+
+    def save(self, path):
+        """Write the agent to ``path`` atomically (a temporary file renamed over it)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_state_dict(cls, state, device="cpu"):
+        """Build an agent from a checkpoint dict."""
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint version {state.get('version')!r} is not "
+                             f"{CHECKPOINT_VERSION}; it was written by another semopo version")
+        agent = cls(state["action_dim"], SeMOPOConfig.from_dict(state["config"]),
+                    task=state["task"], device=device, seed=state["seed"])
+        agent.load_state_dict(state)
+        return agent
+
+    @classmethod
+    def load(cls, path, device="cpu"):
+        """Load an agent saved with :meth:`save` (or a training checkpoint's ``agent`` entry)."""
+        state = torch.load(Path(path), map_location=device, weights_only=False)
+        return cls.from_state_dict(state.get("agent", state), device=device)
+
+
+class SeMOPOPolicy:
+    """Acts on environment observations, carrying the endogenous latent state between steps.
+
+    ``policy(observation) -> action``: ``observation`` is one ``(64, 64, 3)`` uint8 frame (as
+    ``make_env`` returns it); the first call after :meth:`reset` starts a new episode. The latent
+    state is filtered with the endogenous encoder and posterior only (the exogenous branch is not
+    needed to act); the action is the actor's mode (``sample=True`` samples instead).
+    """
+
+    def __init__(self, agent, *, sample=False):
+        self.agent = agent
+        self.sample = sample
+        self.reset()
+
+    def reset(self):
+        """Forget the episode so far."""
+        self._latent = None
+        self._action = None
+
+    @torch.no_grad()
+    def __call__(self, observation):
+        model = self.agent.world_model
+        image = torch.as_tensor(np.asarray(observation), device=self.agent.device)
+        if image.dtype != torch.uint8 or tuple(image.shape[-3:]) != (64, 64, 3):
+            raise ValueError(f"the policy acts on (64, 64, 3) uint8 observations, got "
+                             f"{tuple(image.shape)} {image.dtype}")
+        image = image.reshape(1, 64, 64, 3)
+        first = self._latent is None
+        if first:
+            self._latent = model.rssm.initial(1, self.agent.device)
+            self._action = torch.zeros(1, self.agent.action_dim, device=self.agent.device)
+        is_first = torch.tensor([first], device=self.agent.device)
+        # head=0: the posterior does not depend on the prior head, so no head is drawn here
+        self._latent, _ = model.rssm.obs_step(self._latent, self._action, model.encoder(image),
+                                              is_first, head=0)
+        features = model.rssm.features(self._latent)
+        self._action = self.agent.behavior.policy(features, sample=self.sample).float()
+        return self._action[0].cpu().numpy().astype(np.float32)
+
+    act = __call__
+
+
+def _rssms(model):
+    rssms = [model.rssm]
+    if getattr(model, "exo_rssm", None) is not None:
+        rssms.append(model.exo_rssm)
+    return rssms
+
+
+def _detached(metrics):
+    # tensors, not floats: converting every step would wait for the GPU at every update
+    return {key: torch.as_tensor(value).detach().float() for key, value in metrics.items()}

@@ -1,0 +1,283 @@
+"""The analyses of the paper, for your own run: tables (CSV) and images (PNG) in an output folder.
+
+* **Model uncertainty per branch** (paper Fig. 2 / 8): the ensemble disagreement ``u`` (the
+  config's penalty formula) along observed sequences and along imagined rollouts, for the
+  endogenous and the exogenous branch. The exogenous branch has its own K prior heads
+  (``exo_ensemble``), trained exactly like the endogenous ones (each step's KL trains the head drawn
+  for it), so the analogous quantity is the disagreement of *its* heads: on observed sequences
+  the heads' predictions of s-_t from the posterior's GRU state; imagined, an action-free rollout of
+  its prior. Endogenous imagination follows the trained actor. With the single-branch ablation only
+  the one ("endogenous") curve exists.
+* **Action entropy of sampled batches** (Fig. 6): ``lqv_d4rl.samplers.action_entropy`` of batches
+  drawn by the conservative, return-curriculum and random samplers at several points of the
+  curriculum (the same batch shape and curriculum length as training).
+* **Reconstructions** (Fig. 5): observation, joint reconstruction, the image decoded from the
+  endogenous state alone, the exogenous branch's image and the mask, as one PNG.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from lqv_d4rl.images import save_preview
+from lqv_d4rl.networks import (
+    disagreement_lompo,
+    disagreement_semopo_code,
+    disagreement_semopo_paper,
+    ensemble_log_probs,
+    ensemble_predictions,
+    imagination_disagreement,
+)
+from lqv_d4rl.samplers import action_entropy, make_sequence_sampler
+
+ANALYSIS_BATCH = 16
+"""Sequences per analysis batch (a sample is enough for curves of means)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Uncertainty per branch
+# ---------------------------------------------------------------------------------------------
+
+
+def head_disagreement(rssm, states, kind):
+    """Disagreement of all prior heads at the GRU states of ``states`` (``(...,)`` per state).
+
+    The heads share the GRU, so ``head_stats(deter_t)`` are the K predictions of the latent at t.
+    ``lompo`` scores the state's own ``stoch`` under each head.
+    """
+    stats = rssm.head_stats(states["deter"])
+    if kind == "lompo":
+        return disagreement_lompo(ensemble_log_probs(stats, states["stoch"]))
+    predictions = ensemble_predictions(stats)
+    if kind == "semopo_paper":
+        return disagreement_semopo_paper(predictions)
+    return disagreement_semopo_code(predictions)
+
+
+@torch.no_grad()
+def branch_uncertainty(agent, batch, *, horizon=15, kind=None):
+    """Mean ensemble disagreement per step, per branch, observed and imagined.
+
+    Returns ``{"observed": {"endogenous": (T,), "exogenous": (T,)}, "imagined": {...: (H,)}}``
+    (numpy arrays; no ``exogenous`` entry for the single-branch model). Imagination starts from
+    the last posterior state of each sequence.
+    """
+    model = agent.world_model
+    kind = kind or agent.config.penalty
+    post, _ = model.observe(batch)
+    result = {"observed": {"endogenous": _mean_over_batch(head_disagreement(model.rssm, post, kind))},
+              "imagined": {}}
+    start = {key: value[:, -1] for key, value in post.items()}
+    actor = lambda features: agent.behavior.policy(features, sample=False)
+    imagination = model.rssm.imagine(actor, start, horizon)
+    result["imagined"]["endogenous"] = _steps(imagination_disagreement(model.rssm, imagination, kind))
+    if getattr(model, "separated", False):
+        exo_post, _ = model.observe_exogenous(batch)
+        result["observed"]["exogenous"] = _mean_over_batch(head_disagreement(model.exo_rssm, exo_post, kind))
+        exo_start = {key: value[:, -1] for key, value in exo_post.items()}
+        no_action = lambda features: torch.zeros(features.shape[0], agent.action_dim,
+                                                 device=features.device)
+        exo_imagination = model.exo_rssm.imagine(no_action, exo_start, horizon)
+        result["imagined"]["exogenous"] = _steps(
+            imagination_disagreement(model.exo_rssm, exo_imagination, kind))
+    return result
+
+
+def _mean_over_batch(values):
+    """``(B, T)`` -> ``(T,)`` mean over sequences."""
+    return values.float().mean(0).cpu().numpy()
+
+
+def _steps(values):
+    """``(H, N)`` -> ``(H,)`` mean over rollouts."""
+    return values.float().mean(1).cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Action entropy of sampled batches
+# ---------------------------------------------------------------------------------------------
+
+
+def sampling_action_entropy(dataset, config, *, batches=8, points=6, seed=0,
+                            modes=("conservative", "return_curriculum", "random")):
+    """Action entropy of batches of each sampling mode at ``points`` stages of the curriculum.
+
+    At each stage (``step`` from 0 to the curriculum's end) ``batches`` batches of the training
+    shape are drawn and their actions pooled. Returns a list of rows
+    ``{"mode", "step", "entropy"}``.
+    """
+    curriculum = config.effective_curriculum_steps
+    steps = np.unique(np.linspace(0, curriculum, points).astype(int))
+    rows = []
+    for mode in modes:
+        options = {"curriculum_steps": curriculum} if mode != "random" else {}
+        sampler = make_sequence_sampler(dataset, mode, batch_size=config.batch_size,
+                                        seq_len=config.seq_len, seed=seed, recycle=False, **options)
+        for step in steps:
+            sampler.set_step(int(step))
+            drawn = [sampler.sample() for _ in range(batches)]
+            actions = np.concatenate([batch["action"] for batch in drawn])
+            first = np.concatenate([batch["is_first"] for batch in drawn])
+            rows.append({"mode": mode, "step": int(step), "entropy": action_entropy(actions, first)})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconstructions
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def reconstruction_rows(agent, batch, *, frames=8):
+    """Image rows ``{name: (frames, 64, 64, 3) uint8}`` of the first sequence of ``batch``.
+
+    Separated model: ``observation``, ``joint``, ``endogenous`` (decoded from the endogenous state
+    alone: its mask decoder's mean), ``exogenous`` (the exogenous mask decoder's mean), ``mask``
+    (white = endogenous), ``exogenous_only`` (the exogenous-only decoder, if the model has one).
+    Single-branch model:
+    ``observation`` and ``reconstruction``.
+    """
+    model = agent.world_model
+    length = np.asarray(batch["image"]).shape[1]
+    picks = np.unique(np.linspace(0, length - 1, min(frames, length)).astype(int))
+    one = {key: np.asarray(value)[:1] for key, value in batch.items()}
+    rows = {"observation": np.asarray(one["image"])[0, picks]}
+    post, _ = model.observe(one)
+    if not getattr(model, "separated", False):
+        rows["reconstruction"] = _to_pixels(model.decode(post)[0, picks])
+        return rows
+    exo_post, _ = model.observe_exogenous(one)
+    joint, exo_only = model.decode_branches(post, exo_post)
+    rows["joint"] = _to_pixels(joint.mean[0, picks])
+    rows["endogenous"] = _to_pixels(joint.endo_mean[0, picks])
+    rows["exogenous"] = _to_pixels(joint.exo_mean[0, picks])
+    rows["mask"] = _to_pixels(joint.mask[0, picks].expand(-1, -1, -1, 3) - 0.5)
+    if exo_only is not None:
+        rows["exogenous_only"] = _to_pixels(exo_only[0, picks])
+    return rows
+
+
+def _to_pixels(mean):
+    """Decoder means in ``x/255 - 0.5`` space -> uint8 pixels."""
+    return ((mean.float().clamp(-0.5, 0.5) + 0.5) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing it all
+# ---------------------------------------------------------------------------------------------
+
+
+def run_analysis(agent, dataset, out_dir, *, seed=0, horizon=15):
+    """Write the three analyses into ``out_dir``; returns ``{name: path}`` of the files written.
+
+    Files: ``uncertainty.csv`` / ``uncertainty.png``, ``action_entropy.csv`` /
+    ``action_entropy.png``, ``reconstruction.png`` (rows listed in ``reconstruction_rows.json``).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = agent.config
+    sampler = make_sequence_sampler(dataset, "random", batch_size=min(ANALYSIS_BATCH, config.batch_size),
+                                    seq_len=config.seq_len, seed=seed, recycle=False)
+    batch = sampler.sample()
+    written = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        written.update(_write_uncertainty(agent, batch, out_dir, horizon))
+        written.update(_write_reconstruction(agent, batch, out_dir))
+    written.update(_write_action_entropy(dataset, config, out_dir, seed))
+    return written
+
+
+def _write_uncertainty(agent, batch, out_dir, horizon):
+    curves = branch_uncertainty(agent, batch, horizon=horizon)
+    rows = [{"rollout": rollout, "branch": branch, "step": step, "disagreement": float(value)}
+            for rollout, by_branch in curves.items() for branch, values in by_branch.items()
+            for step, value in enumerate(values)]
+    csv_path = _write_csv(out_dir / "uncertainty.csv", rows)
+    series = {f"{rollout} {branch}": (np.arange(len(values)), values)
+              for rollout, by_branch in curves.items() for branch, values in by_branch.items()}
+    png_path = line_chart(series, out_dir / "uncertainty.png",
+                          title=f"ensemble disagreement ({agent.config.penalty})", xlabel="step")
+    return {"uncertainty_csv": csv_path, "uncertainty_png": png_path}
+
+
+def _write_reconstruction(agent, batch, out_dir):
+    rows = reconstruction_rows(agent, batch)
+    frames = np.concatenate(list(rows.values()))
+    columns = len(next(iter(rows.values())))
+    path = save_preview(frames, out_dir / "reconstruction.png", columns=columns, scale=2)
+    (out_dir / "reconstruction_rows.json").write_text(json.dumps(list(rows), indent=2) + "\n")
+    return {"reconstruction_png": path}
+
+
+def _write_action_entropy(dataset, config, out_dir, seed):
+    rows = sampling_action_entropy(dataset, config, seed=seed)
+    csv_path = _write_csv(out_dir / "action_entropy.csv", rows)
+    series = {}
+    for mode in dict.fromkeys(row["mode"] for row in rows):
+        picked = [row for row in rows if row["mode"] == mode]
+        series[mode] = (np.array([row["step"] for row in picked]),
+                        np.array([row["entropy"] for row in picked]))
+    png_path = line_chart(series, out_dir / "action_entropy.png",
+                          title="action entropy of sampled batches (nats)", xlabel="model step")
+    return {"action_entropy_csv": csv_path, "action_entropy_png": png_path}
+
+
+def _write_csv(path, rows):
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
+COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
+          (140, 86, 75))
+
+
+def line_chart(series, path, *, title="", xlabel="", size=(640, 400)):
+    """A plain line chart of ``{label: (x, y)}`` drawn with Pillow (no plotting library needed)."""
+    width, height = size
+    left, right, top, bottom = 70, 20, 40, 60 + 14 * len(series)
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    xs = np.concatenate([np.asarray(x, float) for x, _ in series.values()])
+    ys = np.concatenate([np.asarray(y, float) for _, y in series.values()])
+    finite = np.isfinite(ys)
+    x_low, x_high = float(xs.min()), float(xs.max()) or 1.0
+    y_low, y_high = (float(ys[finite].min()), float(ys[finite].max())) if finite.any() else (0.0, 1.0)
+    if y_high <= y_low:
+        y_low, y_high = y_low - 0.5, y_high + 0.5
+    if x_high <= x_low:
+        x_high = x_low + 1.0
+
+    def to_pixel(x, y):
+        px = left + (x - x_low) / (x_high - x_low) * (width - left - right)
+        py = height - bottom - (y - y_low) / (y_high - y_low) * (height - top - bottom)
+        return px, py
+
+    draw.rectangle((left, top, width - right, height - bottom), outline="black")
+    draw.text((left, 12), title, fill="black")
+    draw.text((4, top), f"{y_high:.3g}", fill="black")
+    draw.text((4, height - bottom - 10), f"{y_low:.3g}", fill="black")
+    draw.text((left, height - bottom + 4), f"{x_low:.3g}", fill="black")
+    draw.text((width - right - 40, height - bottom + 4), f"{x_high:.3g}", fill="black")
+    draw.text(((width - len(xlabel) * 6) // 2, height - bottom + 4), xlabel, fill="black")
+    for index, (label, (x, y)) in enumerate(series.items()):
+        color = COLORS[index % len(COLORS)]
+        points = [to_pixel(float(a), float(b)) for a, b in zip(x, y) if np.isfinite(b)]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=2)
+        for px, py in points:
+            draw.ellipse((px - 2, py - 2, px + 2, py + 2), fill=color)
+        legend_y = height - bottom + 22 + 14 * index
+        draw.line((left, legend_y + 5, left + 20, legend_y + 5), fill=color, width=3)
+        draw.text((left + 26, legend_y), label, fill="black")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG")
+    return path

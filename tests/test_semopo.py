@@ -1,0 +1,350 @@
+"""SeMOPO: the separated world model's invariants, the penalty, conservative sampling and a smoke run.
+
+The smoke run trains on a small dataset recorded from the real ``walker_walk`` environment with
+two seeded random behaviour policies of different action spreads, written through ShardWriter.
+Networks are tiny and everything runs on one CPU thread.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import semopo
+from lqv_d4rl.dataset import load_dataset
+from lqv_d4rl.envs import make_env
+from lqv_d4rl.format import ShardWriter
+from lqv_d4rl.networks import ensemble_predictions
+from semopo.analysis import reconstruction_rows, run_analysis, sampling_action_entropy
+from semopo.train import metric_series, read_metrics
+
+torch.set_num_threads(1)
+
+TINY = dict(batch_size=4, seq_len=8, depth=4, deter=16, stoch=4, classes=4, hidden=16,
+            ensemble=3, exo_ensemble=3, units=32, reward_layers=1, actor_layers=1,
+            critic_layers=1, model_lr=1e-3, actor_lr=3e-4, critic_lr=3e-4, precision="float32",
+            slow_critic_every=2, log_every=5, checkpoint_every=10, eval_episodes=1,
+            eval_max_steps=4)
+EPISODE_STEPS = 24  # agent steps per recorded episode (entries = steps + 1)
+POLICIES = {"narrow": 0.15, "wide": 1.0}  # policy id -> std of its Gaussian actions
+EPISODES_PER_POLICY = 2
+
+
+def tiny_config(**changes):
+    """A SeMOPO config with tiny networks (changes override)."""
+    return semopo.SeMOPOConfig(**{**TINY, **changes})
+
+
+def random_batch(config, action_dim=6, seed=0):
+    """A sequence batch of noise images, in the sampler's layout."""
+    rng = np.random.default_rng(seed)
+    shape = (config.batch_size, config.seq_len)
+    is_first = np.zeros(shape, bool)
+    is_first[:, 0] = True
+    return {"image": rng.integers(0, 256, shape + (64, 64, 3), dtype=np.uint8),
+            "action": rng.uniform(-1, 1, shape + (action_dim,)).astype(np.float32),
+            "reward": rng.random(shape).astype(np.float32), "is_first": is_first}
+
+
+# ----------------------------------------------------------------------------------------------
+# A small real dataset: walker_walk, two random policies of different action spreads
+# ----------------------------------------------------------------------------------------------
+
+
+def record_episode(env, policy_std, *, seed, steps):
+    """One episode of ``steps`` agent steps of a seeded Gaussian random policy, as a step dict."""
+    rng = np.random.default_rng(seed)
+    observation, _ = env.reset(seed=seed)
+    action_dim = env.action_space.shape[0]
+    entries = {"image": [observation], "action": [np.zeros(action_dim, np.float32)],
+               "reward": [0.0], "discount": [1.0]}
+    for _ in range(steps):
+        action = np.clip(rng.normal(0.0, policy_std, action_dim), -1, 1).astype(np.float32)
+        observation, reward, terminated, _, info = env.step(action)
+        for key, value in (("image", observation), ("action", action), ("reward", reward),
+                           ("discount", info["discount"])):
+            entries[key].append(value)
+        assert not terminated  # walker never terminates early
+    length = steps + 1
+    flags = np.zeros(length, bool)
+    return {
+        "image": np.stack(entries["image"]), "action": np.stack(entries["action"]),
+        "reward": np.array(entries["reward"], np.float32),
+        "discount": np.array(entries["discount"], np.float32),
+        "is_first": np.r_[True, flags[1:]], "is_last": np.r_[flags[1:], True],
+        "is_terminal": flags.copy(),
+    }
+
+
+@pytest.fixture(scope="module")
+def walker_dataset(tmp_path_factory):
+    """A walker_walk dataset written through ShardWriter; the narrow policy is the earlier one."""
+    folder = tmp_path_factory.mktemp("semopo-data") / "walker_walk-medrep"
+    env = make_env("walker_walk", seed=0, num_video_frames=64)
+    try:
+        with ShardWriter(folder, dataset_id="walker_walk-medrep", task="walker_walk",
+                         level="medrep", action_dim=6, provenance={"seed": 0}) as writer:
+            for policy_index, (policy_id, std) in enumerate(POLICIES.items()):
+                for episode in range(EPISODES_PER_POLICY):
+                    seed = 100 * policy_index + episode
+                    writer.add_episode(record_episode(env, std, seed=seed, steps=EPISODE_STEPS),
+                                       policy_id=policy_id, policy_step=1000 * policy_index,
+                                       seed=seed)
+    finally:
+        env.close()
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# The separated world model
+# ----------------------------------------------------------------------------------------------
+
+
+def test_reward_loss_does_not_move_the_world_model():
+    torch.manual_seed(0)
+    model = semopo.SeparatedWorldModel(6, tiny_config())
+    terms, _, _ = model.loss_terms(random_batch(model.config))
+    terms["reward_log_prob"].backward()
+    representation = [model.encoder, model.rssm, model.exo_encoder, model.exo_rssm, model.decoder]
+    for module in representation:
+        for name, parameter in module.named_parameters():
+            assert parameter.grad is None or not parameter.grad.any(), name
+    head_grads = [p.grad for p in model.reward_head.parameters()]
+    assert all(grad is not None for grad in head_grads) and any(g.abs().sum() > 0 for g in head_grads)
+
+
+def test_exogenous_branch_ignores_actions():
+    torch.manual_seed(0)
+    model = semopo.SeparatedWorldModel(6, tiny_config())
+    batch = random_batch(model.config)
+    actions = torch.tensor(batch["action"], requires_grad=True)
+    states = {}
+    for name, action in (("data", actions), ("other", -actions.detach())):
+        torch.manual_seed(1)  # same latent samples for both
+        states[name], _ = model.observe_exogenous({**batch, "action": action})
+    exo_features = model.exo_rssm.features(states["data"])
+    assert torch.equal(exo_features, model.exo_rssm.features(states["other"]))
+    (grad,) = torch.autograd.grad(exo_features.sum(), actions, allow_unused=True)
+    assert grad is None
+    # the endogenous branch, by contrast, does read the actions
+    torch.manual_seed(1)
+    endo, _ = model.observe({**batch, "action": actions})
+    (grad,) = torch.autograd.grad(model.rssm.features(endo).sum(), actions)
+    assert grad.abs().sum() > 0
+
+
+def test_joint_ablation_is_a_single_branch_model():
+    torch.manual_seed(0)
+    agent = semopo.SeMOPOAgent(6, tiny_config(separated=False))
+    assert not hasattr(agent.world_model, "exo_rssm")
+    metrics = agent.train_model_step(random_batch(agent.config))
+    assert math.isfinite(float(metrics["model_loss"]))
+    metrics = agent.train_policy_step(random_batch(agent.config))
+    assert math.isfinite(float(metrics["penalty"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# The penalty on a hand-built ensemble
+# ----------------------------------------------------------------------------------------------
+
+
+HAND_LOGITS = torch.tensor([
+    [[2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 0.5, 0.0], [0.0, 3.0, 0.0, 0.0]],
+    [[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.5, 0.0], [0.0, 0.0, 3.0, 0.0]],
+    [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0], [-1.0, 1.0, 0.5, 0.0], [3.0, 0.0, 0.0, 0.0]],
+])  # (K=3 heads, G=4 groups, C=4 classes)
+
+
+def hand_built_agent(penalty, penalty_lambda=10.0):
+    """An agent whose K prior heads output the fixed logits above, whatever their input."""
+    torch.manual_seed(0)
+    agent = semopo.SeMOPOAgent(6, tiny_config(penalty=penalty, penalty_lambda=penalty_lambda))
+    with torch.no_grad():
+        for head, logits in zip(agent.world_model.rssm.img_heads, HAND_LOGITS):
+            head[-1].weight.zero_()
+            head[-1].bias.copy_(logits.flatten())
+    return agent
+
+
+def expected_penalty(kind):
+    """The formulas written out with numpy on the hand-built probabilities."""
+    probs = torch.softmax(HAND_LOGITS.double(), -1).reshape(3, -1).numpy()
+    deviation = probs - probs.mean(0)
+    if kind == "semopo_paper":  # Eq. 2: sum over heads of squared deviations
+        return float(sum(np.dot(d, d) for d in deviation))
+    return float(np.mean([np.sqrt(np.dot(d, d)) for d in deviation]))  # released: mean of norms
+
+
+@pytest.mark.parametrize("kind", ["semopo_paper", "semopo_code"])
+def test_penalty_equals_its_formula_on_a_hand_built_ensemble(kind):
+    agent = hand_built_agent(kind, penalty_lambda=10.0)
+    model = agent.world_model
+    post, _ = model.observe(random_batch(agent.config))
+    start = {key: value[:, -1] for key, value in post.items()}
+    imagination = model.imagine(lambda f: torch.zeros(f.shape[0], 6), start, horizon=3)
+    total, reward, penalty = agent.penalized_reward(imagination)
+    assert penalty.shape == (3, agent.config.batch_size)
+    np.testing.assert_allclose(penalty.detach().numpy(), expected_penalty(kind), rtol=1e-5)
+    np.testing.assert_allclose(total.detach().numpy(),
+                               (reward - 10.0 * expected_penalty(kind)).detach().numpy(), rtol=1e-5)
+
+
+def test_penalty_is_zero_when_heads_agree():
+    agent = hand_built_agent("semopo_code")
+    with torch.no_grad():
+        for head in agent.world_model.rssm.img_heads:
+            head[-1].bias.copy_(HAND_LOGITS[0].flatten())
+    stats = agent.world_model.rssm.head_stats(torch.zeros(2, agent.config.deter))
+    predictions = ensemble_predictions(stats)
+    assert torch.allclose(predictions[0], predictions[1])
+    post, _ = agent.world_model.observe(random_batch(agent.config))
+    start = {key: value[:, -1] for key, value in post.items()}
+    imagination = agent.world_model.imagine(lambda f: torch.zeros(f.shape[0], 6), start, 2)
+    assert agent.penalized_reward(imagination)[2].abs().max() < 1e-6
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------
+
+
+def test_presets_and_config_errors():
+    paper = semopo.preset("paper")
+    assert (paper.batch_size, paper.seq_len, paper.depth, paper.units) == (64, 50, 48, 400)
+    assert (paper.model_lr, paper.actor_lr, paper.critic_lr, paper.clip) == (6e-5, 8e-5, 8e-5, 100)
+    assert (paper.model_steps, paper.policy_steps, paper.horizon) == (25_000, 100_000, 5)
+    assert (paper.penalty_lambda, paper.sampling) == (10.0, "conservative")
+    released = semopo.preset("released")
+    assert (released.model_lr, released.penalty_lambda, released.penalty) == (3e-4, 5.0, "semopo_code")
+    assert semopo.SeMOPOConfig.from_dict(paper.to_dict()) == paper
+    with pytest.raises(semopo.ConfigError, match="sampling"):
+        semopo.SeMOPOConfig(sampling="best")
+    with pytest.raises(semopo.ConfigError, match="ensemble"):
+        semopo.SeMOPOConfig(ensemble=1)
+    with pytest.raises(semopo.ConfigError, match="unknown preset"):
+        semopo.preset("huge")
+
+
+# ----------------------------------------------------------------------------------------------
+# Conservative sampling on a real mixed dataset
+# ----------------------------------------------------------------------------------------------
+
+
+def test_conservative_batches_have_lower_action_entropy(walker_dataset):
+    dataset = load_dataset(walker_dataset)
+    assert dataset.policies() == list(POLICIES)
+    config = tiny_config(batch_size=8, model_steps=40)
+    rows = sampling_action_entropy(dataset, config, batches=4, points=5, seed=0,
+                                   modes=("conservative", "random"))
+    mean = {mode: np.mean([row["entropy"] for row in rows if row["mode"] == mode])
+            for mode in ("conservative", "random")}
+    first = {row["mode"]: row["entropy"] for row in rows if row["step"] == 0}
+    assert first["conservative"] < first["random"] - 0.3
+    assert mean["conservative"] < mean["random"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Smoke run: train, resume, evaluate, analyse, CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def test_smoke_run_trains_evaluates_and_resumes(walker_dataset, tmp_path):
+    dataset = load_dataset(walker_dataset)
+    config = tiny_config(model_steps=20, policy_steps=4)
+    torch.manual_seed(123)
+    agent = semopo.train(dataset, config, seed=0, log_dir=tmp_path / "run")
+    assert (agent.model_updates, agent.policy_updates) == (20, 4)
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    _, losses = metric_series(rows, "model", "model_loss")
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    _, returns = metric_series(rows, "policy", "imagined_return")
+    assert len(returns) == 1 and np.isfinite(returns).all()
+
+    # a second run in the same folder refuses to overwrite it ...
+    with pytest.raises(semopo.RunExistsError):
+        semopo.train(dataset, config, seed=0, log_dir=tmp_path / "run")
+    # ... and resuming with more policy steps continues where it stopped
+    resumed = semopo.train(dataset, config.updated(policy_steps=6), seed=0,
+                           log_dir=tmp_path / "run", resume=True)
+    assert (resumed.model_updates, resumed.policy_updates) == (20, 6)
+    for key, value in agent.world_model.state_dict().items():
+        assert torch.equal(value, resumed.world_model.state_dict()[key]), key
+    with pytest.raises(semopo.ResumeMismatchError, match="penalty_lambda"):
+        semopo.train(dataset, config.updated(penalty_lambda=1.0), seed=0,
+                     log_dir=tmp_path / "run", resume=True)
+
+    result = semopo.evaluate(resumed, "walker_walk", episodes=1, seed=7, max_steps=4,
+                             num_video_frames=16)
+    assert result["lengths"] == [4] and len(result["returns"]) == 1
+    low, high = 5.0, 598.0
+    assert result["normalized_scores"][0] == pytest.approx((result["returns"][0] - low) / (high - low))
+
+    written = run_analysis(resumed, dataset, tmp_path / "analysis", seed=0, horizon=4)
+    for path in written.values():
+        assert path.exists() and path.stat().st_size > 0
+    uncertainty = (tmp_path / "analysis" / "uncertainty.csv").read_text()
+    assert "exogenous" in uncertainty and "endogenous" in uncertainty
+    assert json.loads((tmp_path / "analysis" / "reconstruction_rows.json").read_text())[:3] == [
+        "observation", "joint", "endogenous"]
+
+
+@pytest.mark.parametrize("changes", [
+    {"sampling": "return_curriculum", "replicate_off_by_one": True, "penalty": "lompo"},
+    {"separated": False, "sampling": "random", "penalty": "semopo_code"},
+    {"exo_only_scale": 0.0, "penalty": "semopo_paper"},
+])
+def test_ablation_switches_train(walker_dataset, changes):
+    dataset = load_dataset(walker_dataset)
+    agent = semopo.train(dataset, tiny_config(model_steps=2, policy_steps=1, **changes), seed=1)
+    assert (agent.model_updates, agent.policy_updates) == (2, 1)
+    assert agent.world_model.separated == changes.get("separated", True)
+    if changes.get("exo_only_scale") == 0.0:
+        assert agent.world_model.exo_only_decoder is None
+        assert "exogenous_only" not in reconstruction_rows(agent, random_batch(agent.config))
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(walker_dataset, tmp_path):
+    dataset = load_dataset(walker_dataset)
+    config = tiny_config(model_steps=5, policy_steps=2, log_every=1)
+    straight = semopo.train(dataset, config, seed=5, log_dir=tmp_path / "straight")
+    part = semopo.train(dataset, config, seed=5, log_dir=tmp_path / "split", stop_after=3)
+    assert (part.model_updates, part.policy_updates) == (3, 0)
+    resumed = semopo.train(dataset, config, seed=5, log_dir=tmp_path / "split", resume=True)
+    for name, agent_state in (("world_model", lambda a: a.world_model.state_dict()),
+                              ("behavior", lambda a: a.behavior.state_dict())):
+        for key, value in agent_state(straight).items():
+            assert torch.equal(value, agent_state(resumed)[key]), f"{name}.{key}"
+    def logged(run):
+        return [row for row in read_metrics(tmp_path / run / "metrics.csv")
+                if row["metric"] != "updates_per_second"]  # wall-clock speed differs
+
+    assert logged("split") == logged("straight")
+
+
+def test_cli_trains_in_two_sessions_and_writes_its_outputs(walker_dataset, tmp_path):
+    from lqv_d4rl.cli import main
+
+    out = tmp_path / "cli-run"
+    arguments = ["semopo", str(walker_dataset), "--preset", "smoke", "--out", str(out),
+                 "--model-steps", "2", "--policy-steps", "1", "--eval-episodes", "1",
+                 "--eval-max-steps", "2", "--lambda", "5", "--sampling", "random", "--no-analysis"]
+    first = CliRunner().invoke(main, arguments + ["--stop-after", "2"])
+    assert first.exit_code == 0, first.output
+    assert "continue with --resume" in first.output and not (out / "eval.json").exists()
+    # without --resume the existing run is reported in one line, not overwritten
+    refused = CliRunner().invoke(main, arguments)
+    assert refused.exit_code != 0 and "--resume" in refused.output
+    assert "Traceback" not in refused.output
+    finished = CliRunner().invoke(main, arguments + ["--resume"])
+    assert finished.exit_code == 0, finished.output
+    assert "normalized score" in finished.output
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["grayscale"]["lengths"] == [2]
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert (saved["penalty_lambda"], saved["sampling"], saved["model_steps"]) == (5.0, "random", 2)
+    assert semopo.SeMOPOAgent.load(out / "agent.pt").policy_updates == 1
+    phases = {row["phase"] for row in read_metrics(out / "metrics.csv")}
+    assert phases == {"model", "policy", "eval"}
