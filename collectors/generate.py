@@ -1,0 +1,445 @@
+"""``lqv-d4rl generate``: train TIA, record the random / medrep / medium datasets of a task.
+
+``generate(task, levels=("random", "medrep", "medium"), ...)`` follows the paper's Appendix C:
+
+* ``random``: ``random_policies`` randomly initialized TIA agents (distinct seeds), each recording
+  ``random_episodes_per_policy`` episodes (paper: 10 x 20 = 200), acting like a collecting agent
+  (sampled actions plus exploration noise 0.3): an untrained actor alone barely moves.
+* ``medrep``: one TIA training run (collectors.online) from scratch until its evaluation return
+  first reaches the task's medium band (``min`` of the paper's Table 3 medium row). Its training
+  episodes, each tagged with the snapshot that played it, make the dataset; when the run produced
+  more than ``medrep_episodes`` (paper: 400), that many evenly spaced over the run are kept (first
+  and last included); when it produced fewer, all of them (the manifest records how many).
+* ``medium``: the snapshot whose evaluation return lies in the medium band ``[min, max]`` (if no
+  evaluation landed inside, the one closest to it, and the manifest says so) records
+  ``medium_episodes`` episodes (paper: 200) without exploration noise: one fixed policy, and its
+  evaluation behaviour is what put it in the band.
+
+Presets:
+
+* ``paper``: the published sizes and schedule (``TIAConfig.paper(task)``: batch 50 x 50, 5000
+  prefill steps, 100 updates every 1000 env steps, ...), full 500-step episodes, a 1000-frame
+  distractor pool, 10 x 20 / 400 / 200 episodes. A GPU run.
+* ``smoke``: a pipeline check that finishes in a couple of minutes on a 2-core CPU. Its datasets
+  are tiny and are NOT the benchmark: tiny networks (``TIAConfig.smoke()``), episodes cut at 50
+  agent steps, 3 random policies x 2 episodes, a 1000-env-step training run (about 10 episodes, a
+  new snapshot for every episode after the prefill), 4 medium episodes, a 200-frame distractor
+  pool. A tiny TIA cannot reach the real medium band in minutes, so the band is relaxed: the smoke
+  run trains for its fixed budget and its last evaluated snapshot is the "medium" policy.
+  Structure is what smoke checks: several policies in random, many snapshots in medrep, one
+  policy in medium.
+
+Resuming: the training checkpoint lives in ``<root>/.work/<task>-seed<S>/`` and datasets are
+written through ``ShardWriter(resume=True)``; rerunning the same command after an interruption
+continues from the last checkpoint and the last finished shard, and, since every episode is seeded
+from its position, writes the same bytes as an uninterrupted run (same seed, preset and workers:
+``num_envs``, the batch of parallel episodes, defaults to ``workers`` and is part of the recipe).
+A finished dataset is never touched without ``overwrite=True``: a rerun skips it, and a run whose
+levels are all finished is refused (DatasetExistsError) since there is nothing left to do.
+"""
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from lqv_d4rl.errors import DatasetExistsError, LQVError
+from lqv_d4rl.format import DEFAULT_MAX_SHARD_BYTES, ShardWriter, read_manifest
+from lqv_d4rl.registry import dataset_path, dataset_root, get_recipe
+from lqv_d4rl.tasks import LEVELS, get_task
+
+PRESETS = ("smoke", "paper")
+MEDIUM_POLICY_FILE = "medium-policy.pt"
+MEDIUM_POLICY_INFO = "medium-policy.json"
+
+
+class GenerateError(LQVError, ValueError):
+    """generate() cannot do what it was asked (bad option, or a resume with other settings)."""
+
+
+@dataclass(frozen=True)
+class CollectionRecipe:
+    """How ``generate`` makes the three datasets of one task."""
+
+    preset: str
+    """``"paper"`` or ``"smoke"`` (or a name of your own for custom recipes)."""
+    tia: object
+    """The :class:`collectors.tia.TIAConfig` of the behaviour policies (sizes and schedule)."""
+    random_policies: int = 10
+    """Randomly initialized TIA agents of the random level."""
+    random_episodes_per_policy: int = 20
+    """Episodes each random agent records."""
+    random_explore: bool = True
+    """Random agents act with sampled actions plus exploration noise."""
+    medrep_episodes: int = 400
+    """Most training episodes kept in medrep (evenly spaced over the run when it made more)."""
+    medium_episodes: int = 200
+    """Episodes the medium policy records."""
+    medium_explore: bool = False
+    """The medium policy acts without exploration noise (the actor's mode)."""
+    medium_band: tuple | None = None
+    """(min, max) evaluation return of the medium level; None (smoke): train the whole budget and
+    take the last evaluated snapshot."""
+    max_env_steps: int = 1_000_000
+    """Budget of the training run (environment steps)."""
+    max_episode_steps: int | None = None
+    """Cut episodes after this many agent steps; None: the task's full episodes."""
+    num_video_frames: int = 1000
+    """Frames in the distractor pool."""
+    checkpoint_every: int = 10_000
+    """Environment steps between training checkpoints (0: after every round of episodes)."""
+
+    def describe(self):
+        """The recipe as a JSON-able dict (provenance), the TIA config included."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name != "tia"}
+        fields["medium_band"] = None if self.medium_band is None else list(self.medium_band)
+        return {**fields, "tia": dataclasses.asdict(self.tia)}
+
+
+def collection_recipe(task, preset="smoke"):
+    """The :class:`CollectionRecipe` of ``task`` for ``preset`` (``"smoke"`` or ``"paper"``)."""
+    from .tia import TIAConfig
+
+    get_task(task)
+    if preset == "paper":
+        medium = get_recipe(f"{task}-medium").paper_returns
+        config = TIAConfig.paper(task)
+        return CollectionRecipe(
+            preset="paper", tia=config, medium_band=(medium["min"], medium["max"]),
+            random_policies=10, random_episodes_per_policy=20,
+            medrep_episodes=get_recipe(f"{task}-medrep").episodes,
+            medium_episodes=get_recipe(f"{task}-medium").episodes,
+            max_env_steps=config.total_steps)
+    if preset == "smoke":
+        config = dataclasses.replace(
+            TIAConfig.smoke(), prefill_steps=200, pretrain_steps=2, train_every=100,
+            train_steps=2, eval_every=200, eval_episodes=1, total_steps=1000)
+        return CollectionRecipe(
+            preset="smoke", tia=config, random_policies=3, random_episodes_per_policy=2,
+            medrep_episodes=400, medium_episodes=4, medium_band=None, max_env_steps=1000,
+            max_episode_steps=50, num_video_frames=200, checkpoint_every=0)
+    raise GenerateError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+
+
+@dataclass
+class GenerateResult:
+    """What :func:`generate` produced."""
+
+    folders: dict
+    """level -> dataset folder."""
+    statistics: dict
+    """level -> return statistics (lqv_d4rl.stats.return_statistics) of the dataset."""
+    table: str
+    """The statistics table, ours next to the paper's Table 3."""
+    work_dir: Path
+    """Folder of the training checkpoint."""
+
+
+def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset="smoke", device="cpu",
+             workers=1, seed=0, overwrite=False, num_envs=None, recipe=None, progress=True,
+             max_shard_bytes=DEFAULT_MAX_SHARD_BYTES, backend="process"):
+    """Generate the datasets ``<task>-<level>`` for ``levels`` under the dataset root.
+
+    Args:
+        task: benchmark task, e.g. ``"walker_walk"``.
+        levels: any of ``"random"``, ``"medrep"``, ``"medium"``.
+        root: dataset root (default ``$LQV_D4RL_ROOT`` or ``~/.lqv_d4rl``).
+        video_dir: folder or glob of real driving videos; None uses the procedural video.
+        preset: ``"smoke"`` or ``"paper"`` (see the module docstring); ignored if ``recipe``.
+        device: torch device of the TIA agents (``"cpu"`` or ``"cuda"``).
+        workers: environment worker processes (1: step environments in this process). They are
+            started with multiprocessing's ``spawn``: a script calling generate() with
+            ``workers > 1`` needs the ``if __name__ == "__main__":`` guard.
+        seed: seeds everything; same seed (and preset, workers) -> same dataset bytes.
+        overwrite: replace finished datasets and restart the training run.
+        num_envs: episodes played in parallel (default ``workers``).
+        recipe: a :class:`CollectionRecipe` (e.g. a smaller one for tests).
+        progress: show progress bars and print the statistics table.
+        max_shard_bytes: passed to ShardWriter.
+        backend: ``"process"`` (worker processes on this machine) or ``"ray"`` (Ray actors, see
+            collectors.ray_workers; the observations, hence the datasets, are the same).
+
+    Returns a :class:`GenerateResult`. Without ``overwrite``, finished datasets among the levels
+    are skipped (an interrupted run is resumed), and DatasetExistsError is raised when every
+    requested dataset is already complete.
+    """
+    spec = get_task(task)
+    levels = _check_levels(levels)
+    recipe = recipe if recipe is not None else collection_recipe(task, preset)
+    num_envs = int(num_envs or workers)
+    root = dataset_root(root)
+    folders = {level: dataset_path(f"{task}-{level}", root) for level in levels}
+    work_dir = root / ".work" / f"{task}-seed{seed}"
+    finished = _finished_levels(folders, overwrite)
+    pending = [level for level in levels if level not in finished]
+    if progress and finished:
+        print(f"skipping finished datasets: {', '.join(f'{task}-{l}' for l in sorted(finished))}")
+    if overwrite and work_dir.exists() and {"medrep", "medium"} & set(pending):
+        shutil.rmtree(work_dir)
+
+    import distractors
+
+    from .vector_env import make_vector_env
+
+    try:
+        pool = distractors.make_video_pool(video_dir, num_frames=recipe.num_video_frames,
+                                           seed=seed)
+    except distractors.VideoSourceError as err:
+        raise GenerateError(f"cannot use --video-dir {video_dir!r}: {err}") from err
+    provenance = _provenance(recipe, pool, seed=seed, num_envs=num_envs, device=device,
+                             video_dir=video_dir)
+    with make_vector_env(task, num_envs, workers=workers, seed=seed, backend=backend,
+                         env_kwargs={"distractor": pool}) as venv:
+        job = _Job(task, spec, recipe, venv, root, work_dir, seed, device, overwrite, progress,
+                   provenance, max_shard_bytes)
+        if "random" in pending:
+            job.record_random(folders["random"])
+        if {"medrep", "medium"} & set(pending):
+            job.train_and_record(folders, pending)
+    return _summarize(task, folders, work_dir, progress)
+
+
+def _check_levels(levels):
+    if isinstance(levels, str):
+        levels = [part.strip() for part in levels.split(",") if part.strip()]
+    unknown = [level for level in levels if level not in LEVELS]
+    if unknown or not levels:
+        raise GenerateError(f"levels must be among {', '.join(LEVELS)}; got {list(levels)}")
+    return [level for level in LEVELS if level in levels]
+
+
+def _finished_levels(folders, overwrite):
+    """The levels whose dataset is already complete (to skip); raise if that is all of them.
+
+    Rerunning an interrupted generate skips what it finished and continues the rest; asking only
+    for finished datasets is refused, since without ``overwrite`` there is nothing to do.
+    """
+    if overwrite:
+        return set()
+    finished = {}
+    for level, folder in folders.items():
+        try:
+            manifest = read_manifest(folder)
+        except FileNotFoundError:
+            continue
+        if manifest.get("complete"):
+            finished[level] = manifest
+    if finished and len(finished) == len(folders):
+        described = ", ".join(f"{m['dataset_id']!r} ({m['num_episodes']} episodes)"
+                              for m in finished.values())
+        raise DatasetExistsError(
+            f"already complete in {next(iter(folders.values())).parent}: {described}; nothing "
+            "was changed. Pass --overwrite (overwrite=True) to generate them again.")
+    return set(finished)
+
+
+def _provenance(recipe, pool, *, seed, num_envs, device, video_dir):
+    source = ("procedural driving video (no --video-dir given)" if video_dir is None
+              else f"videos from {video_dir}")
+    return json.loads(json.dumps({
+        "generator": "lqv-d4rl generate", "preset": recipe.preset, "seed": int(seed),
+        "num_envs": num_envs, "device": str(device),
+        "distractor_source": source, "distractor": pool.description,
+        "env": {"composite": "segmentation", "render_quality": "fast"},
+        "recipe": recipe.describe(),
+    }))
+
+
+class _Job:
+    """The state one generate() call shares between its levels."""
+
+    def __init__(self, task, spec, recipe, venv, root, work_dir, seed, device, overwrite,
+                 progress, provenance, max_shard_bytes):
+        self.task, self.spec, self.recipe, self.venv = task, spec, recipe, venv
+        self.root, self.work_dir, self.seed, self.device = root, work_dir, seed, device
+        self.overwrite, self.progress = overwrite, progress
+        self.provenance, self.max_shard_bytes = provenance, max_shard_bytes
+
+    def writer(self, folder, level, extra=None):
+        """A ShardWriter for ``level`` that resumes a partial dataset (or overwrites)."""
+        provenance = dict(self.provenance, level_policy=LEVEL_POLICIES[level], **(extra or {}))
+        try:
+            return ShardWriter(folder, dataset_id=f"{self.task}-{level}", task=self.task,
+                               level=level, action_dim=self.spec.action_dim,
+                               provenance=provenance, max_shard_bytes=self.max_shard_bytes,
+                               overwrite=self.overwrite, resume=not self.overwrite)
+        except ValueError as err:
+            raise GenerateError(f"{err} (CLI: rerun with the options of the interrupted run, or "
+                                "add --overwrite)") from err
+
+    def bar(self, total, initial, description):
+        """A tqdm bar (or None without progress)."""
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc=description, unit="episode",
+                    dynamic_ncols=True)
+
+    def record_random(self, folder):
+        """Record the random level (see collectors.recorders.record_random)."""
+        from .recorders import record_random
+        from .tia import TIAAgent
+
+        recipe = self.recipe
+        total = recipe.random_policies * recipe.random_episodes_per_policy
+        with self.writer(folder, "random") as writer:
+            bar = self.bar(total, writer.num_episodes, f"record {self.task}-random")
+            record_random(
+                self.venv, writer,
+                lambda agent_seed: TIAAgent(recipe.tia, self.spec.action_dim, device=self.device,
+                                            seed=agent_seed),
+                num_policies=recipe.random_policies,
+                episodes_per_policy=recipe.random_episodes_per_policy, seed=self.seed,
+                explore=recipe.random_explore, max_episode_steps=recipe.max_episode_steps,
+                progress=bar)
+            _close(bar)
+
+    def train_and_record(self, folders, levels):
+        """Run (or resume) the training run, then write medrep and/or medium."""
+        from .online import OnlineTrainer
+        from .recorders import MedrepRecorder
+
+        recorder = MedrepRecorder()
+        tracker = MediumPolicyTracker(self.recipe.medium_band, self.work_dir)
+        trainer = OnlineTrainer(
+            self.recipe.tia, self.venv, work_dir=self.work_dir, seed=self.seed,
+            device=self.device, max_env_steps=self.recipe.max_env_steps,
+            max_episode_steps=self.recipe.max_episode_steps,
+            checkpoint_every=self.recipe.checkpoint_every, on_episode=recorder,
+            on_evaluation=tracker, progress=self.progress)
+        state = trainer.run()
+        medium = tracker.load_info()
+        if medium is None and "medium" in levels:
+            raise GenerateError(
+                f"the training run ended after {state.env_steps} env steps without an evaluation "
+                f"(its budget max_env_steps={self.recipe.max_env_steps} does not exceed "
+                f"prefill_steps={self.recipe.tia.prefill_steps}); raise the budget")
+        run_info = {"training_run": {
+            "env_steps": state.env_steps, "episodes": state.episodes, "updates": state.updates,
+            "stop_reason": state.stop_reason,
+            "evaluations": [{"env_steps": e.env_steps, "mean_return": e.mean_return}
+                            for e in trainer.evaluations],
+            "medium_policy": medium}}
+        if "medrep" in levels:
+            self.write_medrep(folders["medrep"], trainer.replay, recorder, run_info)
+        if "medium" in levels:
+            self.record_medium(folders["medium"], medium, run_info)
+
+    def write_medrep(self, folder, replay, recorder, run_info):
+        """Write the selected training episodes (from the replay) as the medrep dataset."""
+        selected = recorder.select(self.recipe.medrep_episodes)
+        extra = dict(run_info, medrep_selection={
+            "training_episodes": len(recorder.episodes), "kept": len(selected),
+            "rule": "evenly spaced over the run (all when fewer than medrep_episodes)"})
+        with self.writer(folder, "medrep", extra) as writer:
+            bar = self.bar(len(selected), writer.num_episodes, f"write {self.task}-medrep")
+            for index in selected[writer.num_episodes:]:
+                writer.add_episode(replay.episode(index), **replay.episode_info(index))
+                _advance(bar)
+            _close(bar)
+
+    def record_medium(self, folder, medium, run_info):
+        """Record the medium level with the tracked medium snapshot."""
+        from .recorders import record_policy
+        from .tia import TIAAgent
+
+        agent = TIAAgent.load(self.work_dir / MEDIUM_POLICY_FILE, device=self.device)
+        with self.writer(folder, "medium", run_info) as writer:
+            bar = self.bar(self.recipe.medium_episodes, writer.num_episodes,
+                           f"record {self.task}-medium")
+            record_policy(self.venv, writer, agent, policy_id=medium["policy_id"],
+                          policy_step=medium["policy_step"],
+                          episodes=self.recipe.medium_episodes, seed=self.seed,
+                          explore=self.recipe.medium_explore,
+                          max_episode_steps=self.recipe.max_episode_steps, progress=bar)
+            _close(bar)
+
+
+LEVEL_POLICIES = {
+    "random": "randomly initialized TIA agents (policy ids tia-initPP-seedS), exploration noise",
+    "medrep": "TIA training run from scratch until the medium band; policy id = snapshot "
+              "(tia-seedS-stepNNNNNN, env steps) or tia-seedS-prefill (uniform random actions)",
+    "medium": "one fixed TIA snapshot (evaluation return in the medium band), no exploration noise",
+}
+
+
+class MediumPolicyTracker:
+    """The trainer's ``on_evaluation``: keeps the snapshot closest to the medium band, says stop.
+
+    The snapshot is saved to ``<work_dir>/medium-policy.pt`` whenever an evaluation comes closer
+    to the band than every earlier one (distance 0 inside ``[min, max]``); the run stops at the
+    first evaluation with a return of at least ``min`` (the policy has reached medium). Without a
+    band (smoke) every evaluation replaces the snapshot and the run never stops early.
+    """
+
+    def __init__(self, band, work_dir):
+        self.band = band
+        self.work_dir = Path(work_dir)
+
+    def __call__(self, evaluation, agent):
+        distance = self.distance(evaluation)
+        best = self.load_info()
+        if best is None or distance < best["distance"]:
+            agent.save(self.work_dir / MEDIUM_POLICY_FILE)
+            from lqv_d4rl.format import write_json_atomically
+
+            write_json_atomically(self.work_dir / MEDIUM_POLICY_INFO, {
+                "policy_id": evaluation.policy_id, "policy_step": evaluation.env_steps,
+                "evaluation_return": evaluation.mean_return, "distance": distance,
+                "band": None if self.band is None else list(self.band),
+                "in_band": self.band is not None and distance == 0.0})
+        return self.band is not None and evaluation.mean_return >= self.band[0]
+
+    def distance(self, evaluation):
+        """How far the evaluation return is from the band (smoke: later is closer)."""
+        if self.band is None:
+            return -float(evaluation.env_steps)
+        low, high = self.band
+        return max(low - evaluation.mean_return, evaluation.mean_return - high, 0.0)
+
+    def load_info(self):
+        """The saved snapshot's info dict, or None before the first evaluation."""
+        path = self.work_dir / MEDIUM_POLICY_INFO
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _summarize(task, folders, work_dir, progress):
+    from lqv_d4rl.dataset import load_dataset
+    from lqv_d4rl.stats import format_statistics_table, return_statistics
+
+    rows, statistics = [], {}
+    for level, folder in folders.items():
+        data = load_dataset(folder, lazy=True)
+        statistics[level] = return_statistics(data.returns)
+        data.close()
+        paper = get_recipe(f"{task}-{level}")
+        rows.append((f"{task}-{level} (generated)", statistics[level]))
+        rows.append((f"{task}-{level} (paper)", dict(paper.paper_returns,
+                                                     episodes=paper.episodes)))
+    table = format_statistics_table(rows)
+    if progress:
+        print(table)
+    return GenerateResult(folders, statistics, table, work_dir)
+
+
+def _advance(bar):
+    if bar is not None:
+        bar.update(1)
+
+
+def _close(bar):
+    if bar is not None:
+        bar.close()
+
+
+def episode_counts(recipe):
+    """Episodes per level a recipe asks for (medrep: at most; the run decides)."""
+    return {"random": recipe.random_policies * recipe.random_episodes_per_policy,
+            "medrep": recipe.medrep_episodes, "medium": recipe.medium_episodes}
+
+
+__all__ = ["CollectionRecipe", "GenerateError", "GenerateResult", "MediumPolicyTracker",
+           "PRESETS", "collection_recipe", "episode_counts", "generate"]
