@@ -11,12 +11,13 @@
 Every agent step is two environment steps with a random action plus one 64x64 observation. One
 core: numpy's thread pools and Mesa's llvmpipe render threads are off (``LP_NUM_THREADS=0`` renders
 in the calling thread). Rates are given per second of process CPU time (robust on a shared machine)
-and per second of wall-clock time. Each mode runs ``--repeats`` times, interleaved with the others,
-and the best run counts. Usage::
+and per second of wall-clock time. Each mode runs ``--repeats`` short timed runs of ``--steps``
+agent steps, interleaved with the other modes so that all of them see the same machine load, and
+the best run counts (as in ``timeit``). Usage::
 
-    python benchmarks/bench_env.py                      # all DMC tasks, 300 steps, 3 repeats
-    python benchmarks/bench_env.py --quick              # 60 steps, 1 repeat
-    python benchmarks/bench_env.py --tasks walker_walk --steps 500
+    python benchmarks/bench_env.py                      # all DMC tasks, 15 runs of 50 steps
+    python benchmarks/bench_env.py --quick              # 4 runs of 25 steps
+    python benchmarks/bench_env.py --tasks walker_walk --steps 100 --repeats 30
 """
 
 import os
@@ -188,12 +189,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=DMC_TASKS, choices=DMC_TASKS,
                         help="dm_control tasks to measure (default: all four)")
-    parser.add_argument("--steps", type=int, default=300, help="agent steps per timed run")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (best counts)")
-    parser.add_argument("--quick", action="store_true", help="60 steps, 1 repeat")
+    parser.add_argument("--steps", type=int, default=50, help="agent steps per timed run")
+    parser.add_argument("--repeats", type=int, default=15,
+                        help="timed runs per mode, interleaved across modes (best counts)")
+    parser.add_argument("--quick", action="store_true", help="4 runs of 25 steps")
     args = parser.parse_args(argv)
     if args.quick:
-        args.steps, args.repeats = 60, 1
+        args.steps, args.repeats = 25, 4
     results = {}
     for task in args.tasks:
         results[task] = benchmark_task(task, steps=args.steps, repeats=args.repeats)
