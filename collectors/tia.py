@@ -362,20 +362,14 @@ class TIAAgent(nn.Module):
     def _step_world_model(self, objective):
         """Compute all world-model gradients in one backward pass, then step each group's optimizer.
 
-        Each optimizer receives its group's gradient through the linear surrogate
-        ``sum(p * g)``, whose gradient is exactly ``g``; it then clips that group on its own, as
-        the published code does.
+        Each optimizer clips its own group's gradient, as the published code does.
         """
         parameters = [p for optimizer in self.model_optimizers.values() for p in optimizer.parameters]
         gradients = torch.autograd.grad(objective, parameters, allow_unused=True)
         by_parameter = dict(zip(map(id, parameters), gradients))
         metrics = {}
-        for name, optimizer in self.model_optimizers.items():
-            surrogate = sum(
-                (p * by_parameter[id(p)]).sum() for p in optimizer.parameters if by_parameter[id(p)] is not None
-            )
-            step = optimizer.step(surrogate)
-            metrics[f"{name}_grad_norm"] = step[f"{name}_grad_norm"]
+        for optimizer in self.model_optimizers.values():
+            metrics.update(optimizer.apply_gradients([by_parameter[id(p)] for p in optimizer.parameters]))
         return metrics
 
     def _imagined_reward(self, imagination):

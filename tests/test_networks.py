@@ -591,6 +591,21 @@ def test_optimizer_clips_gradient_norm_and_counts_parameters():
     assert not torch.equal(before, layer.weight)
 
 
+def test_apply_gradients_updates_exactly_like_step_on_the_same_loss():
+    torch.manual_seed(0)
+    stepped, applied = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    applied.load_state_dict(stepped.state_dict())
+    inputs = torch.randn(4, 3)
+    by_step = Optimizer("a", stepped, lr=0.1, clip=0.5)
+    by_gradients = Optimizer("b", applied, lr=0.1, clip=0.5)
+    norm_step = by_step.step((stepped(inputs) ** 2).sum())["a_grad_norm"]
+    gradients = torch.autograd.grad((applied(inputs) ** 2).sum(), by_gradients.parameters)
+    norm_applied = by_gradients.apply_gradients(gradients)["b_grad_norm"]
+    assert norm_applied.item() == pytest.approx(norm_step.item())
+    for a, b in zip(stepped.parameters(), applied.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_autocast_is_a_no_op_on_cpu_and_rejects_unknown_precisions():
     with autocast("cpu", "float16"):
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32

@@ -71,15 +71,32 @@ class Optimizer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward(inputs=self.parameters, retain_graph=retain_graph)
         self.scaler.unscale_(self.optimizer)
-        if self.clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.clip)
-        else:
-            norm = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(p.grad) for p in self.parameters if p.grad is not None])
-            )
+        norm = self._clip_gradients()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {f"{self.name}_loss": loss.detach(), f"{self.name}_grad_norm": norm.detach()}
+
+    def apply_gradients(self, gradients):
+        """Update the parameters from gradients computed elsewhere (unscaled, one per parameter in
+        ``self.parameters`` order, ``None`` for none); returns ``{name_grad_norm}``.
+
+        For losses whose gradients are taken in one ``torch.autograd.grad`` call and then split
+        between several optimizers (TIA's two branches); clipping is this group's own, as in
+        :meth:`step`.
+        """
+        for parameter, gradient in zip(self.parameters, gradients, strict=True):
+            parameter.grad = gradient
+        norm = self._clip_gradients()
+        self.optimizer.step()
+        return {f"{self.name}_grad_norm": norm.detach()}
+
+    def _clip_gradients(self):
+        """Clip the global gradient norm to ``clip`` (if set); returns the norm before clipping."""
+        if self.clip is not None:
+            return torch.nn.utils.clip_grad_norm_(self.parameters, self.clip)
+        return torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.grad) for p in self.parameters if p.grad is not None])
+        )
 
     def state_dict(self):
         """Optimizer and scaler state, for checkpoints."""
