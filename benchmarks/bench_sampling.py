@@ -291,6 +291,8 @@ def main():
         draws = {}
         for mode in ("random", "conservative", "return_curriculum"):
             draws[f"lqv {mode}"] = make_sequence_sampler(dataset, mode, **size).sample
+        # off on free-threaded Python builds, where reference counts cannot tell a free batch
+        results["recycling"] = make_sequence_sampler(dataset, "random", **size).recycler.enabled
         draws["lqv random, recycle=False (fresh arrays)"] = make_sequence_sampler(
             dataset, "random", recycle=False, **size).sample
         reusing = make_sequence_sampler(dataset, "random", recycle=False, **size)
@@ -331,6 +333,7 @@ def print_report(results, args):
           f"{results['h5_bytes'] / mib:.0f} MiB; npz files {results['npz_bytes'] / mib:.0f} MiB; "
           f"written in {results['write_s']:.0f} s; load into RAM: HDF5 {results['load_h5_s']:.1f} s, "
           f"npz {results['load_npz_s']:.1f} s")
+    print(f"batch recycling (reuse of batches nobody holds): {'on' if results['recycling'] else 'OFF'}")
     rates = results["batches_per_s"]
     dreamer = rates["DreamerV2-style npz replay"]
     minimal = rates["minimal npz replay (slice+stack)"]

@@ -42,7 +42,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -85,7 +84,7 @@ HUB_RECORD_NAME = ".hub.json"
 STATISTICS_NAME = "statistics.json"
 CARD_NAME = "README.md"
 FORMAT_TAG = f"format-v{FORMAT_VERSION}"
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class HubError(LQVError):
@@ -299,9 +298,10 @@ def _finished_manifest(folder: Path) -> dict | None:
 
 
 def _offline_copy_allowed(target: Path, local: dict | None, settings: HubSettings, revision) -> bool:
-    """Offline: may the finished local copy stand in for ``repo@revision``? Yes unless its
-    ``.hub.json`` shows that it came from another repository or revision."""
-    if local is None:
+    """Offline: may the finished local copy stand in for ``repo@revision``? Yes if all its shards
+    are there and its ``.hub.json`` does not show that it came from another repository or revision
+    (a copy with missing shards is rebuilt from the cache)."""
+    if local is None or not _shards_present(target, local):
         return False
     record = read_hub_record(target)
     if record is None or revision is None:
@@ -365,17 +365,15 @@ def _checked_remote_manifest(path: Path, dataset_id: str, pin: _Pin) -> dict:
             f"{name} describes dataset {manifest['dataset_id']!r}; refusing to download it.")
     if not manifest.get("complete"):
         raise CorruptDatasetError(f"{name} describes an unfinished dataset (not marked complete).")
-    files = [shard["file"] for shard in manifest["shards"]]
-    for file in files:
-        if not isinstance(file, str) or not SHARD_PATTERN.match(file):
+    if not manifest["shards"]:
+        raise CorruptDatasetError(f"{name} lists no shards.")
+    for shard in manifest["shards"]:  # read_manifest checked the types and that no name repeats
+        if not SHARD_PATTERN.fullmatch(shard["file"]):
             raise UnsafeManifestError(
-                f"{name} lists shard file {file!r}: only plain names like 'shard-00000.h5' are "
-                "allowed. Refusing to download (nothing was written).")
-    if not files or len(set(files)) != len(files):
-        raise CorruptDatasetError(f"{name} lists no shards, or a shard twice.")
-    for shard in manifest["shards"]:
-        if not isinstance(shard["sha256"], str) or not _SHA256_HEX.match(shard["sha256"]):
-            raise CorruptDatasetError(f"{name}: shard {shard['file']} has no valid sha256.")
+                f"{name} lists shard file {shard['file']!r}: only plain names like 'shard-00000.h5' "
+                "are allowed. Refusing to download (nothing was written).")
+        if not _SHA256_HEX.fullmatch(shard["sha256"]):
+            raise CorruptDatasetError(f"{name}: shard {shard['file']!r} has no valid sha256.")
     return manifest
 
 
@@ -422,7 +420,8 @@ def _materialize(target: Path, manifest_file: Path, manifest: dict, pin: _Pin, p
     dataset_id = manifest["dataset_id"]
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_crash_leftovers(target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    staging = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()  # (not tempfile.mkdtemp: its mode 0o700 would hide the dataset from other users)
     try:
         bar = tqdm(manifest["shards"], desc=f"{dataset_id} @ {pin.commit[:12]}", unit="shard",
                    disable=True if not progress else None)
@@ -509,7 +508,11 @@ def _move_into_place(staging: Path, target: Path) -> None:
         return
     retired = target.with_name(f".{target.name}.replaced-{uuid.uuid4().hex[:8]}")
     os.rename(target, retired)
-    os.rename(staging, target)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(retired, target)  # put the old dataset back rather than leave no dataset
+        raise
     shutil.rmtree(retired, ignore_errors=True)
 
 

@@ -33,8 +33,9 @@ Three modes:
 
 Sequence batches are large (39 MB of images for 64 x 50), and faulting fresh memory in costs as
 much as filling it; so by default a sampler refills the arrays of an earlier batch once nothing
-outside it refers to them any more (:class:`BatchRecycler`; ``recycle=False`` turns this off), and
-``sample(out=sampler.empty_batch())`` fills a batch of your own in place.
+outside it refers to them any more (:class:`BatchRecycler`; ``recycle=False`` turns this off; on
+free-threaded Python builds it is off), and ``sample(out=sampler.empty_batch())`` fills a batch of
+your own in place.
 
 :class:`TransitionSampler` serves model-free algorithms (DrQ+BC, CQL, BC) with frame-stacked
 transitions, and :func:`action_entropy` measures how varied the sampled actions are (the effect of
@@ -44,6 +45,7 @@ conservative sampling in the paper's Fig. 6).
 import inspect
 import math
 import sys
+import sysconfig
 from collections.abc import Mapping
 
 import numpy as np
@@ -191,9 +193,37 @@ def _reference_counts(arrays):
     return [sys.getrefcount(array) for array in arrays]
 
 
-# What _reference_counts reports for an array that only one dict refers to (measured, not assumed,
-# because the count includes the interpreter's own temporary references).
-_HELD_BY_ONE_DICT = _reference_counts({"probe": np.empty(0)}.values())[0]
+def _free_threaded():
+    """True on a free-threaded (no-GIL) CPython build, whose reference counts are not exact."""
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+def _single_owner_count():
+    """What :func:`_reference_counts` reports for an array that only one dict refers to, or None
+    where reference counts cannot tell whether a batch is still in use (then nothing is recycled).
+
+    Measured, not assumed: the count includes the interpreter's own temporary references, which
+    differ between Python versions. The measurement is checked before it is trusted: one more
+    reference, or a view, must raise the count, and dropping them must bring it back. Counts are
+    not used at all on free-threaded builds or on interpreters without ``sys.getrefcount``.
+    """
+    if _free_threaded() or not hasattr(sys, "getrefcount"):
+        return None
+    owner = {"probe": np.empty(1)}
+    alone = _reference_counts(owner.values())[0]
+    held = owner["probe"]
+    with_reference = _reference_counts(owner.values())[0]
+    view = held[:]
+    del held
+    with_view = _reference_counts(owner.values())[0]
+    del view
+    again = _reference_counts(owner.values())[0]
+    if with_reference <= alone or with_view <= alone or again != alone:
+        return None
+    return alone
+
+
+_SINGLE_OWNER_COUNT = _single_owner_count()
 
 
 class BatchRecycler:
@@ -202,8 +232,11 @@ class BatchRecycler:
     Faulting a fresh 64x50 image batch (39 MB) into memory costs about as much as filling it, so
     reusing memory nearly doubles sampling throughput. A batch is reused only when the reference
     counts of all its arrays show that this recycler holds the only reference: a batch you keep,
-    or any view, slice or ``torch.from_numpy`` tensor of one of its arrays, is never overwritten.
-    The ``slots`` most recently allocated batches are candidates for reuse.
+    or any one of its arrays, or any view, slice or ``torch.from_numpy`` tensor of one of them, is
+    never overwritten. (Memory reached only through a raw pointer, e.g. ``array.ctypes.data``, is
+    not counted: copy what you keep that way.) The ``slots`` most recently allocated batches are
+    candidates for reuse. Where reference counts are not reliable (free-threaded builds, or a
+    calibration at import that did not behave as expected) every batch is newly allocated.
     """
 
     def __init__(self, make_batch, slots=2):
@@ -211,10 +244,17 @@ class BatchRecycler:
         self._slots = slots
         self._batches = []
 
+    @property
+    def enabled(self):
+        """True when batches are reused on this interpreter (see the class docstring)."""
+        return _SINGLE_OWNER_COUNT is not None
+
     def get(self):
         """A batch dict to fill: recycled when one is free, else newly allocated."""
+        if not self.enabled:
+            return self._make_batch()
         for batch in self._batches:
-            if max(_reference_counts(batch.values())) <= _HELD_BY_ONE_DICT:
+            if max(_reference_counts(batch.values())) <= _SINGLE_OWNER_COUNT:
                 return dict(batch)  # the caller gets its own dict; ours stays as it is
         batch = self._make_batch()
         self._batches.append(batch)

@@ -140,11 +140,14 @@ class TorchBatchIterator:
 
 
 def free_device_bytes(device):
-    """Bytes free on ``device`` (CUDA: as the driver reports; CPU: available RAM; else None)."""
+    """Bytes free on ``device`` (CUDA: free for the driver plus what PyTorch's caching allocator
+    holds unused; CPU: available RAM; else None)."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        # blocks the caching allocator keeps after tensors were freed count as used for the driver
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
     if device.type == "cpu" and hasattr(os, "sysconf"):
         try:
             return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))

@@ -39,18 +39,41 @@ DATASET = "walker_walk-medrep"
 # ------------------------------------------------------------------------------------ fixtures
 
 
+def _is_loopback(host) -> bool:
+    if host is None:
+        return True  # a passive (listening) lookup
+    host = host.decode() if isinstance(host, bytes) else str(host)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
 @pytest.fixture(autouse=True)
 def loopback_only(monkeypatch):
-    """No test may reach beyond this machine: connections to non-loopback addresses fail."""
-    real_connect = socket.socket.connect
+    """No test may reach beyond this machine: name lookups and connections that would leave it fail,
+    and the test fails even if the library swallowed that error (e.g. best-effort telemetry)."""
+    attempts = []
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
 
     def connect(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            if not ipaddress.ip_address(address[0]).is_loopback:
-                raise OSError(f"test tried to connect to {address[0]} (tests stay on loopback)")
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
+            attempts.append(address[0])
+            raise OSError(f"test tried to connect to {address[0]} (tests stay on loopback)")
         return real_connect(sock, address)
 
+    def getaddrinfo(host, *args, **kwargs):
+        if not _is_loopback(host):
+            attempts.append(host)
+            raise socket.gaierror(f"test tried to look up {host!r} (tests stay on loopback)")
+        return real_getaddrinfo(host, *args, **kwargs)
+
     monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield
+    assert attempts == [], f"the test tried to reach {attempts}"
 
 
 @pytest.fixture(autouse=True)
@@ -121,6 +144,8 @@ def test_upload_then_download_gives_the_same_dataset(tmp_path, hub, source, publ
     assert record["repo_id"] == REPO and record["revision"] == "main" and record["commit"] == published.commit
     # shards are hard links to the HF cache's blobs: one copy on disk
     assert all((folder / name).stat().st_nlink >= 2 for name in shard_names(folder))
+    # readable like any folder made with mkdir (the umask decides), not private to this user
+    assert folder.stat().st_mode & 0o777 == folder.parent.stat().st_mode & 0o777
     assert hub.repos[REPO].tags["format-v1"] == published.commit
 
 
@@ -177,6 +202,25 @@ def test_revision_pins_a_version_and_finished_data_is_not_replaced_without_force
     assert_same_data(load_dataset(folder), load_dataset(newer))
     assert hub_module.read_hub_record(folder)["commit"] == second.commit
     assert hub.repos[REPO].tags == {"v1": first.commit, "format-v1": second.commit}
+
+
+def test_failed_replacement_puts_the_old_dataset_back(tmp_path, hub, source, monkeypatch):
+    first = hub_module.upload_dataset(source, repo_id=REPO, tag="v1")
+    hub_module.upload_dataset(write_tiny_dataset(tmp_path / "src2" / DATASET, seed=7), repo_id=REPO)
+    folder = download(tmp_path, revision="v1")
+    real_rename = os.rename
+
+    def rename(source_path, destination):
+        if ".partial-" in os.fspath(source_path):  # the finished staging folder cannot be moved
+            raise OSError("simulated failure")
+        return real_rename(source_path, destination)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="simulated failure"):
+        download(tmp_path, force=True)
+    assert entries(tmp_path / "root") == [folder]
+    assert_same_data(load_dataset(folder), load_dataset(source))
+    assert hub_module.read_hub_record(folder)["commit"] == first.commit
 
 
 def test_unknown_revision_is_named(tmp_path, hub, published):
@@ -269,7 +313,8 @@ def test_failed_download_leaves_no_dataset_and_next_run_skips_finished_shards(tm
     assert len(hub.content_gets(f"{DATASET}/shard-00000.h5")) == 1
 
 
-@pytest.mark.parametrize("bad_name", ["../evil.h5", "/tmp/lqv-evil.h5", "sub/shard-00000.h5", "evil.sh"])
+@pytest.mark.parametrize("bad_name", ["../evil.h5", "/tmp/lqv-evil.h5", "sub/shard-00000.h5", "evil.sh",
+                                      "shard-00000.h5\n"])
 def test_hostile_manifest_is_refused_and_nothing_is_written(tmp_path, hub, source, published, bad_name):
     manifest = read_manifest(source)
     manifest["shards"][0]["file"] = bad_name
@@ -280,7 +325,7 @@ def test_hostile_manifest_is_refused_and_nothing_is_written(tmp_path, hub, sourc
 
     with pytest.raises(CorruptDatasetError) as info:
         download(tmp_path)
-    assert bad_name in str(info.value)
+    assert repr(bad_name) in str(info.value)
     assert entries(tmp_path / "root") == []
     assert not os.path.exists("/tmp/lqv-evil.h5")
     outside_cache = [p for p in tmp_path.rglob("*evil*") if "hf-home" not in p.parts]
@@ -296,6 +341,9 @@ def test_offline_mode_and_no_network_use_the_cache(tmp_path, hub, source, publis
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert download(tmp_path) == folder
+    (folder / "shard-00001.h5").unlink()  # a damaged copy is rebuilt from the cache, offline
+    assert download(tmp_path) == folder
+    assert verify_dataset(folder) == []
     again = download(tmp_path, root="root2")  # materialized from the HF cache alone
     assert_same_data(load_dataset(again), load_dataset(source))
     with pytest.raises(HubUnavailableError, match="offline"):
@@ -379,3 +427,10 @@ def test_cli_upload_and_download(tmp_path, hub, source):
     result = runner.invoke(main, ["upload", DATASET, "--root", str(source.parent), "--repo-id", REPO,
                                   "--tag", "v1.0"])
     assert result.exit_code == 1 and "already exists" in result.output
+
+
+def test_cli_offline_download_keeps_a_local_dataset_without_claiming_it_matches_the_hub(source, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = CliRunner().invoke(main, ["download", DATASET, "--repo-id", REPO, "--root", str(source.parent)])
+    assert result.exit_code == 0, result.output
+    assert "not compared with the Hub" in result.output and "identical" not in result.output

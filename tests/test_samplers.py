@@ -7,12 +7,14 @@ ShardWriter -> load_dataset path, in RAM and lazy.
 """
 
 import math
+import weakref
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from lqv_d4rl import samplers
 from lqv_d4rl.samplers import (
     ConservativeSampler,
     ReturnCurriculumSampler,
@@ -27,6 +29,7 @@ from lqv_d4rl.torch_data import (
     DeviceMemoryError,
     DeviceSequenceSampler,
     TorchBatchIterator,
+    free_device_bytes,
     make_device_sampler,
 )
 
@@ -216,9 +219,51 @@ def test_recycled_batches_never_overwrite_what_is_still_referenced():
         sampler.sample()
     assert all(np.array_equal(kept[key], kept_copy[key]) for key in kept)
     assert np.array_equal(view, view_copy) and torch.equal(tensor, tensor_copy)
-    # batches nobody keeps are filled again in place
-    addresses = {sampler.sample()["image"].ctypes.data for _ in range(6)}
-    assert len(addresses) == 1
+    # batches nobody keeps are filled again in place (where reference counts can be trusted)
+    if sampler.recycler.enabled:
+        addresses = {sampler.sample()["image"].ctypes.data for _ in range(6)}
+        assert len(addresses) == 1
+
+
+def test_a_kept_array_of_a_batch_is_never_overwritten():
+    dataset = memory_dataset([70, 90, 55])
+    sampler = make_sequence_sampler(dataset, batch_size=4, seq_len=10, seed=0)
+    actions = sampler.sample()["action"]  # the dict is dropped; only this one array is kept
+    kept = actions.copy()
+    for _ in range(5):
+        batch = sampler.sample()
+        assert not any(np.shares_memory(actions, value) for value in batch.values())
+    assert np.array_equal(actions, kept)
+
+
+def test_recycling_is_on_where_reference_counts_work():
+    if samplers._free_threaded():
+        assert samplers._single_owner_count() is None
+    else:
+        assert samplers._single_owner_count() == samplers._SINGLE_OWNER_COUNT is not None
+        sampler = make_sequence_sampler(memory_dataset([30]), batch_size=2, seq_len=10)
+        image = weakref.ref(sampler.sample()["image"])
+        assert image() is not None  # kept for reuse
+
+
+def test_recycling_turns_itself_off_where_reference_counts_cannot_be_trusted(monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(samplers, "_free_threaded", lambda: True)
+        assert samplers._single_owner_count() is None
+    with monkeypatch.context() as patch:  # a calibration whose counts do not react to references
+        patch.setattr(samplers, "_reference_counts", lambda arrays: [2 for _ in arrays])
+        assert samplers._single_owner_count() is None
+    monkeypatch.setattr(samplers, "_SINGLE_OWNER_COUNT", None)
+    dataset = memory_dataset([70, 90, 55])
+    sampler = make_sequence_sampler(dataset, batch_size=4, seq_len=10, seed=3)
+    fresh = make_sequence_sampler(dataset, batch_size=4, seq_len=10, seed=3, recycle=False)
+    assert not sampler.recycler.enabled
+    for _ in range(3):
+        got, want = sampler.sample(), fresh.sample()
+        assert all(np.array_equal(got[key], want[key]) for key in want)
+        image = weakref.ref(got["image"])
+        del got
+        assert image() is None  # nothing is kept back for reuse
 
 
 def test_recycling_does_not_change_the_batches():
@@ -511,6 +556,14 @@ def test_device_sampler_refuses_a_dataset_that_does_not_fit():
     sampler = SequenceSampler(dataset, batch_size=2, seq_len=10)
     with pytest.raises(DeviceMemoryError, match="needs .* GiB on cpu but only"):
         DeviceSequenceSampler(sampler, device="cpu", memory_budget=1000)
+
+
+def test_free_cuda_memory_counts_what_the_caching_allocator_holds_unused(monkeypatch):
+    # the driver's figures are simulated (no GPU here); PyTorch reuses its cached blocks
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 10 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 4 * 2**30)
+    assert free_device_bytes("cuda") == 9 * 2**30
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -33,8 +33,10 @@ def download(dataset_ids, repo_id, revision, root, force):
         except (LQVError, ValueError) as err:
             raise click.ClickException(str(err)) from None
         record = read_hub_record(folder)
-        if record is None:
-            origin = f"identical to {hub_settings(repo_id).repo_id}@{revision or 'main'} (local copy kept)"
+        if record is None:  # a dataset made on this machine was kept
+            settings = hub_settings(repo_id)
+            origin = ("local copy kept (offline: not compared with the Hub)" if settings.offline else
+                      f"identical to {settings.repo_id}@{revision or 'main'} (local copy kept)")
         else:
             origin = f"{record['repo_id']}@{record['revision']} (commit {record['commit'][:12]})"
         click.echo(f"{dataset_id}: {origin} -> {folder}")
