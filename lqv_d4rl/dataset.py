@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CorruptDatasetError, DatasetNotFoundError
+from .errors import CorruptDatasetError, DatasetNotFoundError, UnknownDatasetError
 from .format import (
     IMAGE_CHUNK_FRAMES, IMAGE_SHAPE, MANIFEST_NAME, STEP_KEYS, read_manifest, read_shard_table,
     verify_shard,
@@ -187,7 +187,9 @@ class LazyImages:
 
     Supports an integer, a slice, a 1-D integer array (any order, repeats allowed) or a boolean
     mask as first index, optionally followed by more indices applied to the result, and returns
-    numpy arrays. Files are opened on first use and reopened after pickling (DataLoader workers).
+    numpy arrays. Files are opened on first use and reopened in a new process (after pickling, or
+    in a forked DataLoader worker: HDF5 handles must not be shared between processes). A shard
+    that cannot be read raises CorruptDatasetError naming it.
     """
 
     def __init__(self, segments: list):
@@ -198,6 +200,7 @@ class LazyImages:
         if len(segments) and np.any(self._starts != np.r_[0, np.cumsum(self._counts)[:-1]]):
             raise ValueError("lazy image segments must tile the flat rows in order")
         self._files = {}
+        self._files_pid = os.getpid()
 
     shape = property(lambda self: (int(self._counts.sum()),) + IMAGE_SHAPE, doc="(N, 64, 64, 3)")
     dtype = np.dtype(np.uint8)
@@ -248,6 +251,8 @@ class LazyImages:
             if rows.shape != (len(self),):
                 raise IndexError(f"a boolean index needs shape ({len(self)},), got {rows.shape}")
             return np.flatnonzero(rows)
+        if rows.size == 0 and rows.ndim == 1:
+            return np.zeros(0, np.int64)  # an empty list is float64 to numpy
         if not np.issubdtype(rows.dtype, np.integer) or rows.ndim != 1:
             raise IndexError("LazyImages takes an int, a slice, or a 1-D integer/boolean array")
         if rows.size and (rows.max() >= len(self) or rows.min() < -len(self)):
@@ -255,11 +260,23 @@ class LazyImages:
         return np.where(rows < 0, rows + len(self), rows)
 
     def _dataset(self, segment: int):
+        if self._files_pid != os.getpid():  # a forked child: drop (do not close) the parent's
+            self._files, self._files_pid = {}, os.getpid()
         if segment not in self._files:
             import h5py
 
             self._files[segment] = h5py.File(self._paths[segment], "r")
         return self._files[segment]["steps"]["image"]
+
+    def _read(self, segment: int, read):
+        """Run ``read(image_dataset)``; an unreadable shard raises CorruptDatasetError naming it."""
+        try:
+            return read(self._dataset(segment))
+        except (OSError, KeyError, ValueError, RuntimeError) as err:
+            raise CorruptDatasetError(
+                f"cannot read the images of shard {self._paths[segment]}: {err}. Re-download or "
+                "re-generate the dataset."
+            ) from err
 
     def _read_slice(self, key: slice) -> np.ndarray:
         start, stop, step = key.indices(len(self))
@@ -270,8 +287,8 @@ class LazyImages:
             seg_start = self._starts[segment]
             lo, hi = max(start, seg_start), min(stop, seg_start + self._counts[segment])
             if lo < hi:
-                self._dataset(segment).read_direct(
-                    out, np.s_[lo - seg_start:hi - seg_start], np.s_[lo - start:hi - start])
+                self._read(segment, lambda images: images.read_direct(
+                    out, np.s_[lo - seg_start:hi - seg_start], np.s_[lo - start:hi - start]))
         return out
 
     def _read_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -284,8 +301,9 @@ class LazyImages:
             for run in _runs(local):
                 # One slice per run of nearby rows: every compressed chunk is decompressed once,
                 # and h5py's point selection (very slow for thousands of rows) is avoided.
-                block = self._dataset(segment)[local[run[0]]:local[run[-1]] + 1]
-                gathered[where[run]] = block[local[run] - local[run[0]]]
+                first, last = local[run[0]], local[run[-1]]
+                block = self._read(segment, lambda images: images[first:last + 1])
+                gathered[where[run]] = block[local[run] - first]
         return gathered[inverse.reshape(-1)]
 
 
@@ -338,14 +356,21 @@ def load_dataset(source, *, root=None, download: bool = False, lazy: bool = Fals
 def resolve_dataset_folder(source, root=None, download: bool = False) -> Path:
     """The folder of ``source`` (a dataset id or a folder), downloading it if asked to.
 
+    A ``Path`` or a string with a path separator is a folder. A bare name is looked up under the
+    dataset root first, then taken as a folder relative to the working directory.
     Raises UnknownDatasetError for a mistyped benchmark id and DatasetNotFoundError, saying how to
     generate or download it, for a dataset that is not on disk.
     """
-    path = Path(os.fspath(source)).expanduser()
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    is_path = isinstance(source, Path) or os.sep in text or bool(os.altsep and os.altsep in text)
+    if not is_path:
+        under_root = _folder_under_root(text, root)
+        if under_root is not None:
+            return under_root
     if (path / MANIFEST_NAME).is_file():
         return path
-    text = os.fspath(source)
-    if isinstance(source, Path) or os.sep in text or (os.altsep and os.altsep in text):
+    if is_path:
         raise DatasetNotFoundError(f"no lqv-d4rl dataset at {path} ({MANIFEST_NAME} not found)")
     dataset_id = check_dataset_id(text)
     folder = dataset_path(dataset_id, root)
@@ -361,6 +386,15 @@ def resolve_dataset_folder(source, root=None, download: bool = False) -> Path:
 
         return Path(download_dataset(dataset_id, root=root))
     raise DatasetNotFoundError(_not_found_message(dataset_id, folder))
+
+
+def _folder_under_root(name: str, root) -> Path | None:
+    """``<root>/<name>`` if it holds a dataset and ``name`` is a valid dataset id, else None."""
+    try:
+        folder = dataset_path(name, root)
+    except UnknownDatasetError:
+        return None
+    return folder if (folder / MANIFEST_NAME).is_file() else None
 
 
 def _not_found_message(dataset_id: str, folder: Path) -> str:
@@ -381,8 +415,9 @@ def _open_source(item, root, download, verify, allow_partial) -> _Source:
         raise CorruptDatasetError(
             f"dataset {manifest['dataset_id']!r} in {folder} is incomplete: its generation did "
             f"not finish ({manifest['num_episodes']} episodes in {len(manifest['shards'])} "
-            "finished shards). Resume the generation, or pass allow_partial=True to load the "
-            "finished episodes."
+            "finished shards). Finish it by rerunning the command that produced it (`lqv-d4rl "
+            "generate` resumes by itself, `lqv-d4rl import-npz` needs --resume), or pass "
+            "allow_partial=True to load the finished episodes."
         )
     tables = []
     for record in manifest["shards"]:

@@ -6,7 +6,8 @@ group ``/episodes`` with one row per episode. DATASETS.md specifies the format i
 
 Writing is crash-safe: a shard is written under a temporary name, flushed, fsynced and renamed, and
 only then recorded in the manifest (itself replaced atomically). A run that dies keeps every
-finished shard, and ``ShardWriter(..., resume=True)`` continues after the last one.
+finished shard, and ``ShardWriter(..., resume=True)`` continues after the last one, with the shard
+boundaries (hence the bytes) of a run that never stopped.
 """
 
 import hashlib
@@ -44,6 +45,11 @@ STEP_KEYS = ("image", "action", "reward", "discount", "is_first", "is_last", "is
 FLOAT_KEYS = ("action", "reward", "discount")
 FLAG_KEYS = ("is_first", "is_last", "is_terminal")
 EPISODE_KEYS = ("start", "length", "return", "policy_id", "policy_step", "seed", "video_ids")
+
+
+def step_bytes(action_dim: int) -> int:
+    """Uncompressed bytes of one step entry: image, float32 action/reward/discount, three flags."""
+    return int(np.prod(IMAGE_SHAPE)) + 4 * int(action_dim) + 4 + 4 + 3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,11 +113,11 @@ def validate_episode(steps: dict, action_dim: int) -> dict:
     """Check one episode's step dict and return it with the format's dtypes.
 
     ``steps`` needs exactly the keys of :data:`STEP_KEYS`, all of the same length L >= 2, with
-    ``image`` uint8 (L, 64, 64, 3), ``action`` (L, action_dim), ``reward``/``discount`` (L,)
-    floats (stored as float32), and flags (L,) bool (or integers 0/1). The entry convention is
-    checked too: ``is_first`` only at entry 0, ``is_last`` only at the last entry,
-    ``is_terminal`` only at the last entry (with discount 0), entry 0 with zero action, zero
-    reward, discount 1.
+    ``image`` uint8 (L, 64, 64, 3), ``action`` (L, action_dim) in [-1, 1] (the action space the
+    manifest declares), ``reward``/``discount`` (L,) floats (stored as float32), and flags (L,)
+    bool (or integers 0/1). The entry convention is checked too: ``is_first`` only at entry 0,
+    ``is_last`` only at the last entry, ``is_terminal`` only at the last entry (with discount 0),
+    entry 0 with zero action, zero reward, discount 1.
     Raises ``ValueError`` saying what is wrong.
     """
     if not isinstance(steps, dict):
@@ -128,6 +134,11 @@ def validate_episode(steps: dict, action_dim: int) -> dict:
     for key in FLOAT_KEYS:
         shape = (length, action_dim) if key == "action" else (length,)
         out[key] = _check_float(key, arrays[key], shape)
+    if np.any(np.abs(out["action"]) > 1):
+        raise ValueError(
+            f"'action' must lie in [-1, 1] (the format's action space), got values from "
+            f"{out['action'].min()} to {out['action'].max()}; clip or rescale the actions"
+        )
     for key in FLAG_KEYS:
         out[key] = _check_flag(key, arrays[key], length)
     _check_entry_convention(out, length)
@@ -298,6 +309,27 @@ def read_episode_table(path) -> dict:
     return table
 
 
+def _read_shard_episodes(path) -> list:
+    """The episodes of a shard as ``(steps, info)`` pairs, in the form :func:`write_shard` takes
+    (used to reopen a short last shard on resume). Raises CorruptDatasetError naming the file."""
+    import h5py
+
+    table = read_episode_table(path)
+    try:
+        with h5py.File(path, "r") as handle:
+            flat = {key: handle["steps"][key][()] for key in STEP_KEYS}
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
+        raise CorruptDatasetError(f"cannot read the steps of shard {path}: {err}") from err
+    episodes = []
+    for row, (start, length) in enumerate(zip(table["start"].tolist(), table["length"].tolist())):
+        steps = {key: flat[key][start:start + length] for key in STEP_KEYS}
+        info = {"policy_id": str(table["policy_id"][row]),
+                "policy_step": int(table["policy_step"][row]), "seed": int(table["seed"][row]),
+                "video_ids": table["video_ids"][row]}
+        episodes.append((steps, info))
+    return episodes
+
+
 def _check_episode_table(path, table: dict) -> None:
     if len({len(table[key]) for key in EPISODE_KEYS}) != 1:
         raise CorruptDatasetError(
@@ -354,7 +386,8 @@ def _check_manifest(path: Path, manifest) -> None:
     for key, kind in expected_types.items():
         if not isinstance(manifest.get(key), kind):
             fail(f"field {key!r} is missing or not of type {kind.__name__}")
-    action_shape = manifest["spaces"].get("action", {}).get("shape")
+    action_space = manifest["spaces"].get("action")
+    action_shape = action_space.get("shape") if isinstance(action_space, dict) else None
     if not (isinstance(action_shape, list) and len(action_shape) == 1
             and isinstance(action_shape[0], int)):
         fail("spaces.action.shape must be a list of one integer")
@@ -505,7 +538,10 @@ class ShardWriter:
 
     An existing dataset is never overwritten unless ``overwrite=True``. With ``resume=True`` a
     partial dataset is continued after its last finished shard: :attr:`num_episodes` tells how many
-    episodes are already stored, so the producer can skip them.
+    episodes are already stored, so the producer can skip them. A last shard cut short by an
+    interruption (an exception saves the buffer early) is reopened when the next episode would
+    still have fitted into it, and rewritten with that episode; so the shards of a resumed run,
+    given the same episodes, are byte for byte those of a run that never stopped.
     """
 
     def __init__(self, folder, *, dataset_id: str, task: str, level: str, action_dim: int,
@@ -522,6 +558,8 @@ class ShardWriter:
         self.max_shard_bytes = int(max_shard_bytes)
         self._buffer: list = []
         self._buffered_bytes = 0
+        self._reopened = 0  # episodes at the head of the buffer that the last shard also holds
+        self._may_reopen_last_shard = False
         self._closed = False
         existing = _existing_manifest(self.folder) if resume else None
         if existing is not None:
@@ -534,7 +572,7 @@ class ShardWriter:
     @property
     def num_episodes(self) -> int:
         """Episodes stored so far: in finished shards plus those buffered for the next shard."""
-        return self._manifest["num_episodes"] + len(self._buffer)
+        return self._manifest["num_episodes"] + len(self._buffer) - self._reopened
 
     @property
     def num_finished_episodes(self) -> int:
@@ -561,6 +599,9 @@ class ShardWriter:
         arrays = validate_episode(steps, self.action_dim)
         info = _episode_info(policy_id, policy_step, seed, video_ids)
         size = sum(array.nbytes for array in arrays.values())
+        if self._may_reopen_last_shard:
+            self._may_reopen_last_shard = False
+            self._reopen_last_shard_if_it_fits(size)
         if self._buffer and self._buffered_bytes + size > self.max_shard_bytes:
             self._finish_shard()
         self._buffer.append((arrays, info))
@@ -572,7 +613,7 @@ class ShardWriter:
         """Write the buffered episodes as the last shard and mark the dataset complete."""
         if self._closed:
             return
-        if self._buffer:
+        if self._has_unsaved_episodes():
             self._finish_shard()
         self._manifest["complete"] = True
         self._write_manifest()
@@ -587,7 +628,7 @@ class ShardWriter:
             return
         # Keep what was recorded, but leave the dataset incomplete so that it can be resumed.
         self._closed = True
-        if self._buffer:
+        if self._has_unsaved_episodes():
             try:
                 self._finish_shard()
             except Exception as err:  # the original exception matters more; do not mask it
@@ -595,7 +636,34 @@ class ShardWriter:
 
     # -- internals -----------------------------------------------------------------------------
 
+    def _has_unsaved_episodes(self) -> bool:
+        return len(self._buffer) > self._reopened
+
+    def _reopen_last_shard_if_it_fits(self, next_episode_bytes: int) -> None:
+        # Called with the first episode after a resume. A run that never stopped rotates a shard
+        # only when the next episode does not fit (or it is full); if it would have fitted, the
+        # last shard was cut short by an interruption: take its episodes back into the buffer.
+        record = self._manifest["shards"][-1]
+        last_bytes = record["num_steps"] * step_bytes(self.action_dim)
+        if last_bytes + next_episode_bytes > self.max_shard_bytes:
+            return
+        self._buffer = _read_shard_episodes(self.folder / record["file"])
+        self._buffered_bytes = last_bytes
+        self._reopened = len(self._buffer)
+
+    def _unrecord_reopened_shard(self) -> None:
+        # Before a reopened shard is rewritten, drop it from the manifest. A crash at any later
+        # point leaves the old or the new shard file unrecorded, which a resume adopts.
+        record = self._manifest["shards"].pop()
+        self._manifest["num_episodes"] -= record["num_episodes"]
+        self._manifest["num_steps"] -= record["num_steps"]
+        self._manifest["complete"] = False
+        self._write_manifest()
+        self._reopened = 0
+
     def _finish_shard(self) -> None:
+        if self._reopened:
+            self._unrecord_reopened_shard()
         index = len(self._manifest["shards"])
         name = shard_file_name(index)
         final_path = self.folder / name
@@ -650,6 +718,11 @@ class ShardWriter:
         _remove_temporary_files(self.folder)  # a shard or manifest being written when the run died
         self._manifest = manifest
         self._adopt_unrecorded_shards()
+        last = manifest["shards"][-1] if manifest["shards"] else None
+        self._may_reopen_last_shard = (
+            last is not None
+            and last["num_steps"] * step_bytes(self.action_dim) < self.max_shard_bytes
+        )
         return self._manifest
 
     def _adopt_unrecorded_shards(self) -> None:
@@ -657,7 +730,13 @@ class ShardWriter:
         # shard is complete (it was fsynced before the rename), so record it instead of redoing it.
         while (self.folder / shard_file_name(len(self._manifest["shards"]))).is_file():
             path = self.folder / shard_file_name(len(self._manifest["shards"]))
-            table = read_episode_table(path)
+            try:
+                table = read_episode_table(path)
+            except CorruptDatasetError as err:
+                raise CorruptDatasetError(
+                    f"cannot resume {self.folder}: {path.name} is not recorded in the manifest and "
+                    f"cannot be read ({err}). Delete {path} and resume again."
+                ) from err
             if table["dataset_id"] != self.dataset_id:
                 raise CorruptDatasetError(
                     f"{path} belongs to dataset {table['dataset_id']!r}, not {self.dataset_id!r}"
@@ -765,6 +844,7 @@ def _exists_message(folder: Path, manifest: dict | None) -> str:
         )
     return (
         f"{folder} holds a partial dataset {manifest['dataset_id']!r} ({manifest['num_episodes']} "
-        f"episodes in {len(manifest['shards'])} finished shards); pass resume=True (CLI: --resume) "
-        "to continue it, or overwrite=True (CLI: --overwrite) to start over"
+        f"episodes in {len(manifest['shards'])} finished shards); pass resume=True to continue it "
+        "(CLI: rerun the command that produced it: `lqv-d4rl generate` resumes by itself, "
+        "`lqv-d4rl import-npz` needs --resume), or overwrite=True (CLI: --overwrite) to start over"
     )

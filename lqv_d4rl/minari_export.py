@@ -65,14 +65,17 @@ def export_to_minari(
 
     _check_minari_name(name)
     dataset = load_dataset(id_or_path, root=root, lazy=True)
-    with _minari_datasets_path(minari_root):
-        target = Path(minari.storage.get_dataset_path(name))
-        _clear_target(target, name, overwrite)
-        try:
-            _write_episodes(minari, dataset, name, progress)
-        except BaseException:
-            shutil.rmtree(target, ignore_errors=True)
-            raise
+    try:
+        with _minari_datasets_path(minari_root):
+            target = Path(minari.storage.get_dataset_path(name))
+            _clear_target(target, name, overwrite)
+            try:
+                _write_episodes(minari, dataset, name, progress)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+    finally:
+        dataset.close()  # the shard files the lazy images opened
     return target
 
 

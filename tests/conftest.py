@@ -79,6 +79,30 @@ def write_tiny_dataset(folder, *, num_policies: int = 3, episodes_per_policy: in
     return folder
 
 
+def shard_byte_offsets(path) -> dict:
+    """Byte offsets inside a shard file where a flipped byte hits a given part of it: the HDF5
+    superblock, the middle of the first gzip image chunk, the episode table's ``return`` and
+    ``seed`` columns, and the last byte of the file."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        chunk = handle["steps/image"].id.get_chunk_info(0)
+        returns = handle["episodes/return"].id.get_offset()
+        seeds = handle["episodes/seed"].id.get_offset()
+    return {"superblock": 9, "image chunk": chunk.byte_offset + chunk.size // 2,
+            "episode returns": returns + 3, "episode seeds": seeds + 1,
+            "last byte": os.path.getsize(path) - 1}
+
+
+def flip_byte(path, offset: int) -> None:
+    """Invert every bit of the byte at ``offset`` of the file ``path``."""
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        value = handle.read(1)[0]
+        handle.seek(offset)
+        handle.write(bytes([value ^ 0xFF]))
+
+
 @pytest.fixture
 def episode_factory():
     """The :func:`make_episode` function, as a fixture."""

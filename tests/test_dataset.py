@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_episode, tiny_policy_id, write_tiny_dataset
+from conftest import (
+    flip_byte, make_episode, shard_byte_offsets, tiny_policy_id, write_tiny_dataset,
+)
 from lqv_d4rl.dataset import Dataset, LazyImages, combine, load_dataset
 from lqv_d4rl.errors import (
     ChecksumMismatchError, CorruptDatasetError, DatasetNotFoundError, UnknownDatasetError,
@@ -139,6 +141,16 @@ def test_load_by_id_from_root_argument_and_environment(tiny_dataset_path, monkey
     _assert_round_trip(load_dataset("walker_walk-medrep"))
 
 
+def test_an_id_means_the_dataset_under_the_root_even_if_the_working_directory_has_one(
+        tmp_path, monkeypatch):
+    write_tiny_dataset(tmp_path / "cwd" / "walker_walk-medrep", seed=50)
+    write_tiny_dataset(tmp_path / "root" / "walker_walk-medrep", seed=0)
+    monkeypatch.chdir(tmp_path / "cwd")
+    _assert_round_trip(load_dataset("walker_walk-medrep", root=tmp_path / "root"))
+    # A name that is only a folder of the working directory still loads from there.
+    assert load_dataset("walker_walk-medrep", root=tmp_path / "empty").episode_seeds[0] == 50
+
+
 def test_a_custom_dataset_loads_by_folder_and_by_name_under_root(tmp_path):
     write_tiny_dataset(tmp_path / "my_data", dataset_id="my_data", task="my_task", level="x",
                        action_dim=2, num_policies=1)
@@ -163,7 +175,8 @@ def test_lazy_images_index_like_the_in_memory_array(tiny_dataset_path):
     mask = np.zeros(len(eager), bool)
     mask[[1, 50, 90]] = True
     keys = [5, -1, slice(30, 100), slice(None), slice(10, 120, 7), slice(50, 10), rows,
-            rows.tolist(), mask, (rows, slice(0, 8)), (slice(40, 44), 3, slice(None), 0)]
+            rows.tolist(), mask, (rows, slice(0, 8)), (slice(40, 44), 3, slice(None), 0), [],
+            np.zeros(0, np.int64)]
     for key in keys:
         assert np.array_equal(lazy[key], eager[key]), key
     assert np.array_equal(np.asarray(lazy), eager)
@@ -171,6 +184,16 @@ def test_lazy_images_index_like_the_in_memory_array(tiny_dataset_path):
         lazy[np.array([len(eager)])]
     with pytest.raises(IndexError):
         lazy[np.array([0.5])]
+
+
+def test_lazy_images_match_ram_for_random_unsorted_repeated_and_negative_indices(
+        tiny_dataset_path):
+    eager = load_dataset(tiny_dataset_path).images
+    lazy = load_dataset(tiny_dataset_path, lazy=True).images
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        rows = rng.integers(-len(eager), len(eager), size=rng.integers(1, 40))
+        assert np.array_equal(lazy[rows], eager[rows]), rows
 
 
 def test_lazy_dataset_survives_pickling(tiny_dataset_path):
@@ -307,6 +330,30 @@ def test_load_catches_a_flipped_byte_and_names_the_file(tiny_dataset_path, lazy)
     _flip_byte(tiny_dataset_path / "shard-00002.h5")
     with pytest.raises(ChecksumMismatchError, match="shard-00002.h5.*Re-download or re-generate"):
         load_dataset(tiny_dataset_path, lazy=lazy)
+
+
+@pytest.mark.parametrize("region", ["superblock", "image chunk", "episode returns",
+                                    "episode seeds", "last byte"])
+@pytest.mark.parametrize("lazy", [False, True])
+def test_load_catches_a_flipped_byte_in_any_part_of_a_shard(tiny_dataset_path, lazy, region):
+    path = tiny_dataset_path / "shard-00001.h5"
+    flip_byte(path, shard_byte_offsets(path)[region])
+    with pytest.raises(ChecksumMismatchError, match="shard-00001.h5"):
+        load_dataset(tiny_dataset_path, lazy=lazy)
+
+
+def test_damaged_image_chunks_name_the_shard_even_without_checksums(tiny_dataset_path):
+    path = tiny_dataset_path / "shard-00001.h5"
+    flip_byte(path, shard_byte_offsets(path)["image chunk"])
+    with pytest.raises(CorruptDatasetError, match="shard-00001.h5.*Re-download"):
+        load_dataset(tiny_dataset_path, verify=False)
+    lazy = load_dataset(tiny_dataset_path, verify=False, lazy=True)
+    start = int(lazy.episode_starts[2])  # the first episode of shard 1
+    for key in (start, slice(start, start + 3), [start + 1, 0, start]):
+        with pytest.raises(CorruptDatasetError, match="shard-00001.h5.*Re-download"):
+            lazy.images[key]
+    intact = np.concatenate([make_episode(LENGTH, seed=k)["image"] for k in (0, 1)])
+    assert np.array_equal(lazy.images[:start], intact)  # the other shards still read
 
 
 def test_load_catches_a_truncated_shard_even_without_checksums(tiny_dataset_path):

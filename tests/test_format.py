@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import make_episode, write_tiny_dataset
+from conftest import flip_byte, make_episode, shard_byte_offsets, write_tiny_dataset
 from lqv_d4rl.errors import CorruptDatasetError, DatasetExistsError, UnknownDatasetError
 from lqv_d4rl.format import (
     FORMAT_VERSION, GZIP_LEVEL, IMAGE_CHUNK_FRAMES, MANIFEST_NAME, STEP_KEYS, ShardWriter,
@@ -47,6 +47,7 @@ def _shard_names(folder):
         (lambda e: e.update(action=e["action"][:, :4]), "'action' must have shape \\(21, 6\\)"),
         (lambda e: e.update(reward=e["reward"][:-1]), "same length"),
         (lambda e: e["reward"].__setitem__(3, np.nan), "NaN"),
+        (lambda e: e["action"].__setitem__((3, 1), 1.5), "'action' must lie in \\[-1, 1\\]"),
         (lambda e: e.update(is_first=e["is_first"].astype(np.float32)), "'is_first' must be bool"),
         (lambda e: e["is_first"].__setitem__(5, True), "'is_first' must be True at entry 0"),
         (lambda e: e["is_last"].__setitem__(-1, False), "'is_last' must be True at the last"),
@@ -265,6 +266,115 @@ def test_resume_adopts_a_shard_renamed_but_not_yet_recorded(tmp_path):
     assert read_manifest(folder)["shards"][1] == record
 
 
+def test_resume_after_a_kill_during_the_manifest_write(tmp_path):
+    folder = tmp_path / "d"
+    writer = _writer(folder, max_shard_bytes=2 * EPISODE_BYTES)
+    for k in range(2):
+        writer.add_episode(make_episode(LENGTH, seed=k), policy_id="p", seed=k)
+    before = (folder / MANIFEST_NAME).read_text()
+    for k in range(2, 4):  # shard 1 is renamed into place; the kill hits its manifest update
+        writer.add_episode(make_episode(LENGTH, seed=k), policy_id="p", seed=k)
+    (folder / MANIFEST_NAME).write_text(before)
+    (folder / (MANIFEST_NAME + ".tmp")).write_text(before[: len(before) // 2])
+    assert read_manifest(folder)["num_episodes"] == 2
+    with _writer(folder, max_shard_bytes=2 * EPISODE_BYTES, resume=True) as resumed:
+        assert resumed.num_episodes == 4
+        assert not (folder / (MANIFEST_NAME + ".tmp")).exists()
+        for k in range(4, 5):
+            resumed.add_episode(make_episode(LENGTH, seed=k), policy_id="p", seed=k)
+    assert read_manifest(folder)["num_episodes"] == 5
+    assert verify_dataset(folder, require_complete=True) == []
+
+
+_VARIED_LENGTHS = (21, 30, 12, 40, 21, 9, 25, 33)
+
+
+def _write_varied(writer, stop=len(_VARIED_LENGTHS)):
+    for k in range(writer.num_episodes, stop):
+        writer.add_episode(make_episode(_VARIED_LENGTHS[k], seed=k), policy_id=f"p{k % 2}",
+                           policy_step=k, seed=k, video_ids=[k])
+
+
+def _digests(folder):
+    return [(r["file"], r["num_episodes"], r["sha256"]) for r in read_manifest(folder)["shards"]]
+
+
+_VARIED_BOUND = int(2.5 * EPISODE_BYTES)
+
+
+@pytest.fixture(scope="module")
+def varied_reference(tmp_path_factory):
+    """Shard digests of the _VARIED_LENGTHS episodes written by a run that never stopped."""
+    folder = tmp_path_factory.mktemp("reference") / "d"
+    with _writer(folder, max_shard_bytes=_VARIED_BOUND) as writer:
+        _write_varied(writer)
+    return _digests(folder)
+
+
+@pytest.mark.parametrize("stop_after", range(1, len(_VARIED_LENGTHS)))
+def test_a_run_stopped_by_an_exception_and_resumed_writes_the_same_shards(tmp_path, stop_after,
+                                                                         varied_reference):
+    bound = _VARIED_BOUND
+    folder = tmp_path / "d"
+    with pytest.raises(KeyboardInterrupt):
+        with _writer(folder, max_shard_bytes=bound) as writer:  # saves its buffer early
+            _write_varied(writer, stop_after)
+            raise KeyboardInterrupt
+    assert read_manifest(folder)["num_episodes"] == stop_after
+    with _writer(folder, max_shard_bytes=bound, resume=True) as writer:
+        assert writer.num_episodes == stop_after
+        _write_varied(writer)
+        assert writer.num_episodes == len(_VARIED_LENGTHS)
+    assert _digests(folder) == varied_reference
+    assert verify_dataset(folder, require_complete=True) == []
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("crash_in", ["_replace_atomically", "_record_shard"])
+def test_a_crash_while_a_reopened_shard_is_rewritten_loses_nothing(tmp_path, monkeypatch,
+                                                                   crash_in, varied_reference):
+    bound = _VARIED_BOUND
+    folder = tmp_path / "d"
+    with pytest.raises(KeyboardInterrupt):
+        with _writer(folder, max_shard_bytes=bound) as writer:
+            _write_varied(writer, 1)  # shard 0 is saved early with episode 0 only
+            raise KeyboardInterrupt
+    # The resumed writer reopens shard 0 and dies before (_replace_atomically) or after
+    # (_record_shard) renaming its rewrite into place; the process is gone, nothing cleans up.
+    writer = _writer(folder, max_shard_bytes=bound, resume=True)
+    import lqv_d4rl.format as format_module
+
+    def crash(*args, **kwargs):
+        raise _Crash()
+
+    if crash_in == "_replace_atomically":
+        monkeypatch.setattr(format_module, "_replace_atomically", crash)
+    else:
+        monkeypatch.setattr(ShardWriter, "_record_shard", crash)
+    with pytest.raises(_Crash):
+        _write_varied(writer, 3)  # episode 1 fits into shard 0, episode 2 finishes it
+    monkeypatch.undo()
+    with _writer(folder, max_shard_bytes=bound, resume=True) as writer:
+        assert writer.num_episodes == (1 if crash_in == "_replace_atomically" else 2)
+        _write_varied(writer)
+    assert _digests(folder) == varied_reference
+    assert not list(folder.glob("*.tmp"))
+
+
+def test_the_partial_dataset_message_names_what_resumes_it_on_the_command_line(tmp_path):
+    folder = tmp_path / "d"
+    writer = _writer(folder, max_shard_bytes=EPISODE_BYTES)
+    writer.add_episode(make_episode(LENGTH), policy_id="p")
+    with pytest.raises(DatasetExistsError) as caught:
+        _writer(folder)
+    message = str(caught.value)
+    assert "`lqv-d4rl generate` resumes by itself" in message
+    assert "`lqv-d4rl import-npz` needs --resume" in message
+
+
 def test_resume_of_a_new_folder_starts_a_new_dataset(tmp_path):
     with _writer(tmp_path / "d", resume=True) as writer:
         assert writer.num_episodes == 0
@@ -384,6 +494,25 @@ def test_verify_catches_a_flipped_byte_and_names_the_file(tmp_path):
     assert len(problems) == 1 and "shard-00001.h5" in problems[0] and "checksum" in problems[0]
 
 
+@pytest.mark.parametrize("region", ["superblock", "image chunk", "episode returns",
+                                    "episode seeds", "last byte"])
+def test_verify_catches_a_flipped_byte_in_any_part_of_a_shard(tmp_path, region):
+    folder = write_tiny_dataset(tmp_path / "d")
+    path = folder / "shard-00001.h5"
+    flip_byte(path, shard_byte_offsets(path)[region])
+    problems = verify_dataset(folder)
+    assert len(problems) == 1 and "shard-00001.h5" in problems[0] and "checksum" in problems[0]
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.99])
+def test_verify_catches_a_shard_truncated_anywhere(tmp_path, keep):
+    folder = write_tiny_dataset(tmp_path / "d")
+    path = folder / "shard-00002.h5"
+    path.write_bytes(path.read_bytes()[:int(path.stat().st_size * keep)])
+    problems = verify_dataset(folder)
+    assert len(problems) == 1 and "shard-00002.h5" in problems[0] and "truncated" in problems[0]
+
+
 def test_verify_catches_a_truncated_and_a_missing_shard(tmp_path):
     folder = write_tiny_dataset(tmp_path / "d")
     path = folder / "shard-00000.h5"
@@ -434,6 +563,7 @@ def test_a_manifest_naming_files_outside_the_folder_is_rejected(tmp_path, name):
     (lambda m: m["shards"].append(dict(m["shards"][0])), "listed twice"),
     (lambda m: m.update(num_episodes=m["num_episodes"] + 1), "num_episodes does not match"),
     (lambda m: m["spaces"]["action"].update(shape=6), "spaces.action.shape"),
+    (lambda m: m["spaces"].update(action=[6]), "spaces.action.shape"),
     (lambda m: m.update(format="d4rl"), "not an lqv-d4rl manifest"),
 ])
 def test_a_malformed_manifest_is_a_corrupt_dataset_error(tmp_path, spoil, message):

@@ -2,7 +2,8 @@
 
 ``list``, ``info``, ``verify``, ``preview``, ``import-npz`` and ``export-minari``. A dataset is
 named either by id (a benchmark id such as ``walker_walk-medrep`` or a custom name, looked up under
-the dataset root) or by path (a folder holding a ``manifest.json``, or any argument with a ``/``).
+the dataset root) or by path (any argument with a ``/``, or a bare name that is no dataset under
+the root but a folder holding a ``manifest.json`` in the working directory).
 """
 
 from __future__ import annotations
@@ -289,15 +290,9 @@ def _bytes_on_disk(folder: Path) -> int:
 
 def _bytes_in_memory(manifest: dict, num_steps: int) -> int:
     """Bytes of the step arrays once loaded: uint8 images, float32 action/reward/discount, flags."""
-    spaces = manifest.get("spaces", {})
-    image_values = 1
-    for size in spaces.get("image", {}).get("shape", (64, 64, 3)):
-        image_values *= int(size)
-    action_dim = 1
-    for size in spaces.get("action", {}).get("shape", (1,)):
-        action_dim *= int(size)
-    per_step = image_values + 4 * action_dim + 4 + 4 + 3
-    return per_step * num_steps
+    from ..format import step_bytes
+
+    return step_bytes(manifest["spaces"]["action"]["shape"][0]) * num_steps
 
 
 # ------------------------------------------------------------------------------------- verify
