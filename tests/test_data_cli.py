@@ -75,10 +75,12 @@ def test_list_shows_registry_presence_and_custom_datasets(root):
     assert result.exit_code == 0, result.output
     lines = {line.split()[0]: line for line in result.output.splitlines()[2:]}
     assert set(DATASET_IDS) <= set(lines)
-    assert lines["walker_walk-medrep"].split()[1:] == ["walker_walk", "medrep", "400", "complete"]
+    assert lines["walker_walk-medrep"].split()[1:] == [
+        "walker_walk", "medrep", "400", "complete", "(6", "episodes)"]
     assert lines["walker_walk-random"].endswith("missing")
     assert "incomplete (1 episodes so far)" in lines["cheetah_run-random"]
-    assert lines["my_data"].split()[1:] == ["hopper_hop", "custom", "6", "complete"]
+    assert lines["my_data"].split()[1:] == [
+        "hopper_hop", "custom", "6", "complete", "(6", "episodes)"]
 
     rows = json.loads(run_cli("list", "--root", root, "--json").output)
     by_id = {row["dataset_id"]: row for row in rows}
@@ -105,7 +107,7 @@ def test_list_remote_shows_what_a_hub_repo_holds(root, tmp_path, monkeypatch):
         upload_dataset(root / "walker_walk-medrep", repo_id="team/lqv", token="test-token")
         result = run_cli("list", "--remote", "--repo-id", "team/lqv", "--root", root)
         assert result.exit_code == 0, result.output
-        assert result.output.splitlines()[2].split() == ["walker_walk-medrep", "complete"]
+        assert result.output.splitlines()[2].split() == ["walker_walk-medrep", "complete", "(6", "episodes)"]
         rows = json.loads(run_cli("list", "--remote", "--repo-id", "team/lqv", "--json",
                                   "--root", tmp_path / "elsewhere").output)
         assert rows == [{"dataset_id": "walker_walk-medrep", "local": "missing"}]

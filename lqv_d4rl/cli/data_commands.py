@@ -141,7 +141,7 @@ def _remote_rows(root, repo_id, revision) -> list[dict]:
 
 
 def local_status(folder: Path) -> str:
-    """One word or phrase on a dataset folder: missing, complete, incomplete (k episodes), damaged.
+    """A phrase on a dataset folder: missing, complete (n episodes), incomplete (k episodes), damaged.
 
     Cheap: reads the manifest and checks that each shard exists with its recorded size; the
     checksums are ``verify``'s job.
@@ -162,9 +162,10 @@ def local_status(folder: Path) -> str:
             return f"damaged ({shard['file']} missing)"
         if "bytes" in shard and path.stat().st_size != shard["bytes"]:
             return f"damaged ({shard['file']} has the wrong size)"
+    episodes = manifest.get("num_episodes", 0)
     if not manifest.get("complete", False):
-        return f"incomplete ({manifest.get('num_episodes', 0)} episodes so far)"
-    return "complete"
+        return f"incomplete ({episodes} episodes so far)"
+    return f"complete ({episodes} episodes)"
 
 
 def _text_table(rows: list[dict], columns) -> str:
