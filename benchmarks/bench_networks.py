@@ -43,6 +43,7 @@ def random_batch(batch, length, device, seed=0):
 
 
 def synchronize(device):
+    """Wait for queued CUDA work (no-op on CPU), so that timings cover it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -94,6 +95,7 @@ def settings(args):
 
 
 def main():
+    """Print the throughput table."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="batch 16x50 only, 1 thread, one timed update")

@@ -49,6 +49,7 @@ def time_updates(update, batch, *, warmup, steps, device):
 
 
 def synchronize(device):
+    """Wait for queued CUDA work (no-op on CPU), so that timings cover it."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
@@ -86,6 +87,7 @@ def benchmark(device, *, batch_size, seq_len, warmup, steps, separated=True, act
 
 
 def main():
+    """Print one result block (or JSON line) per device."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 8 x 50 instead of 64 x 50")
     parser.add_argument("--batch", type=int, default=None, help="sequences per batch (overrides)")

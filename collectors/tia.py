@@ -62,7 +62,8 @@ ADVERSARIAL_SCALES = {
 
 
 class TIAInputError(LQVError, ValueError):
-    """Observations, batches or checkpoints that TIA cannot use (the message says what is wrong)."""
+    """Settings, observations, batches or checkpoints that TIA cannot use (the message says what is
+    wrong)."""
 
 
 @dataclass
@@ -175,6 +176,35 @@ class TIAConfig:
     """On CUDA, run the networks under bfloat16 autocast (TIA ran float16 with loss scaling;
     bfloat16 needs none). Ignored on CPU, where everything runs in float32."""
 
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        """Raise :class:`TIAInputError` for a setting that cannot work (the message names the field)."""
+        if self.cnn_activation not in ("relu", "elu"):
+            raise TIAInputError(f"cnn_activation must be 'relu' or 'elu', got {self.cnn_activation!r}")
+        for name in ("cnn_depth", "distractor_cnn_depth", "deter", "stoch", "distractor_deter",
+                     "distractor_stoch", "hidden", "units", "reward_layers", "distractor_reward_layers",
+                     "actor_layers", "value_layers", "horizon", "batch_size", "seq_len", "train_every",
+                     "eval_every", "eval_episodes"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("distractor_reward_steps", "prefill_steps", "pretrain_steps", "train_steps",
+                     "total_steps"):
+            _check_int(name, getattr(self, name), minimum=0)
+        for name in ("model_lr", "actor_lr", "value_lr", "distractor_reward_lr", "adam_eps", "grad_clip",
+                     "actor_init_std", "min_std"):
+            if not getattr(self, name) > 0:
+                raise TIAInputError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("free_nats", "kl_scale", "distractor_kl_scale", "reward_scale",
+                     "distractor_image_scale", "adversarial_scale", "expl_noise"):
+            if not getattr(self, name) >= 0:
+                raise TIAInputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("gamma", "lambda_"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise TIAInputError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
+        if self.kl_balance is not None and not 0 < self.kl_balance < 1:
+            raise TIAInputError(f"kl_balance must be None or lie in (0, 1), got {self.kl_balance!r}")
+
     @classmethod
     def smoke(cls) -> "TIAConfig":
         """Tiny networks and a short schedule: a whole ``generate`` run on 2 CPU cores in minutes."""
@@ -206,6 +236,11 @@ class TIAConfig:
     def precision(self) -> str:
         """Precision name for :mod:`lqv_d4rl.networks.optim` (only takes effect on CUDA)."""
         return "bfloat16" if self.mixed_precision else "float32"
+
+
+def _check_int(name, value, *, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise TIAInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @contextlib.contextmanager

@@ -36,7 +36,6 @@ from lqv_d4rl.networks import (
     ConvEncoder,
     DenseHead,
     JointMaskDecoder,
-    MaskDecoder,
     image_log_likelihood,
     kl_balanced,
     latent_kl,
@@ -62,18 +61,6 @@ def dreamer_v1_kl(posterior, prior, free_nats, balance=None):
 def half_gradient(tensor):
     """``tensor`` in the forward pass, half of the incoming gradient in the backward pass."""
     return 0.5 * tensor + 0.5 * tensor.detach()
-
-
-def make_joint_decoder(task_feature_dim, distractor_feature_dim, task_depth, distractor_depth, activation):
-    """A :class:`JointMaskDecoder` whose branch decoders have TIA's activation and own depths.
-
-    ``JointMaskDecoder`` builds two ELU decoders of one depth; TIA's CNNs use ReLU and each branch
-    has its own depth, so its two mask decoders are replaced (the 1x1-conv mask combiner is kept).
-    """
-    joint = JointMaskDecoder(task_feature_dim, distractor_feature_dim, task_depth)
-    joint.endo = MaskDecoder(task_feature_dim, task_depth, activation=activation)
-    joint.exo = MaskDecoder(distractor_feature_dim, distractor_depth, activation=activation)
-    return joint
 
 
 class TIAWorldModel(nn.Module):
@@ -105,9 +92,9 @@ class TIAWorldModel(nn.Module):
         self.distractor_reward_head = DenseHead(
             self.distractor_rssm.feature_dim, (), "normal", config.distractor_reward_layers, config.units
         )
-        self.joint_decoder = make_joint_decoder(
-            self.task_rssm.feature_dim, self.distractor_rssm.feature_dim,
-            config.cnn_depth, config.distractor_cnn_depth, activation,
+        self.joint_decoder = JointMaskDecoder(
+            self.task_rssm.feature_dim, self.distractor_rssm.feature_dim, config.cnn_depth,
+            exo_depth=config.distractor_cnn_depth, activation=activation,
         )
 
     def _rssm(self, embed_dim, action_dim, deter, stoch):

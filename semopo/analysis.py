@@ -10,7 +10,7 @@
   the one ("endogenous") curve exists.
 * **Action entropy of sampled batches** (Fig. 6): ``lqv_d4rl.samplers.action_entropy`` of batches
   drawn by the conservative, return-curriculum and random samplers at several points of the
-  curriculum (the same batch shape and curriculum length as training).
+  curriculum (built as in training: batch shape, curriculum length, off-by-one setting).
 * **Reconstructions** (Fig. 5): observation, joint reconstruction, the image decoded from the
   endogenous state alone, the exogenous branch's image and the mask, as one PNG.
 """
@@ -24,15 +24,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from lqv_d4rl.images import save_preview
-from lqv_d4rl.networks import (
-    disagreement_lompo,
-    disagreement_semopo_code,
-    disagreement_semopo_paper,
-    ensemble_log_probs,
-    ensemble_predictions,
-    imagination_disagreement,
-)
+from lqv_d4rl.networks import imagination_disagreement, state_disagreement
 from lqv_d4rl.samplers import action_entropy, make_sequence_sampler
+
+from .train import make_sampler
 
 ANALYSIS_BATCH = 16
 """Sequences per analysis batch (a sample is enough for curves of means)."""
@@ -41,21 +36,6 @@ ANALYSIS_BATCH = 16
 # ---------------------------------------------------------------------------------------------
 # Uncertainty per branch
 # ---------------------------------------------------------------------------------------------
-
-
-def head_disagreement(rssm, states, kind):
-    """Disagreement of all prior heads at the GRU states of ``states`` (``(...,)`` per state).
-
-    The heads share the GRU, so ``head_stats(deter_t)`` are the K predictions of the latent at t.
-    ``lompo`` scores the state's own ``stoch`` under each head.
-    """
-    stats = rssm.head_stats(states["deter"])
-    if kind == "lompo":
-        return disagreement_lompo(ensemble_log_probs(stats, states["stoch"]))
-    predictions = ensemble_predictions(stats)
-    if kind == "semopo_paper":
-        return disagreement_semopo_paper(predictions)
-    return disagreement_semopo_code(predictions)
 
 
 @torch.no_grad()
@@ -69,15 +49,16 @@ def branch_uncertainty(agent, batch, *, horizon=15, kind=None):
     model = agent.world_model
     kind = kind or agent.config.penalty
     post, _ = model.observe(batch)
-    result = {"observed": {"endogenous": _mean_over_batch(head_disagreement(model.rssm, post, kind))},
-              "imagined": {}}
+    observed = state_disagreement(model.rssm, post, kind)
+    result = {"observed": {"endogenous": _mean_over_batch(observed)}, "imagined": {}}
     start = {key: value[:, -1] for key, value in post.items()}
     actor = lambda features: agent.behavior.policy(features, sample=False)
     imagination = model.rssm.imagine(actor, start, horizon)
     result["imagined"]["endogenous"] = _steps(imagination_disagreement(model.rssm, imagination, kind))
     if getattr(model, "separated", False):
         exo_post, _ = model.observe_exogenous(batch)
-        result["observed"]["exogenous"] = _mean_over_batch(head_disagreement(model.exo_rssm, exo_post, kind))
+        exo_observed = state_disagreement(model.exo_rssm, exo_post, kind)
+        result["observed"]["exogenous"] = _mean_over_batch(exo_observed)
         exo_start = {key: value[:, -1] for key, value in exo_post.items()}
         no_action = lambda features: torch.zeros(features.shape[0], agent.action_dim,
                                                  device=features.device)
@@ -114,9 +95,7 @@ def sampling_action_entropy(dataset, config, *, batches=8, points=6, seed=0,
     steps = np.unique(np.linspace(0, curriculum, points).astype(int))
     rows = []
     for mode in modes:
-        options = {"curriculum_steps": curriculum} if mode != "random" else {}
-        sampler = make_sequence_sampler(dataset, mode, batch_size=config.batch_size,
-                                        seq_len=config.seq_len, seed=seed, recycle=False, **options)
+        sampler = make_sampler(dataset, mode, config, seed, recycle=False)
         for step in steps:
             sampler.set_step(int(step))
             drawn = [sampler.sample() for _ in range(batches)]

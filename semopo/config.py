@@ -162,9 +162,12 @@ class SeMOPOConfig:
                 f"{self.ensemble}); raise ensemble or set penalty_lambda=0"
             )
         for name in ("penalty_lambda", "kl_scale", "exo_kl_scale", "image_scale", "reward_scale",
-                     "exo_only_scale"):
+                     "exo_only_scale", "free_nats", "actor_entropy"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("kl_balance", "gamma", "lambda_gae"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
         for name in ("model_lr", "actor_lr", "critic_lr", "model_eps", "clip"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")

@@ -28,7 +28,6 @@ parameter with the gradient of its own branch's loss (see the module docs of ``s
 difference from the released two-optimizer update).
 """
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -48,24 +47,7 @@ from lqv_d4rl.networks import (
     kl_balanced,
     preprocess_image,
 )
-
-BATCH_KEYS = ("image", "action", "reward", "is_first")
-
-
-def batch_to_tensors(batch, device):
-    """The keys a world model needs, as tensors on ``device`` (images stay uint8)."""
-    missing = [key for key in BATCH_KEYS if key not in batch]
-    if missing:
-        raise KeyError(f"a SeMOPO batch needs {list(BATCH_KEYS)}; it lacks {missing}")
-    tensors = {}
-    for key in BATCH_KEYS:
-        value = batch[key]
-        value = value if torch.is_tensor(value) else torch.from_numpy(np.asarray(value))
-        tensors[key] = value.to(device, non_blocking=True)
-    tensors["action"] = tensors["action"].float()
-    tensors["reward"] = tensors["reward"].float()
-    tensors["is_first"] = tensors["is_first"].bool()
-    return tensors
+from lqv_d4rl.networks.world_model import batch_to_tensors
 
 
 class SeparatedWorldModel(nn.Module):

@@ -99,8 +99,8 @@ class _Run:
         self.agent = SeMOPOAgent(dataset.action_dim, config, task=dataset.task, device=device,
                                  seed=self.seed)
         model_seed, policy_seed = np.random.SeedSequence(self.seed).generate_state(2)
-        self.model_sampler = _make_sampler(dataset, config.sampling, config, model_seed)
-        self.policy_sampler = _make_sampler(dataset, config.policy_sampling, config, policy_seed)
+        self.model_sampler = make_sampler(dataset, config.sampling, config, model_seed)
+        self.policy_sampler = make_sampler(dataset, config.policy_sampling, config, policy_seed)
         self.log = MetricsLog(self.log_dir / METRICS_NAME if self.log_dir else None)
         if self.log_dir is not None:
             self._open_log_dir(resume)
@@ -207,9 +207,9 @@ class _Run:
             )
 
 
-def _make_sampler(dataset, mode, config, seed):
-    """A sequence sampler of ``mode`` with the config's batch shape and curriculum length."""
-    options = {}
+def make_sampler(dataset, mode, config, seed, **options):
+    """A sequence sampler of ``mode`` with the config's batch shape and curriculum settings
+    (``options`` such as ``recycle`` go to ``lqv_d4rl.samplers.make_sequence_sampler``)."""
     if mode in ("conservative", "return_curriculum"):
         options["curriculum_steps"] = config.effective_curriculum_steps
     if mode == "return_curriculum":

@@ -37,6 +37,7 @@ from lqv_d4rl.networks import (
     kl_balanced,
     lambda_return,
     preprocess_image,
+    state_disagreement,
 )
 
 torch.set_num_threads(1)
@@ -111,6 +112,13 @@ def test_joint_mask_blend_is_convex_combination_of_branch_means():
     expected = image.mask * image.endo_mean + (1 - image.mask) * image.exo_mean
     torch.testing.assert_close(image.mean, expected)
     assert image.log_prob(torch.zeros(5, 64, 64, 3)).shape == (5,)
+
+
+def test_joint_mask_decoder_branches_can_have_their_own_depth_and_activation():
+    decoder = JointMaskDecoder(10, 6, depth=4, exo_depth=2, activation=torch.nn.ReLU)
+    assert (decoder.endo.depth, decoder.exo.depth) == (4, 2)
+    assert any(isinstance(layer, torch.nn.ReLU) for layer in decoder.exo.net)
+    assert decoder(torch.randn(5, 10), torch.randn(5, 6)).mean.shape == (5, 64, 64, 3)
 
 
 # ------------------------------------------------------------------------------------ RSSM
@@ -208,6 +216,17 @@ def test_action_conditioned_rssm_depends_on_actions():
     post, _ = rssm.observe(embed, actions, is_first)
     (gradient,) = torch.autograd.grad(post["deter"].sum(), actions)
     assert gradient.abs().sum() > 0
+
+
+def test_posterior_at_t_is_conditioned_on_the_action_stored_at_entry_t_and_not_later():
+    # entry t holds a_{t-1}, the action that led to o_t: the state at t uses actions[:, :t+1] only
+    rssm = make_rssm()
+    embed, is_first = torch.randn(1, 4, 8), torch.zeros(1, 4, dtype=torch.bool)
+    actions = torch.randn(1, 4, 2, requires_grad=True)
+    post, _ = rssm.observe(embed, actions, is_first)
+    (gradient,) = torch.autograd.grad(post["deter"][:, 2].sum(), actions)
+    assert gradient[0, 2].abs().sum() > 0 and gradient[0, 1].abs().sum() > 0
+    assert not gradient[0, 3].any()
 
 
 def test_same_seed_gives_identical_outputs():
@@ -417,6 +436,26 @@ def test_imagination_disagreement_matches_a_fresh_ensemble_step(kind):
 # ------------------------------------------------------------------------------------ behaviour
 
 
+def test_released_penalty_has_finite_gradients_where_the_heads_agree():
+    predictions = torch.full((3, 2, 5), 0.2, requires_grad=True)  # three identical heads
+    penalty = disagreement_semopo_code(predictions)
+    penalty.sum().backward()
+    assert torch.equal(penalty, torch.zeros(2))
+    assert torch.isfinite(predictions.grad).all()
+
+
+@pytest.mark.parametrize("kind", ["semopo_paper", "semopo_code", "lompo"])
+def test_state_disagreement_scores_every_observed_state(kind):
+    rssm = make_rssm(ensemble=3)
+    post, _ = rssm.observe(torch.randn(2, 5, 8), torch.randn(2, 5, 2), torch.zeros(2, 5, dtype=torch.bool))
+    values = state_disagreement(rssm, post, kind)
+    assert values.shape == (2, 5)
+    last = {key: value[:, -1] for key, value in post.items()}
+    assert torch.allclose(values[:, -1], state_disagreement(rssm, last, kind))
+    with pytest.raises(ValueError, match="unknown penalty"):
+        state_disagreement(rssm, post, "variance")
+
+
 def test_lambda_return_on_hand_computed_example():
     rewards = torch.tensor([1.0, 2.0])
     values = torch.tensor([0.0, 10.0, 20.0])
@@ -604,6 +643,18 @@ def test_apply_gradients_updates_exactly_like_step_on_the_same_loss():
     assert norm_applied.item() == pytest.approx(norm_step.item())
     for a, b in zip(stepped.parameters(), applied.parameters()):
         assert torch.equal(a, b)
+
+
+def test_apply_gradients_refuses_to_bypass_float16_loss_scaling():
+    layer = torch.nn.Linear(3, 2)
+    optimizer = Optimizer("scaled", layer, lr=0.1)
+    # what precision="float16" builds on CUDA: an enabled GradScaler (here the CPU one)
+    optimizer.scaler = torch.amp.GradScaler("cpu")
+    gradients = torch.autograd.grad(layer(torch.ones(1, 3)).sum(), optimizer.parameters)
+    before = layer.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        optimizer.apply_gradients(gradients)
+    assert torch.equal(before, layer.weight)
 
 
 def test_autocast_is_a_no_op_on_cpu_and_rejects_unknown_precisions():

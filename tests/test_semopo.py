@@ -206,6 +206,17 @@ def test_penalty_is_zero_when_heads_agree():
     assert agent.penalized_reward(imagination)[2].abs().max() < 1e-6
 
 
+def test_policy_update_stays_finite_when_the_heads_agree_under_the_released_penalty():
+    agent = hand_built_agent("semopo_code")
+    with torch.no_grad():
+        for head in agent.world_model.rssm.img_heads:
+            head[-1].bias.copy_(HAND_LOGITS[0].flatten())
+    metrics = agent.train_policy_step(random_batch(agent.config))
+    assert float(metrics["penalty"]) == 0.0
+    assert math.isfinite(float(metrics["actor_grad_norm"]))
+    assert all(torch.isfinite(p).all() for p in agent.behavior.actor.parameters())
+
+
 # ----------------------------------------------------------------------------------------------
 # Config
 # ----------------------------------------------------------------------------------------------
@@ -228,6 +239,14 @@ def test_presets_and_config_errors():
         semopo.preset("huge")
 
 
+@pytest.mark.parametrize("field, value", [("kl_balance", 1.5), ("gamma", 1.01),
+                                          ("lambda_gae", -0.1), ("free_nats", -1.0),
+                                          ("actor_entropy", -1e-4)])
+def test_config_rejects_out_of_range_loss_and_return_settings(field, value):
+    with pytest.raises(semopo.ConfigError, match=field):
+        semopo.SeMOPOConfig(**{field: value})
+
+
 # ----------------------------------------------------------------------------------------------
 # Conservative sampling on a real mixed dataset
 # ----------------------------------------------------------------------------------------------
@@ -244,6 +263,18 @@ def test_conservative_batches_have_lower_action_entropy(walker_dataset):
     first = {row["mode"]: row["entropy"] for row in rows if row["step"] == 0}
     assert first["conservative"] < first["random"] - 0.3
     assert mean["conservative"] < mean["random"]
+
+
+def test_action_entropy_analysis_samples_like_training_with_the_off_by_one(walker_dataset):
+    # the released code never samples the best-return episode; the analysis must draw the same way
+    dataset = load_dataset(walker_dataset)
+    entropies = {}
+    for replicate in (False, True):
+        config = tiny_config(batch_size=8, model_steps=40, replicate_off_by_one=replicate)
+        rows = sampling_action_entropy(dataset, config, batches=4, points=2, seed=0,
+                                       modes=("return_curriculum",))
+        entropies[replicate] = [row["entropy"] for row in rows]
+    assert entropies[True] != entropies[False]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -308,3 +308,16 @@ def test_paper_config_uses_the_published_adversarial_weights():
     assert (paper.cnn_depth, paper.deter, paper.stoch, paper.free_nats, paper.batch_size) == (26, 200, 30, 3.0, 50)
     with pytest.raises(UnknownTaskError):
         TIAConfig.paper("walker_run")
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"eval_every": 0}, "eval_every"),  # the online loop would never move its next evaluation on
+    ({"train_every": 0}, "train_every"),
+    ({"kl_balance": 1.5}, "kl_balance"),
+    ({"free_nats": -1.0}, "free_nats"),
+    ({"cnn_activation": "tanh"}, "cnn_activation"),
+    ({"batch_size": 2.5}, "batch_size"),
+])
+def test_config_rejects_settings_that_cannot_work(changes, field):
+    with pytest.raises(TIAInputError, match=field):
+        dataclasses.replace(TIAConfig.smoke(), **changes)

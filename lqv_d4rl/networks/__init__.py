@@ -11,7 +11,8 @@ Modules, read in this order:
   ``img_step``, ``imagine``, ``features``, ``ensemble_prior_stats``; states are dicts of tensors.
 * :mod:`~lqv_d4rl.networks.losses` – :func:`kl_balanced` and the ensemble disagreement penalties
   (:func:`disagreement_semopo_paper`, :func:`disagreement_semopo_code`, :func:`disagreement_lompo`,
-  and :func:`imagination_disagreement` to evaluate them along an imagined rollout).
+  :func:`state_disagreement` at given latent states and :func:`imagination_disagreement` along an
+  imagined rollout).
 * :mod:`~lqv_d4rl.networks.heads` – :class:`MLP`, :class:`DenseHead`, :class:`ActionHead`.
 * :mod:`~lqv_d4rl.networks.mask` – :class:`JointMaskDecoder`: two branches blended by a learned mask.
 * :mod:`~lqv_d4rl.networks.world_model` – :class:`WorldModel`: a single-branch DreamerV2 model
@@ -50,6 +51,7 @@ from lqv_d4rl.networks.losses import (
     kl_balanced,
     latent_dist,
     latent_kl,
+    state_disagreement,
 )
 from lqv_d4rl.networks.mask import JointImage, JointMaskDecoder, MaskCombiner
 from lqv_d4rl.networks.optim import Optimizer, autocast, count_parameters
@@ -107,4 +109,5 @@ __all__ = [
     "map_states",
     "preprocess_image",
     "stack_states",
+    "state_disagreement",
 ]

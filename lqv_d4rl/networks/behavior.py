@@ -157,7 +157,7 @@ class ActorCritic(nn.Module):
             values = self.slow_critic(trajectory.features).mean
             returns = lambda_return(rewards, values, discounts, self.config.lambda_)
             weights = self._weights(discounts)
-            actor_loss, actor_metrics = self._actor_loss(trajectory, returns, weights)
+            actor_loss, actor_metrics = self._actor_loss(trajectory, returns, values, weights)
         metrics = self.actor_opt.step(actor_loss)
         with autocast(self.device, self.config.precision):
             critic_loss = self._critic_loss(trajectory, returns, weights)
@@ -178,14 +178,13 @@ class ActorCritic(nn.Module):
         reach = torch.cumprod(torch.cat([torch.ones_like(discounts[:1]), discounts[:-1]]), 0)
         return reach.detach()
 
-    def _actor_loss(self, trajectory, returns, weights):
+    def _actor_loss(self, trajectory, returns, values, weights):
         cfg = self.config
         policy = self.actor(trajectory.features[:-1].detach())
         if cfg.actor_grad == "dynamics":
             objective = returns
         else:
-            baseline = self.slow_critic(trajectory.features[:-1]).mean
-            advantage = (returns - baseline).detach()
+            advantage = (returns - values[:-1]).detach()  # slow-critic baseline v(s_t)
             reinforce = policy.log_prob(trajectory.actions.detach()) * advantage
             objective = reinforce if cfg.actor_grad == "reinforce" else (
                 cfg.actor_grad_mix * returns + (1 - cfg.actor_grad_mix) * reinforce

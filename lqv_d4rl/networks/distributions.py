@@ -112,6 +112,7 @@ class TruncatedNormal(td.Distribution):
 
     @property
     def support(self):
+        """The interval ``[low, high]``."""
         return td.constraints.interval(self.low, self.high)
 
     def rsample(self, sample_shape=torch.Size()):
@@ -123,14 +124,17 @@ class TruncatedNormal(td.Distribution):
         return value.clamp(self.low, self.high)
 
     def sample(self, sample_shape=torch.Size()):
+        """A sample without gradients."""
         with torch.no_grad():
             return self.rsample(sample_shape)
 
     def log_prob(self, value):
+        """Log-density of ``value`` (inside ``[low, high]``) under the truncated Normal."""
         standard = (value - self.loc) / self.scale
         return -0.5 * standard.pow(2) - _LOG_SQRT_2PI - self.scale.log() - self._mass.log()
 
     def entropy(self):
+        """The exact entropy of the truncated Normal."""
         pdf_alpha = _normal_pdf(self._alpha)
         pdf_beta = _normal_pdf(self._beta)
         correction = (self._alpha * pdf_alpha - self._beta * pdf_beta) / (2 * self._mass)
@@ -138,11 +142,13 @@ class TruncatedNormal(td.Distribution):
 
     @property
     def mean(self):
+        """The mean of the truncated Normal (not ``loc``)."""
         pdf_difference = _normal_pdf(self._alpha) - _normal_pdf(self._beta)
         return self.loc + self.scale * pdf_difference / self._mass
 
     @property
     def mode(self):
+        """``loc`` clamped to ``[low, high]``: the deterministic action used for evaluation."""
         return self.loc.clamp(self.low, self.high)
 
 
@@ -166,13 +172,16 @@ class TanhNormal(td.Distribution):
         super().__init__(self.base.batch_shape, validate_args=validate_args)
 
     def rsample(self, sample_shape=torch.Size()):
+        """``tanh`` of a reparameterized Normal sample."""
         return torch.tanh(self.base.rsample(sample_shape))
 
     def sample(self, sample_shape=torch.Size()):
+        """A sample without gradients."""
         with torch.no_grad():
             return self.rsample(sample_shape)
 
     def log_prob(self, value):
+        """Log-density of ``value`` (clamped just inside (-1, 1)) with the tanh Jacobian."""
         value = value.float().clamp(-self._clip, self._clip)
         pre_tanh = torch.atanh(value)
         # log |d tanh(x)/dx| = log(1 - tanh(x)^2), written stably with softplus.
@@ -180,6 +189,7 @@ class TanhNormal(td.Distribution):
         return self.base.log_prob(pre_tanh) - log_det
 
     def entropy(self):
+        """Monte-Carlo entropy estimate from ``entropy_samples`` reparameterized samples."""
         pre_tanh = self.base.rsample((self.entropy_samples,))
         log_det = 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))
         return -(self.base.log_prob(pre_tanh) - log_det).mean(0)

@@ -125,7 +125,8 @@ def disagreement_semopo_code(predictions):
         ``(...)`` penalty per state.
     """
     deviation = predictions - predictions.mean(0, keepdim=True)
-    return deviation.pow(2).sum(-1).sqrt().mean(0)
+    # vector_norm, not sum-of-squares.sqrt(): its gradient is 0 (not NaN) where the heads agree exactly
+    return torch.linalg.vector_norm(deviation, dim=-1).mean(0)
 
 
 def disagreement_lompo(log_probs):
@@ -143,24 +144,35 @@ def disagreement_lompo(log_probs):
     return log_probs.std(0, correction=0)
 
 
-def imagination_disagreement(rssm, imagination, kind="semopo_code"):
-    """Disagreement ``u`` of the K prior heads at every imagined transition: ``(H, N)``.
+def state_disagreement(rssm, states, kind="semopo_code"):
+    """Disagreement ``u`` of the K prior heads of ``rssm`` at latent states ``(...)``.
 
-    The heads share the GRU, so their priors for the step into state t+1 are read off the imagined
-    ``deter`` of state t+1 (no extra GRU step). ``kind`` is ``"semopo_paper"``, ``"semopo_code"``
-    or ``"lompo"`` (log-likelihood of the imagined ``stoch`` under each head). The result keeps its
-    gradient (it flows into the dynamics like the reward's); detach it to penalize without it.
-    SeMOPO's penalized reward is ``reward - lam * u`` (lam 10 in the paper, 5 effectively in its
-    released command); Offline DV2 uses lam 10, LOMPO 5.
+    The heads share the GRU, so their K predictions of a state's latent are read off its ``deter``
+    (no extra GRU step). ``kind`` is ``"semopo_paper"``, ``"semopo_code"`` or ``"lompo"`` (the
+    log-likelihood of the state's own ``stoch`` under each head). Returns one value per state; the
+    result keeps its gradient.
     """
     if kind not in PENALTIES:
         raise ValueError(f"unknown penalty {kind!r}; choose one of {PENALTIES}")
-    if imagination.states is None:
-        raise ValueError("the imagination has no latent states; produce it with RSSM.imagine")
-    stats = rssm.head_stats(imagination.states["deter"][1:])
+    stats = rssm.head_stats(states["deter"])
     if kind == "lompo":
-        return disagreement_lompo(ensemble_log_probs(stats, imagination.states["stoch"][1:]))
+        return disagreement_lompo(ensemble_log_probs(stats, states["stoch"]))
     predictions = ensemble_predictions(stats)
     if kind == "semopo_paper":
         return disagreement_semopo_paper(predictions)
     return disagreement_semopo_code(predictions)
+
+
+def imagination_disagreement(rssm, imagination, kind="semopo_code"):
+    """Disagreement ``u`` of the K prior heads at every imagined transition: ``(H, N)``.
+
+    The priors for the step into state t+1 are those of the imagined state t+1
+    (:func:`state_disagreement` of states 1..H). The result keeps its gradient (it flows into the
+    dynamics like the reward's); detach it to penalize without it.
+    SeMOPO's penalized reward is ``reward - lam * u`` (lam 10 in the paper, 5 effectively in its
+    released command); Offline DV2 uses lam 10, LOMPO 5.
+    """
+    if imagination.states is None:
+        raise ValueError("the imagination has no latent states; produce it with RSSM.imagine")
+    next_states = {key: value[1:] for key, value in imagination.states.items()}
+    return state_disagreement(rssm, next_states, kind)

@@ -62,12 +62,16 @@ class JointMaskDecoder(nn.Module):
         endo_feature_dim, exo_feature_dim: feature sizes of the two branches' RSSMs.
         depth: CNN channel multiplier (48 SeMOPO, 26 TIA).
         image_channels: 3 for RGB.
+        exo_depth: channel multiplier of the exogenous decoder (``None``: ``depth``).
+        activation: module class of the decoders' activations (ELU; TIA uses ReLU).
     """
 
-    def __init__(self, endo_feature_dim, exo_feature_dim, depth=32, image_channels=3):
+    def __init__(self, endo_feature_dim, exo_feature_dim, depth=32, image_channels=3, exo_depth=None,
+                 activation=nn.ELU):
         super().__init__()
-        self.endo = MaskDecoder(endo_feature_dim, depth, image_channels)
-        self.exo = MaskDecoder(exo_feature_dim, depth, image_channels)
+        exo_depth = depth if exo_depth is None else exo_depth
+        self.endo = MaskDecoder(endo_feature_dim, depth, image_channels, activation)
+        self.exo = MaskDecoder(exo_feature_dim, exo_depth, image_channels, activation)
         self.combiner = MaskCombiner(image_channels)
 
     def forward(self, endo_features, exo_features):

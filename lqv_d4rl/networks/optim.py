@@ -82,8 +82,16 @@ class Optimizer:
 
         For losses whose gradients are taken in one ``torch.autograd.grad`` call and then split
         between several optimizers (TIA's two branches); clipping is this group's own, as in
-        :meth:`step`.
+        :meth:`step`. Gradients taken elsewhere bypass the fp16 loss scaler, so this refuses to
+        run when loss scaling is on (``precision="float16"`` on CUDA): use ``"bfloat16"``, which
+        needs no scaling, or :meth:`step`.
         """
+        if self.scaler.is_enabled():
+            raise RuntimeError(
+                f"optimizer {self.name!r} scales float16 losses, but apply_gradients takes "
+                "unscaled gradients computed elsewhere (they may underflow in float16); use "
+                "precision 'bfloat16' or 'float32', or Optimizer.step(loss)"
+            )
         for parameter, gradient in zip(self.parameters, gradients, strict=True):
             parameter.grad = gradient
         norm = self._clip_gradients()

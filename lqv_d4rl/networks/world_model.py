@@ -26,6 +26,26 @@ from lqv_d4rl.networks.rssm import RSSM, detach_states
 BATCH_KEYS = ("image", "action", "reward", "is_first")
 
 
+def batch_to_tensors(batch, device):
+    """The keys a world model needs (``BATCH_KEYS``) as tensors on ``device``.
+
+    ``batch`` holds numpy arrays or tensors ``(B, T, ...)``; images stay uint8, actions and rewards
+    become float32, ``is_first`` bool. A missing key raises a ``KeyError`` that names it.
+    """
+    missing = [key for key in BATCH_KEYS if key not in batch]
+    if missing:
+        raise KeyError(f"world-model batch lacks {missing}; it needs {list(BATCH_KEYS)}")
+    tensors = {}
+    for key in BATCH_KEYS:
+        value = batch[key]
+        value = value if torch.is_tensor(value) else torch.from_numpy(np.asarray(value))
+        tensors[key] = value.to(device, non_blocking=True)
+    tensors["action"] = tensors["action"].float()
+    tensors["reward"] = tensors["reward"].float()
+    tensors["is_first"] = tensors["is_first"].bool()
+    return tensors
+
+
 @dataclass
 class WorldModelConfig:
     """Settings of :class:`WorldModel`; defaults are the DreamerV2 / SeMOPO sizes.
@@ -98,19 +118,8 @@ class WorldModel(nn.Module):
                                    precision=cfg.precision, device=self.device)
 
     def to_tensors(self, batch):
-        """Move the batch keys the model needs onto its device (images stay uint8)."""
-        missing = [key for key in BATCH_KEYS if key not in batch]
-        if missing:
-            raise KeyError(f"world-model batch lacks {missing}; it needs {list(BATCH_KEYS)}")
-        tensors = {}
-        for key in BATCH_KEYS:
-            value = batch[key]
-            value = torch.from_numpy(np.asarray(value)) if not torch.is_tensor(value) else value
-            tensors[key] = value.to(self.device, non_blocking=True)
-        tensors["action"] = tensors["action"].float()
-        tensors["reward"] = tensors["reward"].float()
-        tensors["is_first"] = tensors["is_first"].bool()
-        return tensors
+        """Move the batch keys the model needs onto its device (see :func:`batch_to_tensors`)."""
+        return batch_to_tensors(batch, self.device)
 
     def observe(self, batch, state=None):
         """Posterior and prior states ``(B, T, ...)`` of a batch (no loss)."""
