@@ -23,7 +23,6 @@ for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import argparse  # noqa: E402
 import time  # noqa: E402
 
-import numpy as np  # noqa: E402
 
 import distractors  # noqa: E402
 import lqv_d4rl  # noqa: E402,F401  (sets MUJOCO_GL)
@@ -108,7 +107,6 @@ def main():
                         help="also time paper-size updates on the CPU (no GPU present)")
     args = parser.parse_args()
     pool = distractors.make_video_pool(None, num_frames=200, seed=0)
-    np.random.seed(0)
     bench_collection(args, pool)
     bench_updates(args)
 

@@ -34,13 +34,23 @@ written through ``ShardWriter(resume=True)``; rerunning the same command after a
 continues from the last checkpoint and the last finished shard, and, since every episode is seeded
 from its position, writes the same bytes as an uninterrupted run (same seed, preset and workers:
 ``num_envs``, the batch of parallel episodes, defaults to ``workers`` and is part of the recipe).
-A finished dataset is never touched without ``overwrite=True``: a rerun skips it, and a run whose
-levels are all finished is refused (DatasetExistsError) since there is nothing left to do.
+A finished dataset is never touched without ``overwrite=True``: a rerun skips it (and refuses,
+with GenerateError, when it was made with other settings, e.g. another seed, rather than mix two
+recipes), and a run whose levels are all finished is refused (DatasetExistsError) since there is
+nothing left to do.
+
+Threads: generate runs PyTorch on :data:`TORCH_THREADS` CPU thread(s) and restores the caller's
+setting afterwards. How a CPU reduction is split over threads changes its float rounding, so with
+torch's default (one thread per core) the trained snapshots, hence the medrep and medium bytes,
+would depend on the machine's core count. One thread is also the fastest on small machines: acting
+on a few 64x64 images is far too small to split, and spare cores serve the environment workers.
 """
 
 import dataclasses
 import json
+import numbers
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +62,8 @@ from lqv_d4rl.tasks import LEVELS, get_task
 PRESETS = ("smoke", "paper")
 MEDIUM_POLICY_FILE = "medium-policy.pt"
 MEDIUM_POLICY_INFO = "medium-policy.json"
+TORCH_THREADS = 1
+"""PyTorch CPU threads during generate (see the module docstring: same bytes on any machine)."""
 
 
 class GenerateError(LQVError, ValueError):
@@ -167,6 +179,9 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset="smoke", 
     """
     spec = get_task(task)
     levels = _check_levels(levels)
+    _check_device(device)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise GenerateError(f"seed must be a non-negative integer, got {seed!r}")
     recipe = recipe if recipe is not None else collection_recipe(task, preset)
     num_envs = int(num_envs or workers)
     root = dataset_root(root)
@@ -174,24 +189,20 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset="smoke", 
     work_dir = root / ".work" / f"{task}-seed{seed}"
     finished = _finished_levels(folders, overwrite)
     pending = [level for level in levels if level not in finished]
+
+    from .vector_env import make_vector_env
+
+    pool = _video_pool(spec, video_dir, recipe.num_video_frames, seed)
+    provenance = _provenance(recipe, pool, seed=seed, num_envs=num_envs, device=device,
+                             video_dir=video_dir)
+    _check_finished_match(finished, provenance)
     if progress and finished:
         print(f"skipping finished datasets: {', '.join(f'{task}-{l}' for l in sorted(finished))}")
     if overwrite and work_dir.exists() and {"medrep", "medium"} & set(pending):
         shutil.rmtree(work_dir)
-
-    import distractors
-
-    from .vector_env import make_vector_env
-
-    try:
-        pool = distractors.make_video_pool(video_dir, num_frames=recipe.num_video_frames,
-                                           seed=seed)
-    except distractors.VideoSourceError as err:
-        raise GenerateError(f"cannot use --video-dir {video_dir!r}: {err}") from err
-    provenance = _provenance(recipe, pool, seed=seed, num_envs=num_envs, device=device,
-                             video_dir=video_dir)
-    with make_vector_env(task, num_envs, workers=workers, seed=seed, backend=backend,
-                         env_kwargs={"distractor": pool}) as venv:
+    with _torch_threads(TORCH_THREADS), make_vector_env(
+            task, num_envs, workers=workers, seed=seed, backend=backend,
+            env_kwargs={"distractor": pool}) as venv:
         job = _Job(task, spec, recipe, venv, root, work_dir, seed, device, overwrite, progress,
                    provenance, max_shard_bytes)
         if "random" in pending:
@@ -210,14 +221,44 @@ def _check_levels(levels):
     return [level for level in LEVELS if level in levels]
 
 
+def _check_device(device):
+    """Raise GenerateError unless ``device`` is a torch device this machine has."""
+    import torch
+
+    try:
+        torch_device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise GenerateError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise GenerateError(f"device {device!r} was asked for, but PyTorch sees no CUDA GPU here "
+                            f"(torch {torch.__version__}); use device='cpu' (--device cpu) or "
+                            "install a CUDA build of torch")
+    if torch_device.type == "cuda" and (torch_device.index or 0) >= torch.cuda.device_count():
+        raise GenerateError(f"device {device!r} does not exist: this machine has "
+                            f"{torch.cuda.device_count()} CUDA GPU(s)")
+
+
+@contextmanager
+def _torch_threads(count):
+    """Run the block with ``count`` PyTorch CPU threads, then restore the previous number."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _finished_levels(folders, overwrite):
-    """The levels whose dataset is already complete (to skip); raise if that is all of them.
+    """level -> manifest of the datasets already complete (to skip); raise if that is all of them.
 
     Rerunning an interrupted generate skips what it finished and continues the rest; asking only
     for finished datasets is refused, since without ``overwrite`` there is nothing to do.
     """
     if overwrite:
-        return set()
+        return {}
     finished = {}
     for level, folder in folders.items():
         try:
@@ -232,16 +273,54 @@ def _finished_levels(folders, overwrite):
         raise DatasetExistsError(
             f"already complete in {next(iter(folders.values())).parent}: {described}; nothing "
             "was changed. Pass --overwrite (overwrite=True) to generate them again.")
-    return set(finished)
+    return finished
+
+
+def _check_finished_match(finished, provenance):
+    """Refuse to skip a finished dataset that was generated with other settings than this run.
+
+    Skipping it would leave the task's levels from two different recipes (another seed, preset,
+    background or device) while the caller asked for one.
+    """
+    for manifest in finished.values():
+        stored = manifest.get("provenance", {})
+        differing = [key for key in provenance if key in stored and stored[key] != provenance[key]]
+        if differing:
+            changes = "; ".join(f"{key}: {stored[key]!r} there, {provenance[key]!r} now"
+                                if key != "recipe" else "recipe differs" for key in differing)
+            raise GenerateError(
+                f"{manifest['dataset_id']!r} is already complete but was generated with other "
+                f"settings ({changes}); nothing was changed. Pass --overwrite to generate it "
+                "again with these settings, leave it out of --levels to keep it, or use another "
+                "--root.")
+
+
+def _video_pool(spec, video_dir, num_frames, seed):
+    """The background VideoPool of the task, built once for every env; None without distractor."""
+    import distractors
+
+    if not spec.has_distractor:
+        if video_dir is not None:
+            raise GenerateError(f"{spec.name} keeps its own scene and has no video background; "
+                                "leave out --video-dir")
+        return None
+    try:
+        return distractors.make_video_pool(video_dir, num_frames=num_frames, seed=seed)
+    except distractors.VideoSourceError as err:
+        raise GenerateError(f"cannot use --video-dir {video_dir!r}: {err}") from err
 
 
 def _provenance(recipe, pool, *, seed, num_envs, device, video_dir):
-    source = ("procedural driving video (no --video-dir given)" if video_dir is None
-              else f"videos from {video_dir}")
+    if pool is None:
+        source = "none (the task has no distractor)"
+    elif video_dir is None:
+        source = "procedural driving video (no --video-dir given)"
+    else:
+        source = f"videos from {video_dir}"
     return json.loads(json.dumps({
         "generator": "lqv-d4rl generate", "preset": recipe.preset, "seed": int(seed),
-        "num_envs": num_envs, "device": str(device),
-        "distractor_source": source, "distractor": pool.description,
+        "num_envs": num_envs, "device": str(device), "torch_threads": TORCH_THREADS,
+        "distractor_source": source, "distractor": None if pool is None else pool.description,
         "env": {"composite": "segmentation", "render_quality": "fast"},
         "recipe": recipe.describe(),
     }))
@@ -309,7 +388,8 @@ class _Job:
             device=self.device, max_env_steps=self.recipe.max_env_steps,
             max_episode_steps=self.recipe.max_episode_steps,
             checkpoint_every=self.recipe.checkpoint_every, on_episode=recorder,
-            on_evaluation=tracker, progress=self.progress)
+            on_evaluation=tracker, progress=self.progress,
+            settings={key: self.provenance[key] for key in RUN_SETTINGS})
         state = trainer.run()
         medium = tracker.load_info()
         if medium is None and "medium" in levels:
@@ -357,6 +437,10 @@ class _Job:
                           max_episode_steps=self.recipe.max_episode_steps, progress=bar)
             _close(bar)
 
+
+RUN_SETTINGS = ("distractor", "device", "torch_threads")
+"""Provenance entries a resumed training run must share with its checkpoint (the background
+and the arithmetic; the TIA config, seed and num_envs are checked by the trainer itself)."""
 
 LEVEL_POLICIES = {
     "random": "randomly initialized TIA agents (policy ids tia-initPP-seedS), exploration noise",

@@ -98,11 +98,13 @@ class OnlineTrainer:
         on_episode: ``(steps, policy_id, policy_step, seed, video_ids, index)`` per episode.
         on_evaluation: ``(Evaluation, agent) -> bool``; True ends the run.
         progress: show a tqdm bar.
+        settings: JSON-able settings the environments were made with (e.g. the background
+            pool's description) that a resumed run must share with the checkpoint.
     """
 
     def __init__(self, config, venv, *, work_dir, seed=0, device="cpu", max_env_steps=None,
                  max_episode_steps=None, checkpoint_every=0, on_episode=None,
-                 on_evaluation=None, progress=True):
+                 on_evaluation=None, progress=True, settings=None):
         from lqv_d4rl.tasks import get_task
 
         self.config = config
@@ -118,6 +120,7 @@ class OnlineTrainer:
         self.on_episode = on_episode
         self.on_evaluation = on_evaluation
         self.progress = progress
+        self.settings = settings or {}
         self.run_name = f"tia-seed{self.seed}"
         self.agent = None
         self.replay = None
@@ -268,7 +271,8 @@ class OnlineTrainer:
         """What must not change between a checkpoint and the run that resumes it."""
         return json.loads(json.dumps({
             "task": self.venv.task, "num_envs": self.venv.num_envs, "seed": self.seed,
-            "max_episode_steps": self.max_episode_steps, "config": asdict(self.config)}))
+            "max_episode_steps": self.max_episode_steps, "config": asdict(self.config),
+            "settings": self.settings}))
 
     def _report_restored_episodes(self):
         for index in range(len(self.replay)):

@@ -257,11 +257,9 @@ class MedrepRecorder:
                               "policy_step": int(policy_step), "seed": int(seed),
                               "return": float(np.sum(steps["reward"], dtype=np.float64))})
 
-    def select(self, count, stop_index=None):
+    def select(self, count):
         """Replay indices of the medrep episodes (see :func:`select_medrep_episodes`)."""
-        indices = [e["index"] for e in self.episodes
-                   if stop_index is None or e["index"] < stop_index]
-        return select_medrep_episodes(indices, count)
+        return select_medrep_episodes([e["index"] for e in self.episodes], count)
 
 
 def select_medrep_episodes(indices, count):

@@ -73,10 +73,6 @@ class EpisodeReplay:
         """Number of stored entries (all episodes)."""
         return self._num_steps
 
-    def video_ids(self, index):
-        """The background clip ids seen in episode ``index`` (int32 array)."""
-        return self._video_ids[index]
-
     def episode(self, index):
         """The step dict of episode ``index`` (views of the flat arrays)."""
         start = self._episodes["episode_starts"][index]

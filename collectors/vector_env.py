@@ -124,6 +124,9 @@ class VectorEnv:
             raise ValueError(f"step needs actions of shape {(self.num_envs, self.action_dim)}, "
                              f"got {actions.shape}")
         active = np.ones(self.num_envs, bool) if active is None else np.asarray(active, bool)
+        if active.shape != (self.num_envs,):
+            raise ValueError(f"active needs one flag per environment, shape ({self.num_envs},); "
+                             f"got {active.shape}")
         replies = self._call("step", [(actions[indices], active[indices])
                                       for indices in self._groups_indices])
         return self._assemble_step([result for group in replies for result in group])

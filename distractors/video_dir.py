@@ -56,7 +56,7 @@ def load_video_dir(path_or_glob, *, num_frames=1000, size=64, rgb=False, seed=0)
 
 def find_video_files(path_or_glob):
     """Return (sorted list of video file paths, base folder) for a folder, glob or single file."""
-    text = str(path_or_glob)
+    text = os.path.expanduser(str(path_or_glob))
     if glob.has_magic(text):
         matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
         if not matches:
@@ -65,7 +65,7 @@ def find_video_files(path_or_glob):
                 "'/data/kinetics400/train/driving_car/*.mp4')")
         base = _glob_base(text)
     else:
-        path = Path(text).expanduser()
+        path = Path(text)
         if not path.exists():
             raise VideoSourceNotFoundError(
                 f"background video path {text!r} does not exist; pass a folder of videos (e.g. "

@@ -39,6 +39,7 @@ FAST_RENDER_SETTINGS = {"offsamples": 0, "shadowsize": 512, "numslices": 16, "nu
 """``model.vis.quality`` values used by ``render_quality="fast"`` (dm_control: 4, 2048, 28, 16)."""
 
 _MAX_SCENE_GEOMS = 1000
+_MAX_SEED = 2**32 - 1  # numpy's RandomState (dm_control's task random) takes seeds up to this
 _BACKGROUND_SEED_STREAM = 1  # keeps background starts independent of the physics initial state
 
 
@@ -68,17 +69,20 @@ def make_env(task, *, distractor="procedural", composite="segmentation", rgb_bac
             published blue-dominance rule).
         rgb_background: colour backgrounds instead of grayscale (the paper's Table 2 variant).
         seed: seeds the task's initial states, the procedural video, the video file order and the
-            background start of each episode. Same seed, same actions -> same observations.
+            background start of each episode (an integer in [0, 2**32 - 1]). Same seed, same
+            actions -> same observations.
         size: observation height and width in pixels.
         render_quality: ``"fast"`` (no multisampling, 512 shadow map, coarser spheres and
             capsules: ``FAST_RENDER_SETTINGS``) or ``"default"`` (dm_control's own settings).
-        num_video_frames: frames in the background pool.
+        num_video_frames: frames in the background pool (``rgb_background`` and
+            ``num_video_frames`` are ignored when ``distractor`` is a ready ``VideoPool``).
 
     Returns:
         an :class:`LQVEnv`: ``reset(seed=None) -> (obs, info)``,
         ``step(action) -> (obs, reward, terminated, truncated, info)``; obs is (size, size, 3) uint8.
     """
     spec = get_task(task)
+    seed = _checked_seed(seed)
     _check_choice("composite", composite, COMPOSITE_MODES)
     _check_choice("render_quality", render_quality, RENDER_QUALITIES)
     if not isinstance(size, (int, np.integer)) or size < 1:
@@ -100,6 +104,15 @@ def _check_choice(name, value, choices):
                              f"got {value!r}")
 
 
+def _checked_seed(seed):
+    """Return ``seed`` as an int, or raise EnvConfigError unless it is an integer in
+    [0, 2**32 - 1] (what the task's and the background's random generators accept)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+            or not 0 <= seed <= _MAX_SEED:
+        raise EnvConfigError(f"seed must be an integer in [0, 2**32 - 1], got {seed!r}")
+    return int(seed)
+
+
 def _load_video_pool(distractor, *, num_frames, size, rgb, seed):
     """Turn the ``distractor`` argument of make_env into a VideoPool."""
     if isinstance(distractor, distractors.VideoPool):
@@ -107,14 +120,11 @@ def _load_video_pool(distractor, *, num_frames, size, rgb, seed):
             raise EnvConfigError(f"the VideoPool's frames are {distractor.size}, the observations "
                                  f"{(size, size)}; build the pool with size={size}")
         return distractor
-    if isinstance(distractor, str) and distractor == "procedural":
-        return distractors.procedural_driving_video(num_frames=num_frames, size=size, rgb=rgb,
-                                                    seed=seed)
-    if isinstance(distractor, (str, bytes)) or hasattr(distractor, "__fspath__"):
-        return distractors.load_video_dir(distractor, num_frames=num_frames, size=size, rgb=rgb,
-                                          seed=seed)
-    raise EnvConfigError(f"distractor must be 'procedural', a video folder or glob, a VideoPool "
-                         f"or None; got {type(distractor).__name__}")
+    if not (isinstance(distractor, str) or hasattr(distractor, "__fspath__")):
+        raise EnvConfigError(f"distractor must be 'procedural', a video folder or glob, a "
+                             f"VideoPool or None; got {type(distractor).__name__}")
+    return distractors.make_video_pool(distractor, num_frames=num_frames, size=size, rgb=rgb,
+                                       seed=seed)
 
 
 def derive_seed(seed, stream):
@@ -145,6 +155,7 @@ class LQVEnv(gymnasium.Env):
 
     def reset(self, *, seed=None, options=None):
         """Start an episode; ``seed`` re-seeds it (None continues the env's random streams)."""
+        seed = None if seed is None else _checked_seed(seed)
         super().reset(seed=seed)
         observation, info = self._reset_episode(seed)
         self._agent_steps = 0

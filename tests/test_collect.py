@@ -3,6 +3,7 @@ online replay, and the TIA training loop's schedule and checkpoints. Real MuJoCo
 episodes."""
 
 import dataclasses
+import multiprocessing
 import sys
 
 import numpy as np
@@ -70,6 +71,8 @@ def test_played_episodes_are_valid_and_tagged_with_background_clips(pool):
     with make_vector_env(TASK, 2, env_kwargs={"distractor": pool}) as venv:
         episodes = list(play_episodes(venv, UniformRandomPolicy(ACTION_DIM), 0, 3, seed=0,
                                       stream="random", explore=True, max_episode_steps=4))
+        with pytest.raises(ValueError, match=r"active needs one flag per environment, shape \(2,\)"):
+            venv.step(np.zeros((2, ACTION_DIM)), active=[True])
     assert [k for k, _ in episodes] == [0, 1, 2]
     for _, episode in episodes:
         validate_episode(episode.steps, ACTION_DIM)
@@ -120,9 +123,12 @@ def test_two_worker_processes_give_the_same_observations_as_one(pool):
         obs, rewards, *_ = multi.step(np.zeros((3, ACTION_DIM), np.float32),
                                       active=[True, False, True])
         assert not obs[1].any() and rewards[1] == 0
-        # an error inside a worker comes back with the worker's traceback, and closes the env
+        # an error inside a worker comes back with the worker's traceback, and closes the env:
+        # every worker process has exited (none is left behind)
+        assert len(multiprocessing.active_children()) == 2
         with pytest.raises(VectorEnvError, match="InvalidActionError"):
             multi.step(np.full((3, ACTION_DIM), np.nan, np.float32))
+        assert multiprocessing.active_children() == []
         with pytest.raises(VectorEnvError, match="closed"):
             multi.reset(seeds)
 

@@ -123,6 +123,12 @@ def test_a_glob_selects_files_like_the_folder_does(video_folder):
     assert np.array_equal(from_folder_glob.frames, from_folder.frames)
 
 
+def test_a_glob_may_start_with_the_home_folder(video_folder, monkeypatch):
+    monkeypatch.setenv("HOME", str(video_folder.parent))
+    pool = load_video_dir(f"~/{video_folder.name}/*.mp4", num_frames=36, size=8, seed=1)
+    assert sorted(pool.description["files"]) == ["a_clip.mp4", "b_clip.mp4", "c_clip.mp4"]
+
+
 def test_rgb_pool_keeps_colors_in_rgb_order(tmp_path):
     red_bgr = np.zeros((6, 40, 40, 3), np.uint8)
     red_bgr[..., 2] = 200  # OpenCV writes BGR: channel 2 is red

@@ -158,6 +158,30 @@ def test_bad_actions_are_rejected(hopper_pair, bad_action):
         env.step(bad_action)
 
 
+def test_an_agent_step_repeats_the_action_twice_and_sums_both_rewards():
+    """Against an independently loaded dm_control task with the same seed."""
+    from dm_control import suite
+
+    env = make_env("walker_walk", distractor=None, seed=5)
+    reference = suite.load("walker", "walk", task_kwargs={"random": 5})
+    env.reset()
+    reference.reset()
+    for action in random_actions(env, 3):
+        _, reward, _, _, info = env.step(action)
+        rewards = [reference.step(action).reward for _ in range(2)]
+        assert reward == sum(rewards) and rewards[0] != rewards[1]
+        np.testing.assert_array_equal(info["physics_state"], reference.physics.get_state())
+    env.close()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, "3", True])
+def test_bad_seeds_are_rejected_with_the_accepted_range(hopper_pair, seed):
+    with pytest.raises(EnvConfigError, match=re.escape("seed must be an integer in [0, 2**32 - 1]")):
+        make_env("hopper_hop", seed=seed, distractor=None)
+    with pytest.raises(EnvConfigError, match=re.escape("[0, 2**32 - 1]")):
+        hopper_pair[0].reset(seed=seed)
+
+
 def test_dmc_episode_truncates_after_500_agent_steps():
     env = make_env("cheetah_run", distractor=None, seed=0)
     env.reset()
@@ -269,6 +293,15 @@ def test_car_racing_gas_drives_onto_new_tiles(car_env):
         car_env.reset(seed=0)
         returns.append(sum(car_env.step(np.array([0.0, gas, brake]))[1] for _ in range(12)))
     assert returns[0] > returns[1] + 3.0
+
+
+def test_car_racing_leaving_the_playfield_terminates_with_discount_zero(car_env):
+    car_env.reset(seed=0)
+    car_env._gym_env.unwrapped.car.hull.position = (1e4, 1e4)  # far outside the playfield
+    _, reward, terminated, truncated, info = car_env.step(np.array([0.0, 1.0, -1.0]))
+    assert (terminated, truncated, info["discount"], reward) == (True, False, 0.0, -100.0)
+    with pytest.raises(EpisodeOverError):
+        car_env.step(np.zeros(3))
 
 
 def test_car_racing_truncates_after_its_episode_steps():

@@ -1,5 +1,7 @@
 """``generate``: three valid datasets with the policy structure of the recipe; refusing finished
-datasets; an interrupted run (a real process, killed) resumes to the same bytes.
+datasets; an interrupted run (a real process, killed) resumes to the same bytes; the bytes do not
+depend on the caller's torch threads; finished datasets, checkpoints and options from other
+settings are refused before anything is written.
 
 The runs use a recipe smaller than the smoke preset (10-step episodes, a handful of episodes and
 updates) so that the real pipeline (MuJoCo rendering, TIA training, HDF5 shards) stays fast.
@@ -7,15 +9,19 @@ updates) so that the real pipeline (MuJoCo rendering, TIA training, HDF5 shards)
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from collectors.generate import GenerateError
+from collectors.online import CheckpointError
 from lqv_d4rl.cli import main as cli_main
 from lqv_d4rl.dataset import load_dataset
 from lqv_d4rl.errors import DatasetExistsError
@@ -38,21 +44,26 @@ def tiny_recipe():
                                num_video_frames=40)
 
 
-def run_tiny(root, **options):
+def run_tiny(root, seed=3, **options):
     """generate() with the tiny recipe (also run in a child process by the resume test)."""
-    import torch
-
     from collectors.generate import generate
 
-    torch.set_num_threads(1)  # the same arithmetic in this process and in the child
-    return generate(TASK, root=root, seed=3, recipe=tiny_recipe(), progress=False,
+    return generate(TASK, root=root, seed=seed, recipe=tiny_recipe(), progress=False,
                     max_shard_bytes=100_000, **options)
 
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
+    """The reference run, made on 1 torch thread (the other runs use 2 or the default)."""
+    import torch
+
     root = tmp_path_factory.mktemp("datasets")
-    return root, run_tiny(root)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return root, run_tiny(root)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_generate_writes_three_valid_datasets_with_the_recipes_policy_structure(generated):
@@ -137,6 +148,81 @@ def test_killed_generate_resumes_to_the_same_bytes(generated, tmp_path):
     assert shard_hashes(root) == shard_hashes(reference_root)
 
 
+def test_the_bytes_do_not_depend_on_the_callers_torch_threads(generated, tmp_path):
+    """Training arithmetic on 2 threads rounds differently than on 1: generate pins the count."""
+    import torch
+
+    reference_root, _ = generated
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_tiny(tmp_path, levels=["medrep"])
+        assert torch.get_num_threads() == 2  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(previous)
+    assert shard_hashes(tmp_path)[f"{TASK}-medrep"] == \
+        shard_hashes(reference_root)[f"{TASK}-medrep"]
+
+
+def test_a_finished_level_from_other_settings_is_not_silently_skipped(generated, tmp_path):
+    reference_root, _ = generated
+    shutil.copytree(reference_root / f"{TASK}-random", tmp_path / f"{TASK}-random")
+    with pytest.raises(GenerateError, match=r"'walker_walk-random' is already complete .*seed: 3 "
+                                            r"there, 4 now.*--overwrite"):
+        run_tiny(tmp_path, seed=4, levels=["random", "medrep"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{TASK}-random"]
+
+
+def test_the_training_run_is_not_resumed_with_another_background(generated, tmp_path):
+    """A checkpoint trained on the procedural video must not feed a medrep made with real videos."""
+    import cv2
+
+    reference_root, _ = generated
+    shutil.copytree(reference_root / ".work", tmp_path / ".work")  # the run, not its datasets
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    writer = cv2.VideoWriter(str(videos / "drive.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 25,
+                             (80, 60))
+    for value in range(0, 250, 5):
+        writer.write(np.full((60, 80, 3), value, np.uint8))
+    writer.release()
+    with pytest.raises(CheckpointError, match="other settings"):
+        run_tiny(tmp_path, levels=["medrep"], video_dir=str(videos))
+    assert not (tmp_path / f"{TASK}-medrep").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_bad_device_or_seed_is_refused_before_anything_is_written(tmp_path):
+    outcome = CliRunner().invoke(cli_main, ["generate", TASK, "--root", str(tmp_path),
+                                            "--device", "cuda"])
+    assert outcome.exit_code == 1 and "sees no CUDA GPU" in outcome.output
+    assert "Traceback" not in outcome.output
+    with pytest.raises(GenerateError, match="must be 'cpu', 'cuda' or 'cuda:N'"):
+        run_tiny(tmp_path, device="gpu0")
+    with pytest.raises(GenerateError, match="seed must be a non-negative integer"):
+        run_tiny(tmp_path, seed=-1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_car_racing_records_no_distractor_and_refuses_a_video_dir(tmp_path):
+    with pytest.raises(GenerateError, match="car_racing keeps its own scene"):
+        generate_car_racing(tmp_path, video_dir=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+    generate_car_racing(tmp_path)
+    provenance = read_manifest(tmp_path / "car_racing-random")["provenance"]
+    assert provenance["distractor"] is None and "no distractor" in provenance["distractor_source"]
+    assert len(load_dataset("car_racing-random", root=tmp_path)) == 2
+
+
+def generate_car_racing(root, **options):
+    """The random level of car_racing: 1 policy x 2 episodes of 5 steps."""
+    from collectors.generate import generate
+
+    recipe = dataclasses.replace(tiny_recipe(), random_policies=1, max_episode_steps=5)
+    return generate("car_racing", levels=["random"], root=root, recipe=recipe, progress=False,
+                    **options)
+
+
 def test_paper_recipe_follows_the_paper_and_smoke_is_small():
     from collectors.generate import collection_recipe, episode_counts
     from collectors.tia import TIAConfig
@@ -147,6 +233,8 @@ def test_paper_recipe_follows_the_paper_and_smoke_is_small():
     assert paper.tia == TIAConfig.paper("cheetah_run") and paper.max_episode_steps is None
     assert (paper.tia.prefill_steps, paper.tia.train_every, paper.tia.train_steps) == \
         (5000, 1000, 100)
+    assert (paper.tia.batch_size, paper.tia.seq_len, paper.tia.expl_noise) == (50, 50, 0.3)
+    assert paper.num_video_frames == 1000 and paper.max_env_steps == paper.tia.total_steps
     smoke = collection_recipe("cheetah_run", "smoke")
     assert smoke.medium_band is None and smoke.random_policies > 1
     assert smoke.max_env_steps // (2 * smoke.max_episode_steps) >= 8  # many medrep snapshots
