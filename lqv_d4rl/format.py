@@ -365,7 +365,9 @@ def read_manifest(folder) -> dict:
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as err:
-        raise CorruptDatasetError(f"cannot read {path}: {err}") from err
+        raise CorruptDatasetError(
+            f"cannot read {path}: {err}; re-download or re-generate the dataset"
+        ) from err
     _check_manifest(path, manifest)
     return manifest
 

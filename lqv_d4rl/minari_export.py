@@ -226,7 +226,7 @@ def _check_minari_name(name: str) -> None:
 
     try:
         parse_dataset_id(name)
-    except ValueError:
+    except (ValueError, TypeError):  # minari raises TypeError for a name without "-v<N>"
         raise MinariExportError(
             f"{name!r} is not a Minari dataset id; Minari wants "
             "'[namespace/]dataset_name-v<version>', e.g. 'lqv-d4rl/walker_walk-medrep-v0'"

@@ -101,7 +101,7 @@ def _unknown_id_message(dataset_id) -> str:
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return (
         f"unknown dataset id {dataset_id!r}.{hint} Dataset ids are '<task>-<level>' with tasks "
-        f"{', '.join(TASKS)} and levels {', '.join(LEVELS)} (see lqv_d4rl.list_datasets())."
+        f"{', '.join(TASKS)} and levels {', '.join(LEVELS)} (see `lqv-d4rl list` or lqv_d4rl.list_datasets())."
     )
 
 

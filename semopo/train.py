@@ -24,7 +24,7 @@ from lqv_d4rl.errors import LQVError
 from lqv_d4rl.samplers import make_sequence_sampler
 
 from .agent import SeMOPOAgent
-from .config import SeMOPOConfig
+from .config import ConfigError, SeMOPOConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.csv"
@@ -91,6 +91,8 @@ class _Run:
     """One training run: the agent, its two samplers, the log and the checkpoint."""
 
     def __init__(self, dataset, config, *, device, seed, log_dir, resume, progress, stop_after):
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
         self.config, self.seed, self.progress = config, int(seed), progress
         self.updates_left = math.inf if stop_after is None else int(stop_after)
         self.fingerprint = dataset_fingerprint(dataset)

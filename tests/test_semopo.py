@@ -239,6 +239,12 @@ def test_presets_and_config_errors():
         semopo.preset("huge")
 
 
+@pytest.mark.parametrize("seed", [-1, 1.5, True])
+def test_train_rejects_a_seed_that_is_not_a_non_negative_integer(seed, walker_dataset):
+    with pytest.raises(semopo.ConfigError, match="seed"):
+        semopo.train(walker_dataset, semopo.preset("smoke"), seed=seed)
+
+
 @pytest.mark.parametrize("field, value", [("kl_balance", 1.5), ("gamma", 1.01),
                                           ("lambda_gae", -0.1), ("free_nats", -1.0),
                                           ("actor_entropy", -1e-4)])

@@ -5,9 +5,12 @@ main group below. Modules import heavy libraries (MuJoCo, torch, h5py) inside th
 ``lqv-d4rl --help`` answers at once.
 """
 
+import os
+
 import click
 
 from .. import __version__
+from ..errors import LQVError
 from . import data_commands, env_commands, generate_commands, hub_commands, semopo_commands
 
 _COMMAND_MODULES = (
@@ -19,7 +22,29 @@ _COMMAND_MODULES = (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Reports file-system errors (a folder that cannot be made, a file that cannot be written) and
+    the toolkit's own errors as one-line messages instead of tracebacks, for every verb."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except LQVError as err:
+            raise click.ClickException(str(err)) from None
+        except OSError as err:
+            if err.filename is None or isinstance(err, BrokenPipeError):
+                raise
+            where = os.fsdecode(err.filename)
+            if isinstance(err, FileExistsError) and os.path.isfile(where):
+                raise click.ClickException(
+                    f"{where!r} is a file, so no folder can be made there; check the path"
+                ) from None
+            raise click.ClickException(
+                f"{err.strerror or err}: {where!r}; check the path and its permissions"
+            ) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lqv-d4rl")
 def main():
     """LQV-D4RL: offline visual RL datasets with driving-video distractors."""

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 
 import click
 
-from ..errors import LQVError
+from ..errors import DatasetNotFoundError, LQVError
+from .hints import dataset_hint, not_found_error
 
 ROOT_OPTION_HELP = "Dataset root (default: $LQV_D4RL_ROOT, else ~/.lqv_d4rl)."
 
@@ -26,6 +28,8 @@ def _friendly_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except DatasetNotFoundError as err:
+            raise not_found_error(err, [kwargs.get("dataset", "")]) from None
         except LQVError as err:
             raise click.ClickException(str(err)) from None
 
@@ -415,9 +419,14 @@ def import_npz_command(source, dataset_id, task, level, root, policy_map, policy
     """Import one-episode .npz files (DreamerV2 / V-D4RL layout) from SOURCE as a dataset."""
     from ..format import read_manifest
     from ..npz_import import import_npz_dir
+    from ..registry import DATASET_IDS
 
     if overwrite and resume:
         raise click.UsageError("pass --overwrite or --resume, not both")
+    hint = "" if dataset_id in DATASET_IDS else dataset_hint(dataset_id)
+    if task is None and hint:  # a mistyped benchmark id, not a custom name
+        raise click.BadParameter(f"{dataset_id!r} is no benchmark id.{hint} "
+                                 "(A custom id needs --task.)", param_hint="--id")
     folder = import_npz_dir(
         source, dataset_id, task=task, level=level, root=root, policy_map=policy_map,
         policy_id=policy_id, overwrite=overwrite, resume=resume,
@@ -432,9 +441,18 @@ def import_npz_command(source, dataset_id, task, level, root, policy_map, policy
 # ------------------------------------------------------------------------------ export-minari
 
 
+def _check_minari_name(ctx, param, name):
+    # minari's own parser fails with a TypeError, not a ValueError, on a name without -v<N>
+    if not re.search(r"-v\d+$", name):
+        raise click.ClickException(
+            f"{name!r} is not a Minari dataset id: it has no version; Minari wants "
+            "'[namespace/]dataset_name-v<version>', e.g. 'lqv-d4rl/walker_walk-medrep-v0'")
+    return name
+
+
 @click.command("export-minari")
 @click.argument("dataset")
-@click.option("--name", required=True,
+@click.option("--name", required=True, callback=_check_minari_name,
               help="Minari id '[namespace/]name-v<version>', e.g. lqv-d4rl/walker_walk-medrep-v0.")
 @click.option("--minari-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Minari dataset root (default: $MINARI_DATASETS_PATH, else ~/.minari/datasets).")

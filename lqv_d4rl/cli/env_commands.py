@@ -4,6 +4,8 @@ from pathlib import Path
 
 import click
 
+from .hints import task_hint
+
 
 @click.command("preview-env")
 @click.argument("task")
@@ -11,7 +13,7 @@ import click
               help="Output file: .gif (animation) or .png (contact sheet).")
 @click.option("--steps", default=60, show_default=True, type=click.IntRange(min=1),
               help="Agent steps to roll out with random actions.")
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
               help="Seeds the task, the background video and the random actions.")
 @click.option("--video-dir", default=None,
               help="Folder or glob of real driving videos (default: the procedural video).")
@@ -27,7 +29,7 @@ def preview_env(task, out, steps, seed, video_dir, video_frames, composite, rgb_
     """Roll out TASK with random actions and save what the agent sees as a GIF or PNG."""
     import distractors
 
-    from ..errors import LQVError
+    from ..errors import LQVError, UnknownTaskError
     from ..images import preview_format, save_preview
 
     try:
@@ -39,6 +41,8 @@ def preview_env(task, out, steps, seed, video_dir, video_frames, composite, rgb_
                                         distractor=video_dir or "procedural",
                                         num_video_frames=video_frames,
                                         composite=composite, rgb_background=rgb_background)
+    except UnknownTaskError as err:
+        raise click.ClickException(str(err).rstrip(".") + "." + task_hint(task)) from None
     except (LQVError, distractors.VideoSourceError) as err:
         raise click.ClickException(str(err)) from None
     kept = frames[::every]

@@ -2,11 +2,12 @@
 
 import click
 
-from ..tasks import LEVELS, TASKS
+from ..tasks import LEVELS
+from .hints import TaskChoice
 
 
 @click.command()
-@click.argument("task", type=click.Choice(sorted(TASKS)))
+@click.argument("task", type=TaskChoice())
 @click.option("--levels", default=",".join(LEVELS), show_default=True,
               help="Comma-separated levels to generate: random, medrep, medium.")
 @click.option("--root", type=click.Path(file_okay=False), default=None,
@@ -28,6 +29,8 @@ from ..tasks import LEVELS, TASKS
               help="Replace finished datasets and restart the training run.")
 def generate(task, levels, root, video_dir, preset, device, workers, seed, overwrite):
     """Train TIA behaviour policies on TASK and record its datasets.
+
+    TASK is walker_walk, cheetah_run, hopper_hop, humanoid_walk or car_racing.
 
     Rerunning an interrupted command resumes it (training checkpoint under
     <root>/.work/<task>-seed<S>/, finished shards kept); a finished dataset is left alone unless

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import click
 
+from ..errors import DatasetNotFoundError
+from .hints import not_found_error
+
 _root_option = click.option(
     "--root", default=None, type=click.Path(file_okay=False, path_type=Path),
     help="Dataset root (default: $LQV_D4RL_ROOT or ~/.lqv_d4rl).")
@@ -30,6 +33,8 @@ def download(dataset_ids, repo_id, revision, root, force):
     for dataset_id in dataset_ids:
         try:
             folder = download_dataset(dataset_id, repo_id=repo_id, revision=revision, root=root, force=force)
+        except DatasetNotFoundError as err:
+            raise not_found_error(err, [dataset_id]) from None
         except (LQVError, ValueError) as err:
             raise click.ClickException(str(err)) from None
         record = read_hub_record(folder)
@@ -62,6 +67,8 @@ def upload(datasets, repo_id, root, revision, private, tag):
     try:
         result = upload_dataset(list(datasets), repo_id=repo_id, root=root, revision=revision,
                                 private=private, tag=tag)
+    except DatasetNotFoundError as err:
+        raise not_found_error(err, datasets) from None
     except (LQVError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"Uploaded {', '.join(result.dataset_ids)} to {result.repo_id}@{result.branch}, "

@@ -4,10 +4,23 @@ from pathlib import Path
 
 import click
 
-from ..errors import LQVError
+from ..errors import DatasetNotFoundError, LQVError
+from .hints import not_found_error
 
 SAMPLING_CHOICES = ("conservative", "random", "return_curriculum")
 PENALTY_CHOICES = ("semopo_paper", "semopo_code", "lompo")
+
+
+def _check_device(ctx, param, device):
+    if device == "cpu":
+        return device
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise click.BadParameter(f"{device!r} is no torch device; use cpu, cuda or cuda:N") from None
+    return device
 
 
 @click.command("semopo")
@@ -15,8 +28,10 @@ PENALTY_CHOICES = ("semopo_paper", "semopo_code", "lompo")
 @click.option("--preset", "preset_name", default="paper", show_default=True,
               type=click.Choice(["smoke", "paper", "released"]),
               help="paper: Appendix D; released: the released code's command; smoke: tiny and fast.")
-@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the whole run.")
+@click.option("--device", default="cpu", show_default=True, callback=_check_device,
+              help="torch device, e.g. cuda.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seeds the whole run.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: runs/semopo/<dataset>-seed<seed>).")
 @click.option("--eval-episodes", type=click.IntRange(min=1), default=None,
@@ -55,6 +70,8 @@ def semopo_command(dataset, preset_name, device, seed, out, eval_episodes, eval_
             penalty=penalty, joint=joint, model_steps=model_steps, policy_steps=policy_steps,
             eval_max_steps=eval_max_steps, rgb_eval=rgb_eval, analysis=not no_analysis,
             resume=resume, root=root, stop_after=stop_after, echo=click.echo)
+    except DatasetNotFoundError as err:
+        raise not_found_error(err, [dataset]) from None
     except LQVError as err:
         raise click.ClickException(str(err)) from None
 

@@ -1,0 +1,152 @@
+"""Bad input on the command line: each mistake ends in a one-line error that says what is wrong and
+what to do (no traceback), and leaves finished data alone."""
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import make_episode, write_tiny_dataset
+
+from lqv_d4rl.cli import main
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, [str(arg) for arg in args])
+
+
+def assert_one_line_error(result, exit_code, *fragments):
+    """Exit ``exit_code`` (1: failed, 2: bad usage) with an 'Error: ...' line and no traceback."""
+    assert result.exit_code == exit_code, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    for fragment in fragments:
+        assert fragment in errors[0]
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    """A dataset root with the tiny 'walker_walk-medrep' dataset; $LQV_D4RL_ROOT points at it."""
+    write_tiny_dataset(tmp_path / "root" / "walker_walk-medrep")
+    monkeypatch.setenv("LQV_D4RL_ROOT", str(tmp_path / "root"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "root"
+
+
+def snapshot(folder):
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+# --------------------------------------------------------------------------- mistyped tasks
+
+
+@pytest.mark.parametrize("verb", ["generate", "preview-env"])
+@pytest.mark.parametrize("task", ["walker-walk", "Walker_Walk", "walker_wlak"])
+def test_mistyped_task_gets_a_did_you_mean(verb, task, tmp_path):
+    if verb == "generate":  # TASK is checked while parsing: a usage error
+        assert_one_line_error(run_cli(verb, task), 2, "'TASK'", f"unknown task {task!r}",
+                              "Did you mean 'walker_walk'?")
+    else:
+        assert_one_line_error(run_cli(verb, task, "--out", tmp_path / "a.gif"), 1,
+                              f"unknown task {task!r}", "Did you mean 'walker_walk'?")
+
+
+def test_dataset_id_given_as_task_names_the_task(tmp_path):
+    assert_one_line_error(run_cli("generate", "walker_walk-medrep"), 2,
+                          "its task is 'walker_walk'", "--levels medrep")
+    result = run_cli("preview-env", "walker_walk-medrep", "--out", tmp_path / "a.gif")
+    assert_one_line_error(result, 1, "its task is 'walker_walk'")
+    assert "--levels" not in result.output  # preview-env has no --levels
+
+
+# ------------------------------------------------------------------------ mistyped dataset ids
+
+
+@pytest.mark.parametrize("verb, extra", [
+    ("info", []), ("verify", []), ("preview", ["--out", "p.gif"]),
+    ("export-minari", ["--name", "ns/x-v0", "--minari-root", "minari"]),
+    ("semopo", ["--preset", "smoke"]),
+])
+def test_mistyped_dataset_id_gets_a_did_you_mean(root, verb, extra):
+    result = run_cli(verb, "walker_walk_medrep", *extra)
+    assert_one_line_error(result, 1, "'walker_walk_medrep'", "Did you mean 'walker_walk-medrep'")
+
+
+def test_task_given_as_dataset_lists_its_datasets(root):
+    assert_one_line_error(run_cli("info", "walker_walk"), 1,
+                          "'walker_walk' is a task", "'walker_walk-medrep'")
+    assert_one_line_error(run_cli("verify", "walker-walk"), 1,
+                          "looks like the task 'walker_walk'", "'walker_walk-medium'")
+
+
+def test_unrelated_name_gets_no_suggestion(root):
+    result = run_cli("info", "nothing_like_it")
+    assert_one_line_error(result, 1, "no dataset 'nothing_like_it'")
+    assert "Did you mean" not in result.output
+
+
+def test_import_npz_with_mistyped_benchmark_id_writes_nothing(root, tmp_path):
+    (tmp_path / "npz").mkdir()
+    result = run_cli("import-npz", tmp_path / "npz", "--id", "walker_walk_medrep")
+    assert_one_line_error(result, 2, "--id", "Did you mean 'walker_walk-medrep'", "--task")
+    assert sorted(path.name for path in root.iterdir()) == ["walker_walk-medrep"]
+
+
+def test_upload_of_a_mistyped_id_gets_a_did_you_mean(root, monkeypatch):
+    monkeypatch.setenv("LQV_D4RL_HUB_ENDPOINT", "http://127.0.0.1:9")  # never reached
+    result = run_cli("upload", "walker_walk_medrep", "--repo-id", "me/x")
+    assert_one_line_error(result, 1, "Did you mean 'walker_walk-medrep'")
+
+
+def test_download_of_an_id_absent_from_the_hub_gets_a_did_you_mean(root, tmp_path, monkeypatch):
+    from hub_server import HubServer
+
+    from lqv_d4rl.hub import upload_dataset
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    with HubServer() as server:
+        monkeypatch.setenv("LQV_D4RL_HUB_ENDPOINT", server.url)
+        upload_dataset(root / "walker_walk-medrep", repo_id="team/lqv", token="test-token")
+        result = run_cli("download", "walker_walk_medrep", "--repo-id", "team/lqv")
+    assert_one_line_error(result, 1, "team/lqv", "Did you mean 'walker_walk-medrep'")
+
+
+# ------------------------------------------------------------------------------ bad options
+
+
+@pytest.mark.parametrize("name", ["foo", "ns/foo-v", "foo-vx"])
+def test_minari_name_without_version_is_refused(root, name):
+    result = run_cli("export-minari", "walker_walk-medrep", "--name", name,
+                     "--minari-root", "minari")
+    assert_one_line_error(result, 1, "not a Minari dataset id", "-v<version>")
+
+
+@pytest.mark.parametrize("option, value, fragment", [
+    ("--seed", "-1", "0<=x<=4294967295"),
+    ("--device", "gpu", "use cpu, cuda or cuda:N"),
+])
+def test_semopo_rejects_bad_seed_and_device_before_training(root, option, value, fragment):
+    result = run_cli("semopo", "walker_walk-medrep", "--preset", "smoke", option, value,
+                     "--out", "run")
+    assert_one_line_error(result, 2, option, fragment)
+
+
+def test_preview_env_rejects_a_negative_seed(tmp_path):
+    result = run_cli("preview-env", "walker_walk", "--out", tmp_path / "a.gif", "--seed", "-1")
+    assert_one_line_error(result, 2, "--seed")
+
+
+# ---------------------------------------------------------------------- unwritable outputs
+
+
+def test_output_under_a_file_is_a_one_line_error_and_data_is_kept(root, tmp_path):
+    before = snapshot(root / "walker_walk-medrep")
+    (tmp_path / "notes.txt").write_text("x")
+    result = run_cli("preview", "walker_walk-medrep", "--out", tmp_path / "notes.txt" / "p.gif")
+    assert_one_line_error(result, 1, "notes.txt' is a file")
+    (tmp_path / "npz").mkdir()
+    np.savez(tmp_path / "npz" / "ep0.npz", **make_episode(length=5))
+    result = run_cli("import-npz", tmp_path / "npz", "--id", "y", "--task", "walker_walk",
+                     "--root", tmp_path / "notes.txt" / "sub")
+    assert_one_line_error(result, 1, "Not a directory", "check the path")
+    assert snapshot(root / "walker_walk-medrep") == before
