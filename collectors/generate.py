@@ -20,7 +20,7 @@ Presets:
 * ``paper``: the published sizes and schedule (``TIAConfig.paper(task)``: batch 50 x 50, 5000
   prefill steps, 100 updates every 1000 env steps, ...), full 500-step episodes, a 1000-frame
   distractor pool, 10 x 20 / 400 / 200 episodes. A GPU run.
-* ``smoke``: a pipeline check that finishes in a couple of minutes on a 2-core CPU. Its datasets
+* ``smoke``: a pipeline check that finishes in under a minute on a 2-core CPU. Its datasets
   are tiny and are NOT the benchmark: tiny networks (``TIAConfig.smoke()``), episodes cut at 50
   agent steps, 3 random policies x 2 episodes, a 1000-env-step training run (about 10 episodes, a
   new snapshot for every episode after the prefill), 4 medium episodes, a 200-frame distractor

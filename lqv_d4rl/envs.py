@@ -13,7 +13,7 @@ Every task repeats each action twice (rewards summed) and truncates after 500 ag
 
 Rendering speed. ``render_quality="fast"`` (default) turns multisampling off, shrinks the shadow map
 and tessellates spheres and capsules more coarsely (``FAST_RENDER_SETTINGS``). Software rendering of
-64x64 frames is bound by the shadow map and by geometry, so this is ~4-6x faster than dm_control's
+64x64 frames is bound by the shadow map and by geometry, so this is ~4-7x faster than dm_control's
 defaults; a pixel differs by 1/255 on average (coarser tessellation alone: ~0.1-0.2/255, invisible
 at 64x64). Without anti-aliasing every pixel belongs to exactly one geom, so the RGB image and the
 segmentation line up.
