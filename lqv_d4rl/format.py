@@ -288,6 +288,10 @@ def read_episode_table(path) -> dict:
     unreadable or its episode table does not tile its step arrays."""
     import h5py
 
+    if not Path(path).is_file():
+        raise CorruptDatasetError(
+            f"shard {path} is missing. Re-download or re-generate the dataset."
+        )
     try:
         with h5py.File(path, "r") as handle:
             group = handle["episodes"]

@@ -371,3 +371,11 @@ def test_load_rejects_a_manifest_pointing_outside_the_folder(tiny_dataset_path):
     (tiny_dataset_path / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(CorruptDatasetError, match="outside the dataset folder"):
         load_dataset(tiny_dataset_path)
+
+
+def test_a_missing_shard_is_named_even_without_checksums(tmp_path):
+    folder = write_tiny_dataset(tmp_path / "walker_walk-medrep")
+    (folder / "shard-00001.h5").unlink()
+    for verify in (True, False):
+        with pytest.raises(CorruptDatasetError, match=r"shard-00001.h5 is missing\. Re-download"):
+            load_dataset(folder, verify=verify)
