@@ -200,7 +200,6 @@ class JointWorldModel(WorldModel):
             image_scale=config.image_scale, reward_scale=config.reward_scale, lr=config.model_lr,
             eps=config.model_eps, clip=config.clip, precision=config.precision, seed=seed,
         ), device=device)
-        self.semopo_config = config
 
     def disagreement(self, imagination, kind):
         """Ensemble disagreement ``u`` ``(H, N)`` of the prior heads along an imagination."""
