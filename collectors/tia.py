@@ -102,7 +102,7 @@ class TIAConfig:
     """Hidden layers of the distractor reward head."""
     actor_layers: int = 4
     """Hidden layers of the actor."""
-    value_layers: int = 3
+    critic_layers: int = 3
     """Hidden layers of the value network."""
     actor_init_std: float = 5.0
     """Initial pre-tanh standard deviation of the tanh-Normal actor (Dreamer-v1)."""
@@ -134,11 +134,11 @@ class TIAConfig:
     """Adam learning rate of the task branch, the distractor branch and the joint decoder."""
     actor_lr: float = 8e-5
     """Adam learning rate of the actor."""
-    value_lr: float = 8e-5
+    critic_lr: float = 8e-5
     """Adam learning rate of the value network."""
-    adam_eps: float = 1e-7
+    eps: float = 1e-7
     """Adam epsilon (TensorFlow's default, which the published code uses)."""
-    grad_clip: float = 100.0
+    clip: float = 100.0
     """Global gradient-norm clip, applied per optimizer (task, distractor, decoder, actor, value...)."""
 
     # --- behaviour
@@ -148,6 +148,11 @@ class TIAConfig:
     """Discount of imagined returns."""
     lambda_: float = 0.95
     """TD(lambda) parameter of imagined returns."""
+    actor_entropy: float = 0.0
+    """Actor entropy bonus (Dreamer-v1 / TIA have none)."""
+    slow_critic_every: int = 1
+    """Updates between copies of the value network into its bootstrap copy (Dreamer-v1 bootstraps
+    on the current value network: 1)."""
     expl_noise: float = 0.3
     """Std of the Gaussian noise added to sampled actions when acting with ``explore=True``."""
 
@@ -172,9 +177,9 @@ class TIAConfig:
     """Episodes per evaluation, acting with ``explore=False`` (1 in the published code)."""
 
     # --- hardware
-    mixed_precision: bool = False
-    """On CUDA, run the networks under bfloat16 autocast (TIA ran float16 with loss scaling;
-    bfloat16 needs none). Ignored on CPU, where everything runs in float32."""
+    precision: str = "float32"
+    """``"float32"``, or ``"bfloat16"`` / ``"float16"`` autocast on CUDA (TIA ran float16 with loss
+    scaling; bfloat16 needs none). Ignored on CPU, where everything runs in float32."""
 
     def __post_init__(self):
         self.validate()
@@ -185,23 +190,26 @@ class TIAConfig:
             raise TIAInputError(f"cnn_activation must be 'relu' or 'elu', got {self.cnn_activation!r}")
         for name in ("cnn_depth", "distractor_cnn_depth", "deter", "stoch", "distractor_deter",
                      "distractor_stoch", "hidden", "units", "reward_layers", "distractor_reward_layers",
-                     "actor_layers", "value_layers", "horizon", "batch_size", "seq_len", "train_every",
-                     "eval_every", "eval_episodes"):
+                     "actor_layers", "critic_layers", "horizon", "batch_size", "seq_len", "train_every",
+                     "eval_every", "eval_episodes", "slow_critic_every"):
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("distractor_reward_steps", "prefill_steps", "pretrain_steps", "train_steps",
                      "total_steps"):
             _check_int(name, getattr(self, name), minimum=0)
-        for name in ("model_lr", "actor_lr", "value_lr", "distractor_reward_lr", "adam_eps", "grad_clip",
+        for name in ("model_lr", "actor_lr", "critic_lr", "distractor_reward_lr", "eps", "clip",
                      "actor_init_std", "min_std"):
             if not getattr(self, name) > 0:
                 raise TIAInputError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("free_nats", "kl_scale", "distractor_kl_scale", "reward_scale",
-                     "distractor_image_scale", "adversarial_scale", "expl_noise"):
+                     "distractor_image_scale", "adversarial_scale", "expl_noise", "actor_entropy"):
             if not getattr(self, name) >= 0:
                 raise TIAInputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("gamma", "lambda_"):
             if not 0 <= getattr(self, name) <= 1:
                 raise TIAInputError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
+        if self.precision not in ("float32", "bfloat16"):
+            # TIA steps its branches with Optimizer.apply_gradients, which takes no fp16 loss scaling
+            raise TIAInputError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if self.kl_balance is not None and not 0 < self.kl_balance < 1:
             raise TIAInputError(f"kl_balance must be None or lie in (0, 1), got {self.kl_balance!r}")
 
@@ -210,7 +218,7 @@ class TIAConfig:
         """Tiny networks and a short schedule: a whole ``generate`` run on 2 CPU cores in minutes."""
         return cls(
             cnn_depth=4, distractor_cnn_depth=4, deter=16, stoch=4, distractor_deter=16,
-            distractor_stoch=4, hidden=16, units=16, actor_layers=2, value_layers=2,
+            distractor_stoch=4, hidden=16, units=16, actor_layers=2, critic_layers=2,
             distractor_reward_steps=2, horizon=3, batch_size=4, seq_len=8, prefill_steps=1000,
             pretrain_steps=2, train_every=500, train_steps=2, total_steps=3000, eval_every=2000,
             eval_episodes=1,
@@ -223,19 +231,8 @@ class TIAConfig:
         return cls(adversarial_scale=ADVERSARIAL_SCALES[task])
 
     def behavior_config(self) -> BehaviorConfig:
-        """The Dreamer-v1 actor-critic settings (no entropy bonus, value bootstraps on itself)."""
-        return BehaviorConfig(
-            horizon=self.horizon, gamma=self.gamma, lambda_=self.lambda_,
-            actor_layers=self.actor_layers, critic_layers=self.value_layers, units=self.units,
-            actor_dist="tanh_normal", actor_grad="dynamics", entropy_scale=0.0,
-            actor_lr=self.actor_lr, critic_lr=self.value_lr, eps=self.adam_eps, clip=self.grad_clip,
-            slow_target_update=1, slow_target_fraction=1.0, precision=self.precision,
-        )
-
-    @property
-    def precision(self) -> str:
-        """Precision name for :mod:`lqv_d4rl.networks.optim` (only takes effect on CUDA)."""
-        return "bfloat16" if self.mixed_precision else "float32"
+        """The Dreamer-v1 actor-critic settings (tanh-Normal actor, value bootstraps on itself)."""
+        return BehaviorConfig.from_config(self, actor_dist="tanh_normal", actor_grad="dynamics")
 
 
 def _check_int(name, value, *, minimum):
@@ -302,7 +299,7 @@ class TIAAgent(nn.Module):
 
     def _make_optimizers(self):
         cfg, model = self.config, self.world_model
-        options = dict(eps=cfg.adam_eps, clip=cfg.grad_clip, precision=cfg.precision, device=self.device)
+        options = dict(eps=cfg.eps, clip=cfg.clip, precision=cfg.precision, device=self.device)
         self.model_optimizers = {
             "task": Optimizer("task", model.task_parameters(), cfg.model_lr, **options),
             "distractor": Optimizer("distractor", model.distractor_parameters(), cfg.model_lr, **options),

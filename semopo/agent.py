@@ -25,14 +25,8 @@ CHECKPOINT_VERSION = 1
 
 
 def behavior_config(config):
-    """The ``lqv_d4rl.networks.BehaviorConfig`` of a :class:`SeMOPOConfig`."""
-    return BehaviorConfig(
-        horizon=config.horizon, gamma=config.gamma, lambda_=config.lambda_gae,
-        actor_layers=config.actor_layers, critic_layers=config.critic_layers, units=config.units,
-        entropy_scale=config.actor_entropy, actor_lr=config.actor_lr, critic_lr=config.critic_lr,
-        eps=1e-5, clip=config.clip, slow_target_update=config.slow_critic_every,
-        precision=config.precision,
-    )
+    """The ``lqv_d4rl.networks.BehaviorConfig`` of a :class:`SeMOPOConfig` (DreamerV2's actor)."""
+    return BehaviorConfig.from_config(config)
 
 
 class SeMOPOAgent:

@@ -86,8 +86,8 @@ class SeMOPOConfig:
     model_lr: float = 6e-5
     """Adam learning rate of the world model: 6e-5 in the paper's Appendix D, 3e-4 in the released
     ``dmc_vision`` config that the README command runs."""
-    model_eps: float = 1e-5
-    """Adam epsilon of the world model (DreamerV2: 1e-5)."""
+    eps: float = 1e-5
+    """Adam epsilon of every optimizer: world model, actor and critic (DreamerV2: 1e-5)."""
     clip: float = 100.0
     """Global gradient-norm clip of every optimizer (100)."""
     model_steps: int = 25_000
@@ -98,8 +98,8 @@ class SeMOPOConfig:
     """Imagination horizon (5), from all B x T posterior states of a batch."""
     gamma: float = 0.99
     """Discount (0.99)."""
-    lambda_gae: float = 0.95
-    """TD(lambda) parameter of the value targets (0.95)."""
+    lambda_: float = 0.95
+    """lambda of the TD(lambda) value targets (0.95)."""
     actor_entropy: float = 1e-4
     """Actor entropy bonus (``dmc_vision``: 1e-4)."""
     actor_lr: float = 8e-5
@@ -165,10 +165,10 @@ class SeMOPOConfig:
                      "exo_only_scale", "free_nats", "actor_entropy"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("kl_balance", "gamma", "lambda_gae"):
+        for name in ("kl_balance", "gamma", "lambda_"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
-        for name in ("model_lr", "actor_lr", "critic_lr", "model_eps", "clip"):
+        for name in ("model_lr", "actor_lr", "critic_lr", "eps", "clip"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.curriculum_steps is not None:

@@ -85,7 +85,7 @@ class SeparatedWorldModel(nn.Module):
         self.exo_only_decoder = (ConvDecoder(self.exo_rssm.feature_dim, cfg.depth)
                                  if cfg.exo_only_scale > 0 else None)
         self.to(self.device)
-        self.optimizer = Optimizer("model", self, cfg.model_lr, cfg.model_eps, cfg.clip,
+        self.optimizer = Optimizer("model", self, cfg.model_lr, cfg.eps, cfg.clip,
                                    precision=cfg.precision, device=self.device)
 
     # ----------------------------------------------------------------------------- filtering
@@ -198,7 +198,7 @@ class JointWorldModel(WorldModel):
             reward_layers=config.reward_layers, reward_stop_grad=True,
             kl_balance=config.kl_balance, free_nats=config.free_nats, kl_scale=config.kl_scale,
             image_scale=config.image_scale, reward_scale=config.reward_scale, lr=config.model_lr,
-            eps=config.model_eps, clip=config.clip, precision=config.precision, seed=seed,
+            eps=config.eps, clip=config.clip, precision=config.precision, seed=seed,
         ), device=device)
 
     def disagreement(self, imagination, kind):

@@ -485,7 +485,7 @@ def _toy_reward(trajectory):
 def test_actor_critic_improves_imagined_return_on_toy_dynamics():
     torch.manual_seed(0)
     config = BehaviorConfig(horizon=5, units=32, actor_layers=2, critic_layers=2,
-                            actor_lr=3e-3, critic_lr=3e-3, slow_target_update=10)
+                            actor_lr=3e-3, critic_lr=3e-3, slow_critic_every=10)
     agent = ActorCritic(2, 2, config)
     start = torch.randn(64, 2)
 
@@ -513,7 +513,7 @@ def test_reinforce_actor_gradients_run(actor_grad):
 def test_slow_critic_is_copied_every_n_updates():
     torch.manual_seed(0)
     agent = ActorCritic(2, 2, BehaviorConfig(horizon=2, units=8, actor_layers=1, critic_layers=1,
-                                             critic_lr=1e-2, slow_target_update=3))
+                                             critic_lr=1e-2, slow_critic_every=3))
     slow = lambda: torch.cat([p.flatten() for p in agent.slow_critic.parameters()]).clone()  # noqa: E731
     fast = lambda: torch.cat([p.flatten() for p in agent.critic.parameters()]).clone()  # noqa: E731
     agent.train_step(torch.randn(8, 2), _toy_imagine, _toy_reward)  # update 0 copies

@@ -246,7 +246,7 @@ def test_train_rejects_a_seed_that_is_not_a_non_negative_integer(seed, walker_da
 
 
 @pytest.mark.parametrize("field, value", [("kl_balance", 1.5), ("gamma", 1.01),
-                                          ("lambda_gae", -0.1), ("free_nats", -1.0),
+                                          ("lambda_", -0.1), ("free_nats", -1.0),
                                           ("actor_entropy", -1e-4)])
 def test_config_rejects_out_of_range_loss_and_return_settings(field, value):
     with pytest.raises(semopo.ConfigError, match=field):

@@ -14,7 +14,7 @@ One update (:meth:`ActorCritic.train_step`):
    ``actor_grad="reinforce"`` / ``"both"`` a REINFORCE term ``log pi(a_t|s_t) sg(R_t - v(s_t))``;
    ``w_t = prod_{i<t} gamma_i`` are stop-gradient weights of reaching s_t;
 5. critic regression of ``v(s_t)`` on ``sg(R_t)`` (Normal sigma 1 log-likelihood), weighted by ``w_t``;
-6. every ``slow_target_update`` updates the slow critic moves to the critic (fraction 1 = copy).
+6. every ``slow_critic_every`` updates the slow critic moves to the critic (fraction 1 = copy).
 
 Time is indexed so that action a_t is taken in s_t and the return R_t scores it; this is DreamerV2's
 ``target[1:]`` alignment written out. Only the actor and critic parameters are updated: the world
@@ -22,7 +22,7 @@ model receives no gradient accumulation from these losses.
 """
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -66,10 +66,10 @@ class BehaviorConfig:
         actor_dist: ``"trunc_normal"`` (DreamerV2) or ``"tanh_normal"`` (Dreamer-v1 / TIA).
         actor_grad: ``"dynamics"`` (backprop through the model), ``"reinforce"`` or ``"both"``.
         actor_grad_mix: weight of the dynamics term when ``actor_grad="both"``.
-        entropy_scale: actor entropy bonus eta (1e-4).
+        actor_entropy: actor entropy bonus eta (1e-4).
         actor_lr, critic_lr, eps, clip: Adam learning rates, epsilon and gradient-norm clip.
-        slow_target_update: updates between slow-critic refreshes (100).
-        slow_target_fraction: how far the slow critic moves to the critic at a refresh (1 = copy).
+        slow_critic_every: updates between slow-critic refreshes (100).
+        slow_critic_fraction: how far the slow critic moves to the critic at a refresh (1 = copy).
         precision: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (mixed precision on CUDA only).
     """
 
@@ -82,14 +82,24 @@ class BehaviorConfig:
     actor_dist: str = "trunc_normal"
     actor_grad: str = "dynamics"
     actor_grad_mix: float = 0.1
-    entropy_scale: float = 1e-4
+    actor_entropy: float = 1e-4
     actor_lr: float = 8e-5
     critic_lr: float = 8e-5
     eps: float = 1e-5
     clip: float = 100.0
-    slow_target_update: int = 100
-    slow_target_fraction: float = 1.0
+    slow_critic_every: int = 100
+    slow_critic_fraction: float = 1.0
     precision: str = "float32"
+
+    @classmethod
+    def from_config(cls, config, **overrides):
+        """The behaviour settings of an algorithm's config: every field of this class that
+        ``config`` has under the same name (the project spells each hyperparameter one way in every
+        config: ``lambda_``, ``eps``, ``clip``, ``actor_entropy``, ``slow_critic_every``, ...), then
+        ``overrides``."""
+        values = {item.name: getattr(config, item.name) for item in fields(cls)
+                  if hasattr(config, item.name)}
+        return cls(**{**values, **overrides})
 
 
 class ActorCritic(nn.Module):
@@ -190,7 +200,7 @@ class ActorCritic(nn.Module):
                 cfg.actor_grad_mix * returns + (1 - cfg.actor_grad_mix) * reinforce
             )
         entropy = policy.entropy()
-        loss = -(weights * (objective + cfg.entropy_scale * entropy)).mean()
+        loss = -(weights * (objective + cfg.actor_entropy * entropy)).mean()
         return loss, {"actor_entropy": entropy.mean().detach()}
 
     def _critic_loss(self, trajectory, returns, weights):
@@ -199,8 +209,8 @@ class ActorCritic(nn.Module):
 
     def _update_slow_critic(self):
         cfg = self.config
-        if self.updates % cfg.slow_target_update == 0:
+        if self.updates % cfg.slow_critic_every == 0:
             with torch.no_grad():
                 for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
-                    slow.mul_(1 - cfg.slow_target_fraction).add_(cfg.slow_target_fraction * fast)
+                    slow.mul_(1 - cfg.slow_critic_fraction).add_(cfg.slow_critic_fraction * fast)
         self.updates += 1
