@@ -12,7 +12,7 @@ Sequence samplers (world models: SeMOPO, Offline DV2, LOMPO) return windows of `
     sampler = make_sequence_sampler(dataset, mode="conservative", batch_size=64, seq_len=50, seed=0)
     batch = sampler.sample()     # batch["image"]: (64, 50, 64, 64, 3) uint8, ...
 
-Three modes:
+Four modes:
 
 ``random``
     Uniform over all valid windows: every (episode, start) pair with ``start + seq_len <= length``
@@ -20,16 +20,18 @@ Three modes:
     windows. With equal-length episodes this is exactly DreamerV2's replay (episode uniform, then
     start uniform); with unequal lengths it does not over-sample the steps of short episodes.
 ``conservative``
-    SeMOPO's conservative sampling (paper Sec. 3.3): behaviour policies are put in order (see
-    :func:`order_policies`); training epoch ``m`` (1-based, ``epoch_length`` batches each) draws
-    every batch from the trajectories of ONE policy, chosen uniformly among the first
-    ``min(m, n)`` policies; from epoch ``n + 1`` on, batches are drawn uniformly from the whole
-    dataset, as in ``random``.
+    SeMOPO's conservative sampling as the paper states it (Sec. 3.3): trajectories, ordered by
+    behaviour policy (earliest / weakest first) and by recording time within a policy, are the
+    unit; the batch of model update m draws from the first ``min(m * pace, n)`` of the n
+    trajectories (``pace`` 1 in the paper), then, after the n-th, from the whole dataset.
+``conservative_policy``
+    A policy-level reading kept as an option: each batch from ONE behaviour policy drawn among the
+    first ``min(m, n)`` policies in epoch m (``curriculum_steps / n`` batches per epoch).
 ``return_curriculum``
     The rule of SeMOPO's released code: episodes sorted by return (ascending); each sequence comes
-    from an episode drawn uniformly from the lowest-return prefix, then a uniform start in it. The
-    prefix grows from ``initial_episodes`` (10) episodes to all of them over ``curriculum_steps``
-    (25,000) batches, updated every ``update_every`` (100) batches.
+    from an episode drawn uniformly from the lowest-return prefix, which starts at 10 episodes and
+    grows by ``max(int(E / 250.01), 1)`` every 100 batches (options reproduce its off-by-one cap
+    and its de-duplication of equal returns).
 
 Sequence batches are large (39 MB of images for 64 x 50), and faulting fresh memory in costs as
 much as filling it; so by default a sampler refills the arrays of an earlier batch once nothing
@@ -372,20 +374,100 @@ def order_policies(dataset, episodes, order="auto"):
     return [str(unique[i]) for i in ranking]
 
 
-class ConservativeSampler(SequenceSampler):
-    """SeMOPO's conservative sampling (paper Sec. 3.3), made precise.
+class _Curriculum:
+    """Mixin of the curriculum samplers: the step their schedule reads, which ``frozen_step`` pins.
+
+    SeMOPO's released code keeps sampling from the prefix the model phase ended with during the
+    policy phase; a sampler built with ``frozen_step=model_steps`` does the same.
+    """
+
+    frozen_step = None
+
+    @property
+    def curriculum_step(self):
+        """The batch count the schedule uses: ``step``, or ``frozen_step`` when set."""
+        return self.step if self.frozen_step is None else self.frozen_step
+
+
+def ordered_trajectories(dataset, episodes, policy_order="auto"):
+    """``episodes`` in the order of SeMOPO's conservative sampling: behaviour policies in
+    :func:`order_policies` order (earliest / weakest first), and within a policy in dataset order
+    (the order they were recorded in)."""
+    policy_ids = np.asarray(dataset.policy_ids)[episodes]
+    rank = {pid: i for i, pid in enumerate(order_policies(dataset, episodes, policy_order))}
+    keys = np.array([rank[pid] for pid in policy_ids.tolist()], dtype=np.int64)
+    return episodes[np.argsort(keys, kind="stable")]
+
+
+class ConservativeSampler(_Curriculum, SequenceSampler):
+    """SeMOPO's conservative sampling as the paper states it (Sec. 3.3, Algorithm 1): trajectories
+    are the unit.
+
+    The n eligible trajectories are put in order (:func:`ordered_trajectories`: behaviour policy,
+    then recording order). The batch of model update m (1-based: ``m = step + 1``) draws every
+    sequence uniformly from the valid windows of the first ``k_m = min(max(1, floor(m * pace)), n)``
+    trajectories; once ``k_m = n`` the whole dataset is used (as mode ``random``). With the paper's
+    ``pace = 1`` (one more trajectory per epoch, an epoch being one model update) a 200-episode
+    dataset opens after 200 updates. A one-policy dataset (``medium``) or an imported one with
+    unknown policies is therefore still sampled conservatively early on, from its first recorded
+    trajectories.
+    """
+
+    mode = "conservative"
+
+    def __init__(self, dataset, *, batch_size=64, seq_len=50, seed=0, recycle=True, pace=1.0,
+                 policy_order="auto", frozen_step=None):
+        super().__init__(dataset, batch_size=batch_size, seq_len=seq_len, seed=seed, recycle=recycle)
+        if not pace > 0:
+            raise SamplerError(f"pace must be > 0 trajectories per update, got {pace!r}")
+        self.pace = float(pace)
+        self.frozen_step = frozen_step
+        self.trajectories = ordered_trajectories(dataset, self.episodes, policy_order)
+        self.ordered_windows = WindowTable.for_length(dataset.episode_lengths, self.seq_len,
+                                                      self.trajectories)
+
+    @property
+    def num_trajectories(self):
+        """n: the number of trajectories with at least one valid window."""
+        return len(self.trajectories)
+
+    def allowed_count(self, step=None):
+        """k_m: how many of the ordered trajectories the batch at ``step`` (default: next) draws from."""
+        step = self.curriculum_step if step is None else step
+        return min(max(1, math.floor((step + 1) * self.pace)), self.num_trajectories)
+
+    @property
+    def is_open(self):
+        """True once batches come from the whole dataset."""
+        return self.allowed_count() >= self.num_trajectories
+
+    def allowed_trajectories(self):
+        """The episode indices the next batch may come from, in curriculum order."""
+        return self.trajectories[: self.allowed_count()]
+
+    def _choose(self):
+        if self.is_open:
+            return self.windows.draw(self.rng, self.batch_size)
+        count = self.allowed_count()
+        limit = int(self.ordered_windows.cumulative[count - 1])
+        flat = self.rng.integers(0, limit, size=self.batch_size)
+        position = np.searchsorted(self.ordered_windows.cumulative, flat, side="right")
+        before = np.where(position > 0, self.ordered_windows.cumulative[position - 1], 0)
+        return self.ordered_windows.episodes[position], flat - before
+
+
+class PolicyConservativeSampler(_Curriculum, SequenceSampler):
+    """A policy-level reading of conservative sampling (this toolkit's first one, kept as an option).
 
     The n behaviour policies are ordered by :func:`order_policies` (``policy_order``). Epoch ``m``
     (1-based) covers batches ``(m-1)*epoch_length .. m*epoch_length-1``. While ``m <= n``, each
     batch comes from ONE policy, drawn uniformly from the first ``min(m, n)`` policies, and its
     windows are drawn uniformly from that policy's valid windows. From epoch ``n + 1`` on, batches
     are uniform over the whole dataset (mode ``random``). ``epoch_length`` defaults to
-    ``max(1, curriculum_steps // n)``, so that the data opens up after ``curriculum_steps``
-    batches (25,000: SeMOPO's number of model-training steps). The sampler advances its epoch
-    as it samples; ``set_epoch(m)`` jumps to the start of epoch ``m``.
+    ``max(1, curriculum_steps // n)``. A one-policy dataset is sampled uniformly throughout.
     """
 
-    mode = "conservative"
+    mode = "conservative_policy"
 
     def __init__(
         self,
@@ -398,8 +480,10 @@ class ConservativeSampler(SequenceSampler):
         epoch_length=None,
         curriculum_steps=25_000,
         policy_order="auto",
+        frozen_step=None,
     ):
         super().__init__(dataset, batch_size=batch_size, seq_len=seq_len, seed=seed, recycle=recycle)
+        self.frozen_step = frozen_step
         self.policy_order = order_policies(dataset, self.episodes, policy_order)
         policy_ids = np.asarray(dataset.policy_ids)
         self.policy_windows = [
@@ -423,7 +507,7 @@ class ConservativeSampler(SequenceSampler):
     @property
     def epoch(self):
         """The 1-based epoch of the next batch."""
-        return self.step // self.epoch_length + 1
+        return self.curriculum_step // self.epoch_length + 1
 
     @property
     def is_open(self):
@@ -447,21 +531,23 @@ class ConservativeSampler(SequenceSampler):
         return self.policy_windows[policy].draw(self.rng, self.batch_size)
 
 
-class ReturnCurriculumSampler(SequenceSampler):
-    """The return curriculum of SeMOPO's released code, without its off-by-one.
+class ReturnCurriculumSampler(_Curriculum, SequenceSampler):
+    """The return curriculum of SeMOPO's released code (``OfflineReplay`` with ``incremental`` and
+    ``sort_rewards``, grown by ``train_offline.py``).
 
     Eligible episodes (>= ``seq_len`` entries) are sorted by return, ascending (ties: dataset
-    order). Each sequence comes from an episode drawn uniformly from the first ``prefix_size()``
-    of them, with a uniform start in it. After ``c = step // update_every`` completed updates the
-    prefix holds ``k0 + (E - k0) * min(c, C) // C`` episodes, with ``k0 = min(initial_episodes,
-    E)`` and ``C = ceil(curriculum_steps / update_every)``: ``k0`` at first, all ``E`` after
-    ``curriculum_steps`` batches.
+    order). Each sequence comes from an episode drawn uniformly from the first ``prefix_size()`` of
+    them, with a uniform start in it. The batch at step s draws from::
 
-    The released code (``OfflineReplay`` with ``incremental=True, sort_rewards=True``) starts at 10
-    episodes, adds ``max(int(E / 250.01), 1)`` after every 100 model steps, and caps the prefix at
-    ``E - 1`` while drawing indices from ``[0, prefix)``: its best episode is never sampled (and
-    with 400 episodes it only reaches 260 of them in 25,001 steps). ``replicate_off_by_one=True``
-    applies that cap (prefix at most ``E - 1``, at least 1) on top of the linear growth above.
+        prefix(s) = min(initial + (s // update_every) * increment, E)
+        increment = max(int(E / (curriculum_steps / update_every)), 1)
+
+    i.e. the released code's ``curr_idx``: 10 episodes first, ``max(int(E / 250.01), 1)`` more after
+    every 100 model updates (``offline_model_train_steps`` 25,001 / ``model_train_steps`` 100). With
+    400 episodes it reaches only 260 of them in 25,100 updates. ``replicate_off_by_one=True`` also
+    applies its cap ``E - 1`` (indices are drawn from ``[0, curr_idx)``, so its best episode is never
+    sampled), and ``unique_returns=True`` keeps one episode per distinct return, the last one in
+    dataset order, as its ``dict(zip(returns, episodes))`` does.
     """
 
     mode = "return_curriculum"
@@ -475,13 +561,21 @@ class ReturnCurriculumSampler(SequenceSampler):
         seed=0,
         recycle=True,
         initial_episodes=10,
-        curriculum_steps=25_000,
+        curriculum_steps=25_001,
         update_every=100,
         replicate_off_by_one=False,
+        unique_returns=False,
+        frozen_step=None,
     ):
         super().__init__(dataset, batch_size=batch_size, seq_len=seq_len, seed=seed, recycle=recycle)
-        returns = np.asarray(dataset.returns, dtype=np.float64)[self.episodes]
-        self.sorted_episodes = self.episodes[np.argsort(returns, kind="stable")]
+        self.frozen_step = frozen_step
+        episodes = self.episodes
+        returns = np.asarray(dataset.returns, dtype=np.float64)[episodes]
+        if unique_returns:
+            last_of_each = {value: index for index, value in enumerate(returns.tolist())}
+            keep = np.array(sorted(last_of_each.values()), dtype=np.int64)
+            episodes, returns = episodes[keep], returns[keep]
+        self.sorted_episodes = episodes[np.argsort(returns, kind="stable")]
         lengths = np.asarray(dataset.episode_lengths, dtype=np.int64)
         self.sorted_num_windows = lengths[self.sorted_episodes] - self.seq_len + 1
         self.initial_episodes = _check_positive_int("initial_episodes", initial_episodes)
@@ -489,17 +583,18 @@ class ReturnCurriculumSampler(SequenceSampler):
         self.update_every = _check_positive_int("update_every", update_every)
         self.replicate_off_by_one = bool(replicate_off_by_one)
 
+    @property
+    def increment(self):
+        """Episodes added after every ``update_every`` batches."""
+        total = len(self.sorted_episodes)
+        return max(int(total / (self.curriculum_steps / self.update_every)), 1)
+
     def prefix_size(self, step=None):
         """How many of the lowest-return episodes the batch at ``step`` (default: next) draws from."""
-        step = self.step if step is None else step
+        step = self.curriculum_step if step is None else step
         total = len(self.sorted_episodes)
-        initial = min(self.initial_episodes, total)
-        updates = math.ceil(self.curriculum_steps / self.update_every)
-        done = min(step // self.update_every, updates)
-        size = initial + (total - initial) * done // updates
-        if self.replicate_off_by_one:
-            size = max(1, min(size, total - 1))
-        return size
+        cap = max(1, total - 1) if self.replicate_off_by_one else total
+        return min(self.initial_episodes + (step // self.update_every) * self.increment, cap)
 
     def _choose(self):
         picks = self.rng.integers(0, self.prefix_size(), size=self.batch_size)
@@ -510,16 +605,20 @@ class ReturnCurriculumSampler(SequenceSampler):
 SEQUENCE_SAMPLERS = {
     SequenceSampler.mode: SequenceSampler,
     ConservativeSampler.mode: ConservativeSampler,
+    PolicyConservativeSampler.mode: PolicyConservativeSampler,
     ReturnCurriculumSampler.mode: ReturnCurriculumSampler,
 }
 
 
 def make_sequence_sampler(dataset, mode="random", *, batch_size=64, seq_len=50, seed=0, **options):
-    """A sequence sampler of the given mode (``random``, ``conservative``, ``return_curriculum``).
+    """A sequence sampler of the given mode (``random``, ``conservative``, ``conservative_policy``,
+    ``return_curriculum``).
 
-    ``options`` go to the mode's class: every mode takes ``recycle``; ``conservative`` takes ``epoch_length``,
-    ``curriculum_steps``, ``policy_order``; ``return_curriculum`` takes ``initial_episodes``,
-    ``curriculum_steps``, ``update_every``, ``replicate_off_by_one``.
+    ``options`` go to the mode's class: every mode takes ``recycle``; the curriculum modes take
+    ``frozen_step``; ``conservative`` takes ``pace`` and ``policy_order``; ``conservative_policy``
+    takes ``epoch_length``, ``curriculum_steps``, ``policy_order``; ``return_curriculum`` takes
+    ``initial_episodes``, ``curriculum_steps``, ``update_every``, ``replicate_off_by_one``,
+    ``unique_returns``.
     """
     sampler_class = SEQUENCE_SAMPLERS.get(mode)
     if sampler_class is None:

@@ -1,32 +1,27 @@
 """Normalized scores: ``(S - S_min) / (S_max - S_min)``.
 
 S_min and S_max are the lowest and highest episodic returns over the three datasets (random,
-medrep, medium) of a task. Two references exist: ``"paper"``, the constants of the paper's Table 3,
-and ``"dataset"``, computed from the datasets you actually have.
+medrep, medium) of a task. Three references exist: ``"paper"``, the constants of the paper's Table 3;
+``"paper_table1"``, the constants the paper's Table 1 was actually computed with (the same, except
+car_racing, whose S_min there is the random dataset's mean return 10.3, not its minimum -82.0: use
+it to compare with the paper's numbers); and ``"dataset"``, computed from the datasets you have.
 """
 
 import numpy as np
 
 from .errors import UnknownTaskError
+from .paper import PAPER_REFERENCES, PAPER_TABLE1_REFERENCES
 from .tasks import LEVELS, get_task
 
-PAPER_REFERENCES = {
-    "walker_walk": (5.0, 598.0),
-    "cheetah_run": (1.7, 403.2),
-    "hopper_hop": (0.0, 84.9),
-    "humanoid_walk": (0.0, 609.4),
-    "car_racing": (-82.0, 449.9),
-}
-"""(S_min, S_max) per task: min and max episodic return over the task's three datasets (Table 3)."""
-
-REFERENCES = ("paper", "dataset")
+REFERENCES = ("paper", "paper_table1", "dataset")
 
 
 def get_normalized_score(task: str, returns, reference: str = "paper", dataset=None, *,
                          root=None):
     """Normalize raw episodic ``returns`` of ``task``; a float for a scalar, an array otherwise.
 
-    ``reference="paper"`` uses :data:`PAPER_REFERENCES`. ``reference="dataset"`` uses the min and
+    ``reference="paper"`` uses :data:`PAPER_REFERENCES` (Table 3), ``"paper_table1"``
+    :data:`PAPER_TABLE1_REFERENCES` (what Table 1 used). ``reference="dataset"`` uses the min and
     max episodic return of ``dataset`` (a Dataset or a list of them); without ``dataset`` the
     task's three levels are read from the dataset root ``root`` (only their episode tables).
     """
@@ -38,13 +33,13 @@ def get_normalized_score(task: str, returns, reference: str = "paper", dataset=N
 def reference_range(task: str, reference: str = "paper", dataset=None, *,
                     root=None) -> tuple[float, float]:
     """The ``(S_min, S_max)`` that :func:`get_normalized_score` normalizes with."""
-    if reference == "paper":
-        if task not in PAPER_REFERENCES:
+    if reference in ("paper", "paper_table1"):
+        table = PAPER_REFERENCES if reference == "paper" else PAPER_TABLE1_REFERENCES
+        if task not in table:
             raise UnknownTaskError(
-                f"no paper reference for task {task!r}; the tasks with one are "
-                f"{', '.join(PAPER_REFERENCES)}"
+                f"no paper reference for task {task!r}; the tasks with one are {', '.join(table)}"
             )
-        return PAPER_REFERENCES[task]
+        return table[task]
     if reference != "dataset":
         raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
     returns = _reference_returns(task, dataset, root)

@@ -3,55 +3,56 @@ endogenous policy.
 
 ::
 
+    lqv-d4rl train semopo walker_walk-medrep --preset paper --device cuda --out runs/walker-medrep
+
+or in Python::
+
     import lqv_d4rl, semopo
+    from lqv_d4rl.evaluation import evaluate
     data = lqv_d4rl.load_dataset("walker_walk-medrep")
     agent = semopo.train(data, semopo.preset("paper"), device="cuda", log_dir="runs/walker-medrep")
-    result = semopo.evaluate(agent, "walker_walk", episodes=10)          # grayscale distractors
-    result_rgb = semopo.evaluate(agent, "walker_walk", episodes=10, rgb_background=True)  # Table 2
+    result = evaluate(agent.policy(), data.eval_env_kwargs(), episodes=10, seed=10_000)
 
 Modules, read in this order: :mod:`semopo.config` (every hyperparameter, with its source),
-:mod:`semopo.model` (the separated world model and the single-branch ablation), :mod:`semopo.agent`
-(penalized actor-critic, the acting policy, checkpoints), :mod:`semopo.train` (the two training
-phases, metrics log, resume), :mod:`semopo.evaluate`, :mod:`semopo.analysis` (the paper's Fig. 2/8,
-5 and 6 for your run) and :mod:`semopo.cli` (``lqv-d4rl semopo``).
+:mod:`semopo.model` (the separated world model and the joint-model ablation), :mod:`semopo.agent`
+(penalized actor-critic, the acting policy, checkpoints), :mod:`semopo.training` (the two training
+phases in a run folder), :mod:`semopo.analysis` (the paper's Fig. 2/8, 5 and 6 for your run) and
+:mod:`semopo.algorithm` (the registry entry).
 
-Departures from the released TensorFlow code (each also noted where it is implemented):
+Where this implementation departs from the paper and from the released TensorFlow code is listed
+in one place: the README's "Where we depart" section.
 
-* one Adam optimizer over both branches instead of one per branch: every parameter still gets the
-  gradient of its own branch's loss, but the gradient-norm clip is global and the joint mask
-  decoder, which the released code steps with both optimizers, is stepped once;
-* the exogenous RSSM is action-free (its prior takes no action input) rather than fed zero actions;
-* the adversarial distractor-reward head of TIA is left out: the released command sets its weight
-  (``disen_scales.reward``) to 0;
-* Adam has no weight decay (the released optimizers use 1e-6);
-* ``exo_only_scale`` is applied once; the released code multiplies its ``disen_only`` weight in
-  twice (1.5 -> 2.25 effective), which the ``released`` preset reproduces with 2.25.
-
-Matching the released code: the reward head reads stop-gradient features (``grad_heads none``),
-imagined rewards are not normalized (its ``reward_norm`` with momentum 1 is the identity), the
-policy phase draws start states from uniformly sampled batches, and the penalty keeps its gradient
-into the imagined actions.
+Names are imported lazily, so that reading a config (``semopo.config``) does not start torch.
 """
 
-from .agent import SeMOPOAgent, SeMOPOPolicy
-from .config import PRESETS, ConfigError, SeMOPOConfig, preset
-from .evaluate import evaluate
-from .model import JointWorldModel, SeparatedWorldModel, build_world_model
-from .train import ResumeMismatchError, RunExistsError, read_metrics, train
+import importlib
 
-__all__ = [
-    "PRESETS",
-    "ConfigError",
-    "JointWorldModel",
-    "ResumeMismatchError",
-    "RunExistsError",
-    "SeMOPOAgent",
-    "SeMOPOConfig",
-    "SeMOPOPolicy",
-    "SeparatedWorldModel",
-    "build_world_model",
-    "evaluate",
-    "preset",
-    "read_metrics",
-    "train",
-]
+_LAZY_EXPORTS = {
+    "SeMOPOAgent": "semopo.agent",
+    "SeMOPOPolicy": "semopo.agent",
+    "PRESETS": "semopo.config",
+    "ConfigError": "semopo.config",
+    "SeMOPOConfig": "semopo.config",
+    "preset": "semopo.config",
+    "JointWorldModel": "semopo.model",
+    "SeparatedWorldModel": "semopo.model",
+    "build_world_model": "semopo.model",
+    "train": "semopo.training",
+    "ALGORITHM": "semopo.algorithm",
+    "ResumeMismatchError": "lqv_d4rl.runs",
+    "RunExistsError": "lqv_d4rl.runs",
+    "read_metrics": "lqv_d4rl.runs",
+}
+
+__all__ = sorted(_LAZY_EXPORTS)
+
+
+def __getattr__(name):
+    module_name = _LAZY_EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'semopo' has no attribute {name!r}")
+    return getattr(importlib.import_module(module_name), name)
+
+
+def __dir__():
+    return __all__

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from lqv_d4rl.networks import ActorCritic, BehaviorConfig, flatten_states
 
@@ -94,8 +95,11 @@ class SeMOPOAgent:
     # ----------------------------------------------------------------------------- acting
 
     def policy(self, *, sample=False):
-        """A fresh :class:`SeMOPOPolicy` (recurrent state reset) that acts on environment observations."""
-        return SeMOPOPolicy(self, sample=sample)
+        """A :class:`SeMOPOPolicy` (sharing this agent's networks) that acts on environment
+        observations."""
+        model = self.world_model
+        return SeMOPOPolicy(model.encoder, model.rssm, self.behavior.actor, self.action_dim,
+                            sample=sample)
 
     # ----------------------------------------------------------------------------- checkpoints
 
@@ -155,51 +159,67 @@ class SeMOPOAgent:
 
     @classmethod
     def load(cls, path, device="cpu"):
-        """Load an agent saved with :meth:`save` (or a training checkpoint's ``agent`` entry)."""
-        state = torch.load(Path(path), map_location=device, weights_only=False)
+        """Load an agent saved with :meth:`save`, or the agent of a run folder's checkpoint.
+
+        The file is read on the CPU with ``weights_only=True``; ``load_state_dict`` then places
+        every tensor on ``device`` (RNG states stay CPU byte tensors, as ``set_state`` needs).
+        """
+        path = Path(path)
+        state = torch.load(path / "checkpoint.pt" if path.is_dir() else path, map_location="cpu",
+                           weights_only=True)
         return cls.from_state_dict(state.get("agent", state), device=device)
 
 
-class SeMOPOPolicy:
+class SeMOPOPolicy(nn.Module):
     """Acts on environment observations, carrying the endogenous latent state between steps.
 
     ``policy(observation) -> action``: ``observation`` is one ``(64, 64, 3)`` uint8 frame (as
-    ``make_env`` returns it); the first call after :meth:`reset` starts a new episode. The latent
-    state is filtered with the endogenous encoder and posterior only (the exogenous branch is not
-    needed to act); the action is the actor's mode (``sample=True`` samples instead).
+    ``make_env`` returns it); :meth:`reset` starts a new episode. The latent state is filtered with
+    the endogenous encoder and posterior only (the exogenous branch is not needed to act); the action
+    is the actor's mode (``sample=True`` samples instead). It holds just these three networks, so it
+    pickles small for evaluation workers.
     """
 
-    def __init__(self, agent, *, sample=False):
-        self.agent = agent
+    def __init__(self, encoder, rssm, actor, action_dim, *, sample=False):
+        super().__init__()
+        self.encoder, self.rssm, self.actor = encoder, rssm, actor
+        self.action_dim = int(action_dim)
         self.sample = sample
         self.reset()
+
+    @property
+    def device(self):
+        """Where the networks live."""
+        return next(self.parameters()).device
 
     def reset(self):
         """Forget the episode so far."""
         self._latent = None
         self._action = None
+        return self
 
     @torch.no_grad()
-    def __call__(self, observation):
-        model = self.agent.world_model
-        image = torch.as_tensor(np.asarray(observation), device=self.agent.device)
+    def forward(self, observation):
+        """The action for one ``(64, 64, 3)`` uint8 observation (float32 numpy array)."""
+        device = self.device
+        image = torch.as_tensor(np.asarray(observation), device=device)
         if image.dtype != torch.uint8 or tuple(image.shape[-3:]) != (64, 64, 3):
             raise ValueError(f"the policy acts on (64, 64, 3) uint8 observations, got "
                              f"{tuple(image.shape)} {image.dtype}")
         image = image.reshape(1, 64, 64, 3)
         first = self._latent is None
         if first:
-            self._latent = model.rssm.initial(1, self.agent.device)
-            self._action = torch.zeros(1, self.agent.action_dim, device=self.agent.device)
-        is_first = torch.tensor([first], device=self.agent.device)
+            self._latent = self.rssm.initial(1, device)
+            self._action = torch.zeros(1, self.action_dim, device=device)
+        is_first = torch.tensor([first], device=device)
         # head=0: the posterior does not depend on the prior head, so no head is drawn here
-        self._latent, _ = model.rssm.obs_step(self._latent, self._action, model.encoder(image),
-                                              is_first, head=0)
-        features = model.rssm.features(self._latent)
-        self._action = self.agent.behavior.policy(features, sample=self.sample).float()
+        self._latent, _ = self.rssm.obs_step(self._latent, self._action, self.encoder(image),
+                                             is_first, head=0)
+        dist = self.actor(self.rssm.features(self._latent))
+        self._action = (dist.rsample() if self.sample else dist.mode).float()
         return self._action[0].cpu().numpy().astype(np.float32)
 
-    act = __call__
+    act = forward
 
 
 def _rssms(model):

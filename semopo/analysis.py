@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
-from lqv_d4rl.images import save_preview
 from lqv_d4rl.networks import imagination_disagreement, state_disagreement
+from lqv_d4rl.plots import image_grid, line_plot
 from lqv_d4rl.samplers import action_entropy, make_sequence_sampler
 
-from .train import make_sampler
+from .training import make_sampler
 
 ANALYSIS_BATCH = 16
 """Sequences per analysis batch (a sample is enough for curves of means)."""
@@ -85,14 +84,15 @@ def _steps(values):
 
 def sampling_action_entropy(dataset, config, *, batches=8, points=6, seed=0,
                             modes=("conservative", "return_curriculum", "random")):
-    """Action entropy of batches of each sampling mode at ``points`` stages of the curriculum.
+    """Action entropy of batches of each sampling mode at ``points`` stages of the model phase.
 
-    At each stage (``step`` from 0 to the curriculum's end) ``batches`` batches of the training
-    shape are drawn and their actions pooled. Returns a list of rows
+    At each stage (``step`` from 0 to ``model_steps``, spaced so that the early part of the
+    conservative curriculum, which opens after about n / pace updates, is resolved too) ``batches``
+    batches of the training shape are drawn and their actions pooled. Returns a list of rows
     ``{"mode", "step", "entropy"}``.
     """
-    curriculum = config.effective_curriculum_steps
-    steps = np.unique(np.linspace(0, curriculum, points).astype(int))
+    end = max(1, config.model_steps)
+    steps = np.unique(np.concatenate([np.geomspace(1, end, points).astype(int) - 1, [0]]))
     rows = []
     for mode in modes:
         sampler = make_sampler(dataset, mode, config, seed, recycle=False)
@@ -177,18 +177,22 @@ def _write_uncertainty(agent, batch, out_dir, horizon):
             for rollout, by_branch in curves.items() for branch, values in by_branch.items()
             for step, value in enumerate(values)]
     csv_path = _write_csv(out_dir / "uncertainty.csv", rows)
-    series = {f"{rollout} {branch}": (np.arange(len(values)), values)
+    series = {f"{branch} ({rollout})": (np.arange(len(values)), values)
               for rollout, by_branch in curves.items() for branch, values in by_branch.items()}
-    png_path = line_chart(series, out_dir / "uncertainty.png",
-                          title=f"ensemble disagreement ({agent.config.penalty})", xlabel="step")
+    png_path = line_plot(series, out_dir / "uncertainty.png",
+                         title=f"Ensemble disagreement per branch (penalty {agent.config.penalty})",
+                         xlabel="step along the observed sequence / imagined rollout",
+                         ylabel="disagreement u")
     return {"uncertainty_csv": csv_path, "uncertainty_png": png_path}
 
 
 def _write_reconstruction(agent, batch, out_dir):
     rows = reconstruction_rows(agent, batch)
-    frames = np.concatenate(list(rows.values()))
-    columns = len(next(iter(rows.values())))
-    path = save_preview(frames, out_dir / "reconstruction.png", columns=columns, scale=2)
+    length = np.asarray(batch["image"]).shape[1]
+    picks = np.unique(np.linspace(0, length - 1, min(8, length)).astype(int))
+    path = image_grid(rows, out_dir / "reconstruction.png",
+                      title="SeMOPO decomposition of one sequence (white mask = endogenous)",
+                      column_labels=[f"t={t}" for t in picks])
     (out_dir / "reconstruction_rows.json").write_text(json.dumps(list(rows), indent=2) + "\n")
     return {"reconstruction_png": path}
 
@@ -201,8 +205,9 @@ def _write_action_entropy(dataset, config, out_dir, seed):
         picked = [row for row in rows if row["mode"] == mode]
         series[mode] = (np.array([row["step"] for row in picked]),
                         np.array([row["entropy"] for row in picked]))
-    png_path = line_chart(series, out_dir / "action_entropy.png",
-                          title="action entropy of sampled batches (nats)", xlabel="model step")
+    png_path = line_plot(series, out_dir / "action_entropy.png",
+                         title="Action entropy of sampled batches (paper Fig. 6)",
+                         xlabel="model update", ylabel="action entropy (nats)")
     return {"action_entropy_csv": csv_path, "action_entropy_png": png_path}
 
 
@@ -212,51 +217,3 @@ def _write_csv(path, rows):
         writer.writeheader()
         writer.writerows(rows)
     return Path(path)
-
-
-COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
-          (140, 86, 75))
-
-
-def line_chart(series, path, *, title="", xlabel="", size=(640, 400)):
-    """A plain line chart of ``{label: (x, y)}`` drawn with Pillow (no plotting library needed)."""
-    width, height = size
-    left, right, top, bottom = 70, 20, 40, 60 + 14 * len(series)
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    xs = np.concatenate([np.asarray(x, float) for x, _ in series.values()])
-    ys = np.concatenate([np.asarray(y, float) for _, y in series.values()])
-    finite = np.isfinite(ys)
-    x_low, x_high = float(xs.min()), float(xs.max()) or 1.0
-    y_low, y_high = (float(ys[finite].min()), float(ys[finite].max())) if finite.any() else (0.0, 1.0)
-    if y_high <= y_low:
-        y_low, y_high = y_low - 0.5, y_high + 0.5
-    if x_high <= x_low:
-        x_high = x_low + 1.0
-
-    def to_pixel(x, y):
-        px = left + (x - x_low) / (x_high - x_low) * (width - left - right)
-        py = height - bottom - (y - y_low) / (y_high - y_low) * (height - top - bottom)
-        return px, py
-
-    draw.rectangle((left, top, width - right, height - bottom), outline="black")
-    draw.text((left, 12), title, fill="black")
-    draw.text((4, top), f"{y_high:.3g}", fill="black")
-    draw.text((4, height - bottom - 10), f"{y_low:.3g}", fill="black")
-    draw.text((left, height - bottom + 4), f"{x_low:.3g}", fill="black")
-    draw.text((width - right - 40, height - bottom + 4), f"{x_high:.3g}", fill="black")
-    draw.text(((width - len(xlabel) * 6) // 2, height - bottom + 4), xlabel, fill="black")
-    for index, (label, (x, y)) in enumerate(series.items()):
-        color = COLORS[index % len(COLORS)]
-        points = [to_pixel(float(a), float(b)) for a, b in zip(x, y) if np.isfinite(b)]
-        if len(points) > 1:
-            draw.line(points, fill=color, width=2)
-        for px, py in points:
-            draw.ellipse((px - 2, py - 2, px + 2, py + 2), fill=color)
-        legend_y = height - bottom + 22 + 14 * index
-        draw.line((left, legend_y + 5, left + 20, legend_y + 5), fill=color, width=3)
-        draw.text((left + 26, legend_y), label, fill="black")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG")
-    return path

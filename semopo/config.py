@@ -7,17 +7,13 @@ Where the two disagree the field's docstring names both; the defaults follow the
 ``released`` preset switches to what the released command actually runs.
 """
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 
-from lqv_d4rl.errors import LQVError
+from lqv_d4rl.algorithms import ConfigError
 
-SAMPLING_MODES = ("conservative", "random", "return_curriculum")
+SAMPLING_MODES = ("conservative", "conservative_policy", "return_curriculum", "random")
 PENALTIES = ("semopo_paper", "semopo_code", "lompo")
 PRECISIONS = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(LQVError, ValueError):
-    """A SeMOPO setting with a value that cannot work (the message names the field)."""
 
 
 @dataclass
@@ -30,22 +26,38 @@ class SeMOPOConfig:
     seq_len: int = 50
     """Entries per sequence (Appendix D: 50)."""
     sampling: str = "conservative"
-    """Sampler of the world-model phase: ``conservative`` (paper Sec. 3.3: epoch m trains on one of
-    the first min(m, n) behaviour policies), ``return_curriculum`` (the released code: a growing
-    prefix of the episodes sorted by return) or ``random`` (the ablation of Sec. 4.3)."""
+    """Sampler of the world-model phase: ``conservative`` (paper Sec. 3.3: trajectories ordered by
+    behaviour policy and time; model update m trains on the first min(m * conservative_pace, n) of
+    the n trajectories, then on all), ``conservative_policy`` (each batch from one of the first
+    min(m, n) behaviour policies: an earlier reading of the paper), ``return_curriculum`` (the
+    released code: a growing prefix of the episodes sorted by return) or ``random`` (the ablation
+    of Sec. 4.3)."""
+    conservative_pace: float = 1.0
+    """``conservative``: trajectories added to the sampled set per model update. The paper's
+    "j <= min(m, n)" with one minibatch per epoch (Algorithm 1, App. D) is 1."""
     curriculum_steps: int | None = None
-    """Batches after which the conservative / return curriculum opens the whole dataset; ``None``
-    uses ``model_steps`` (both the paper and the released code open it over the 25k model steps)."""
+    """``return_curriculum``: the released code's growth horizon (its ``offline_model_train_steps``,
+    25,001): the prefix grows by max(int(E / (curriculum_steps / 100)), 1) episodes every 100
+    updates. ``conservative_policy``: updates after which every policy is open. ``None`` uses
+    ``model_steps``."""
     replicate_off_by_one: bool = False
-    """``return_curriculum`` only: never sample the best-return episode, as the released code does."""
+    """``return_curriculum`` only: cap the prefix at E - 1, so the best-return episode is never
+    sampled, as the released code does."""
+    unique_returns: bool = False
+    """``return_curriculum`` only: keep one episode per distinct return (the last), as the released
+    code's ``dict(zip(returns, episodes))`` does (it drops e.g. all but one of hopper's many
+    zero-return episodes)."""
     policy_sampling: str = "random"
-    """Sampler of the policy phase, whose batches only supply imagination start states (the
-    released code samples its replay buffer uniformly there)."""
+    """Sampler of the policy phase, whose batches only supply imagination start states. A
+    curriculum mode stays frozen where the model phase ended (the released code keeps sampling its
+    final prefix); the paper does not say, so the default samples uniformly."""
 
     # ----------------------------------------------------------------------- world model
     separated: bool = True
-    """Separated world model (endogenous + exogenous branch); ``False`` is the ablation of Sec. 4.3:
-    one branch, i.e. Offline DV2's model (``lqv_d4rl.networks.WorldModel``)."""
+    """Separated world model (endogenous + exogenous branch). ``False`` is SeMOPO's joint-model
+    ablation (Sec. 4.3): one branch that models the whole image, with SeMOPO's stop-gradient reward
+    head and everything else unchanged. It is not Offline DV2, whose reward and image gradients
+    shape the latent (``lqv-d4rl train offline_dv2``)."""
     depth: int = 48
     """CNN channel multiplier of encoders and decoders (Appendix D: 48)."""
     deter: int = 200
@@ -91,7 +103,8 @@ class SeMOPOConfig:
     clip: float = 100.0
     """Global gradient-norm clip of every optimizer (100)."""
     model_steps: int = 25_000
-    """World-model updates before policy learning starts (25,000; the released loop runs 25,001)."""
+    """World-model updates before policy learning starts (App. D: 25,000; the released loop runs
+    251 blocks of 100, i.e. 25,100, while its counter is below 25,001)."""
 
     # ----------------------------------------------------------------------- policy
     horizon: int = 5
@@ -135,8 +148,6 @@ class SeMOPOConfig:
     """Evaluation episodes after training (the released code evaluates 10)."""
     eval_max_steps: int | None = None
     """Cap on agent steps per evaluation episode (``None``: the full 500; small for smoke tests)."""
-    extra: dict = field(default_factory=dict)
-    """Free-form notes stored with the run (e.g. the dataset id); not used by the algorithm."""
 
     def __post_init__(self):
         self.validate()
@@ -171,6 +182,8 @@ class SeMOPOConfig:
         for name in ("model_lr", "actor_lr", "critic_lr", "eps", "clip"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.conservative_pace > 0:
+            raise ConfigError(f"conservative_pace must be > 0, got {self.conservative_pace!r}")
         if self.curriculum_steps is not None:
             _positive_int("curriculum_steps", self.curriculum_steps)
         if self.eval_max_steps is not None:
@@ -178,7 +191,8 @@ class SeMOPOConfig:
 
     @property
     def effective_curriculum_steps(self):
-        """Batches over which the sampling curriculum opens up (``curriculum_steps`` or ``model_steps``)."""
+        """The curriculum horizon of ``return_curriculum`` / ``conservative_policy``
+        (``curriculum_steps`` or ``model_steps``)."""
         return self.curriculum_steps or max(1, self.model_steps)
 
     def to_dict(self):
@@ -218,11 +232,17 @@ PRESETS = {
     # What the released README command runs (configs.yaml dmc_vision + command-line flags).
     "released": {
         "sampling": "return_curriculum",
+        "curriculum_steps": 25_001,
+        "model_steps": 25_100,
         "replicate_off_by_one": True,
+        "unique_returns": True,
+        "policy_sampling": "return_curriculum",
         "model_lr": 3e-4,
         "penalty": "semopo_code",
         "penalty_lambda": 5.0,
+        # disen_only 1.5, applied twice by the released code; hopper's command uses 2.0 (-> 4.0)
         "exo_only_scale": 2.25,
+        "per_task": {"hopper_hop": {"exo_only_scale": 4.0}},
         "precision": "float16",
     },
     # Tiny networks and few steps: minutes on a laptop CPU; for tests and for trying the pipeline.
@@ -255,8 +275,11 @@ PRESETS = {
 """Named configurations: field overrides on top of the defaults."""
 
 
-def preset(name, **overrides):
-    """The config of preset ``name`` (``smoke``, ``paper``, ``released``), with ``overrides`` applied."""
+def preset(name, *, task=None, **overrides):
+    """The config of preset ``name`` (``smoke``, ``paper``, ``released``) for ``task``, with
+    ``overrides`` applied."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return SeMOPOConfig(**{**PRESETS[name], **overrides})
+    values = {key: value for key, value in PRESETS[name].items() if key != "per_task"}
+    values.update(PRESETS[name].get("per_task", {}).get(task, {}))
+    return SeMOPOConfig(**{**values, **overrides})

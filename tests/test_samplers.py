@@ -17,6 +17,7 @@ import torch
 from lqv_d4rl import samplers
 from lqv_d4rl.samplers import (
     ConservativeSampler,
+    PolicyConservativeSampler,
     ReturnCurriculumSampler,
     SamplerError,
     SequenceSampler,
@@ -63,7 +64,7 @@ def memory_dataset(
     for e, length in enumerate(lengths):
         t = np.arange(length)
         image = np.zeros((length, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-        image[..., 0] = e
+        image[..., 0] = e % 256  # (tests with > 256 episodes do not decode images)
         image[..., 1] = (t % 256)[:, None, None]
         image[..., 2] = (t // 256)[:, None, None]
         action = rng.uniform(-1, 1, (length, action_dim)).astype(np.float32) * action_scales[e]
@@ -316,10 +317,10 @@ def test_policies_are_ordered_by_step_then_return_then_appearance():
     assert order_policies(dataset, episodes) == ["b", "c", "a"]
 
 
-def test_conservative_batches_come_from_one_allowed_policy_until_the_data_opens_up():
+def test_policy_conservative_batches_come_from_one_allowed_policy_until_the_data_opens_up():
     dataset = mixed_policy_dataset()
     sampler = make_sequence_sampler(
-        dataset, mode="conservative", batch_size=16, seq_len=50, seed=0, epoch_length=20
+        dataset, mode="conservative_policy", batch_size=16, seq_len=50, seed=0, epoch_length=20
     )
     assert sampler.num_policies == 6
     assert sampler.policy_order == [f"ckpt-{p}" for p in range(6)]
@@ -340,9 +341,9 @@ def test_conservative_batches_come_from_one_allowed_policy_until_the_data_opens_
     assert max(mixed) > 1
 
 
-def test_conservative_set_epoch_and_default_epoch_length():
+def test_policy_conservative_set_epoch_and_default_epoch_length():
     dataset = mixed_policy_dataset()
-    sampler = ConservativeSampler(dataset, seq_len=50)
+    sampler = PolicyConservativeSampler(dataset, seq_len=50)
     assert sampler.epoch_length == 25_000 // 6
     sampler.set_epoch(3)
     assert sampler.step == 2 * sampler.epoch_length and sampler.epoch == 3
@@ -353,15 +354,84 @@ def test_conservative_set_epoch_and_default_epoch_length():
         sampler.set_epoch(0)
 
 
-def test_conservative_sampling_lowers_action_entropy():
+def test_policy_conservative_sampling_lowers_action_entropy():
     dataset = mixed_policy_dataset()
     conservative = make_sequence_sampler(
-        dataset, mode="conservative", batch_size=32, seq_len=50, seed=1, epoch_length=10
+        dataset, mode="conservative_policy", batch_size=32, seq_len=50, seed=1, epoch_length=10
     )
     random = make_sequence_sampler(dataset, batch_size=32, seq_len=50, seed=1)
     conservative_entropy = np.mean([action_entropy(conservative.sample()) for _ in range(60)])
     random_entropy = np.mean([action_entropy(random.sample()) for _ in range(60)])
     assert conservative_entropy < random_entropy - 0.2
+
+
+def test_conservative_trajectories_are_ordered_by_policy_then_recording_time():
+    # recorded interleaved: b, a, b, a, c; policy steps a=100 < b=200 < c=300
+    dataset = memory_dataset([20] * 5, policy_ids=["b", "a", "b", "a", "c"],
+                             policy_steps=[200, 100, 200, 100, 300])
+    sampler = ConservativeSampler(dataset, seq_len=10)
+    assert sampler.trajectories.tolist() == [1, 3, 0, 2, 4]
+
+
+@pytest.mark.parametrize("pace, steps, counts", [
+    (1.0, [0, 1, 4, 5, 100], [1, 2, 5, 6, 8]),       # the paper: one trajectory per update
+    (0.5, [0, 1, 2, 3, 15, 100], [1, 1, 1, 2, 8, 8]),  # floor(m * pace), at least 1
+    (3.0, [0, 1, 2], [3, 6, 8]),
+])
+def test_conservative_allowed_trajectory_counts_follow_min_m_pace_n(pace, steps, counts):
+    sampler = ConservativeSampler(memory_dataset([20] * 8), seq_len=10, pace=pace)
+    assert [sampler.allowed_count(step) for step in steps] == counts
+    assert sampler.num_trajectories == 8
+
+
+def test_conservative_batches_stay_inside_the_allowed_trajectories_then_open_up():
+    dataset = mixed_policy_dataset()  # 24 trajectories, 4 per policy
+    sampler = make_sequence_sampler(dataset, mode="conservative", batch_size=32, seq_len=50,
+                                    seed=0, pace=0.25)
+    seen_before_open = set()
+    for step in range(96):
+        allowed = set(sampler.allowed_trajectories().tolist())
+        assert len(allowed) == max(1, (step + 1) // 4)
+        batch = sampler.sample()
+        assert_windows_consistent(dataset, batch, 50)
+        assert set(batch["episode"].tolist()) <= allowed
+        seen_before_open.update(batch["episode"].tolist())
+    assert sampler.is_open and len(seen_before_open) == 24
+    assert len(set(sampler.sample()["episode"].tolist())) > 4
+
+
+def smooth_medium_dataset(episodes=20, length=60, seed=0):
+    """A one-policy ("medium") dataset whose actions change smoothly within an episode, as a
+    trained policy's gait does, from a different starting point in every episode."""
+    dataset = memory_dataset([length] * episodes, policy_ids=["medium"] * episodes, seed=seed)
+    rng = np.random.default_rng(seed)
+    for e in range(episodes):
+        start = int(dataset.episode_starts[e])
+        walk = np.cumsum(rng.normal(0, 0.05, (length, 2)), 0) + rng.uniform(-0.7, 0.7, 2)
+        dataset.actions[start:start + length] = np.clip(walk, -1, 1).astype(np.float32)
+    return dataset
+
+
+def test_a_one_policy_dataset_is_not_sampled_uniformly_and_has_lower_action_entropy():
+    # the paper's Fig. 6 effect on a medium dataset: early conservative batches come from its first
+    # trajectories only, so their actions are less varied than those of uniform batches
+    dataset = smooth_medium_dataset()
+    conservative = make_sequence_sampler(dataset, mode="conservative", batch_size=32, seq_len=20,
+                                         seed=3)
+    uniform = make_sequence_sampler(dataset, batch_size=32, seq_len=20, seed=3)
+    early = [conservative.sample() for _ in range(3)]  # from 1, 2 and 3 trajectories
+    assert set(early[0]["episode"].tolist()) == {0}
+    assert set(np.concatenate([batch["episode"] for batch in early]).tolist()) == {0, 1, 2}
+    narrow = np.mean([action_entropy(batch) for batch in early])
+    spread = np.mean([action_entropy(uniform.sample()) for _ in range(3)])
+    assert narrow < spread - 0.3, (narrow, spread)
+
+
+def test_unknown_policies_keep_the_recording_order():
+    dataset = memory_dataset([20] * 5, policy_ids=["unknown"] * 5)
+    sampler = ConservativeSampler(dataset, seq_len=10)
+    assert sampler.trajectories.tolist() == [0, 1, 2, 3, 4]
+    assert set(sampler.sample()["episode"].tolist()) == {0}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -377,13 +447,43 @@ def curriculum_dataset():
 
 def test_return_curriculum_prefix_grows_from_ten_to_all_episodes():
     dataset = curriculum_dataset()
+    # increment = max(int(30 / (1000 / 100)), 1) = 3 episodes every 100 batches
     sampler = ReturnCurriculumSampler(dataset, seq_len=20, curriculum_steps=1000, update_every=100)
-    sizes = [sampler.prefix_size(step) for step in (0, 99, 100, 500, 999, 1000, 5000)]
-    assert sizes == [10, 10, 12, 20, 28, 30, 30]
+    sizes = [sampler.prefix_size(step) for step in (0, 99, 100, 500, 600, 700, 5000)]
+    assert sizes == [10, 10, 13, 25, 28, 30, 30]
     faithful = ReturnCurriculumSampler(
         dataset, seq_len=20, curriculum_steps=1000, update_every=100, replicate_off_by_one=True
     )
     assert faithful.prefix_size(0) == 10 and faithful.prefix_size(5000) == 29
+
+
+@pytest.mark.parametrize("episodes, increment, at_end", [
+    (400, 1, 260),     # int(400 / 250.01) = 1: only 260 of 400 episodes after 25,100 updates
+    (1000, 3, 760),    # int(1000 / 250.01) = 3 (not 4: the released code's 250.01)
+    (200, 1, 199),     # max(int(0.8), 1) = 1; capped at E - 1 by the off-by-one
+])
+def test_return_curriculum_reproduces_the_released_schedule(episodes, increment, at_end):
+    dataset = memory_dataset([3] * episodes, returns=list(range(episodes)))
+    sampler = ReturnCurriculumSampler(dataset, seq_len=2, curriculum_steps=25_001,
+                                      update_every=100, replicate_off_by_one=True)
+    assert sampler.increment == increment
+    assert [sampler.prefix_size(step) for step in (0, 99, 100, 199, 200)] == [
+        10, 10, 10 + increment, 10 + increment, 10 + 2 * increment]
+    assert sampler.prefix_size(25_099) == at_end  # the last model update's batch
+    frozen = ReturnCurriculumSampler(dataset, seq_len=2, curriculum_steps=25_001,
+                                     replicate_off_by_one=True, frozen_step=25_100)
+    frozen.set_step(123_456)  # the policy phase draws from where the model phase ended
+    assert frozen.prefix_size() == min(10 + 251 * increment, episodes - 1)
+
+
+def test_return_curriculum_can_drop_duplicate_returns_as_the_released_dict_does():
+    # returns 0, 5, 0, 7, 5, 0: a dict keyed by return keeps the LAST episode of each value
+    dataset = memory_dataset([3] * 6, returns=[0.0, 5.0, 0.0, 7.0, 5.0, 0.0])
+    dataset.returns[:] = [0.0, 5.0, 0.0, 7.0, 5.0, 0.0]
+    sampler = ReturnCurriculumSampler(dataset, seq_len=2, unique_returns=True)
+    assert sampler.sorted_episodes.tolist() == [5, 4, 3]
+    kept = ReturnCurriculumSampler(dataset, seq_len=2)
+    assert kept.sorted_episodes.tolist() == [0, 2, 5, 1, 4, 3]
 
 
 def test_return_curriculum_samples_only_the_lowest_return_prefix():
@@ -509,9 +609,9 @@ def test_action_entropy_leaves_out_first_entries():
 
 def test_torch_iterator_yields_the_serial_batches_in_order():
     dataset = mixed_policy_dataset()
-    serial = make_sequence_sampler(dataset, mode="conservative", batch_size=4, seq_len=10, epoch_length=2)
+    serial = make_sequence_sampler(dataset, mode="conservative", batch_size=4, seq_len=10, pace=0.5)
     expected = [serial.sample() for _ in range(7)]
-    sampler = make_sequence_sampler(dataset, mode="conservative", batch_size=4, seq_len=10, epoch_length=2)
+    sampler = make_sequence_sampler(dataset, mode="conservative", batch_size=4, seq_len=10, pace=0.5)
     with TorchBatchIterator(sampler, prefetch=3, num_batches=7) as iterator:
         batches = list(iterator)
     assert len(batches) == 7
@@ -593,17 +693,15 @@ def test_samplers_read_the_written_episodes(tiny_dataset_path, lazy):
 
     dataset = load_dataset(tiny_dataset_path, lazy=lazy)
     assert len(dataset) == 6
-    sampler = make_sequence_sampler(dataset, mode="conservative", batch_size=6, seq_len=8, epoch_length=1)
-    assert sampler.policy_order == ["policy-00", "policy-01", "policy-02"]
-    for _ in range(4):
-        epoch = sampler.epoch
+    sampler = make_sequence_sampler(dataset, mode="conservative", batch_size=6, seq_len=8)
+    assert sampler.trajectories.tolist() == [0, 1, 2, 3, 4, 5]  # policies 00, 01, 02 in blocks
+    for step in range(4):
         batch = sampler.sample()
         for i, (episode, start) in enumerate(zip(batch["episode"], batch["start"])):
             expected = dataset.episode(int(episode))
             for key in ("image", "action", "reward", "discount", "is_first", "is_last", "is_terminal"):
                 assert np.array_equal(batch[key][i], expected[key][start : start + 8]), key
-        if epoch <= 3:
-            assert len(set(dataset.policy_ids[batch["episode"]])) == 1
+        assert batch["episode"].max() <= step
     host = make_sequence_sampler(dataset, batch_size=6, seq_len=8, seed=1).sample()
     on_device = make_device_sampler(dataset, device="cpu", batch_size=6, seq_len=8, seed=1).sample()
     assert all(np.array_equal(on_device[key].numpy(), host[key]) for key in host)

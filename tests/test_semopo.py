@@ -18,8 +18,10 @@ from lqv_d4rl.dataset import load_dataset
 from lqv_d4rl.envs import make_env
 from lqv_d4rl.format import ShardWriter
 from lqv_d4rl.networks import ensemble_predictions
+from lqv_d4rl.evaluation import evaluate
+from lqv_d4rl.runs import metric_series, read_metrics
+from lqv_d4rl.synthetic import noise_batch
 from semopo.analysis import reconstruction_rows, run_analysis, sampling_action_entropy
-from semopo.train import metric_series, read_metrics
 
 torch.set_num_threads(1)
 
@@ -39,14 +41,8 @@ def tiny_config(**changes):
 
 
 def random_batch(config, action_dim=6, seed=0):
-    """A sequence batch of noise images, in the sampler's layout."""
-    rng = np.random.default_rng(seed)
-    shape = (config.batch_size, config.seq_len)
-    is_first = np.zeros(shape, bool)
-    is_first[:, 0] = True
-    return {"image": rng.integers(0, 256, shape + (64, 64, 3), dtype=np.uint8),
-            "action": rng.uniform(-1, 1, shape + (action_dim,)).astype(np.float32),
-            "reward": rng.random(shape).astype(np.float32), "is_first": is_first}
+    """A sequence batch of noise images with the config's batch shape."""
+    return noise_batch(config.batch_size, config.seq_len, action_dim, seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,9 +80,11 @@ def walker_dataset(tmp_path_factory):
     """A walker_walk dataset written through ShardWriter; the narrow policy is the earlier one."""
     folder = tmp_path_factory.mktemp("semopo-data") / "walker_walk-medrep"
     env = make_env("walker_walk", seed=0, num_video_frames=64)
+    provenance = {"seed": 0, "distractor": env.video_pool.description,
+                  "env": {"composite": "segmentation", "render_quality": "fast"}}
     try:
         with ShardWriter(folder, dataset_id="walker_walk-medrep", task="walker_walk",
-                         level="medrep", action_dim=6, provenance={"seed": 0}) as writer:
+                         level="medrep", action_dim=6, provenance=provenance) as writer:
             for policy_index, (policy_id, std) in enumerate(POLICIES.items()):
                 for episode in range(EPISODES_PER_POLICY):
                     seed = 100 * policy_index + episode
@@ -267,7 +265,7 @@ def test_conservative_batches_have_lower_action_entropy(walker_dataset):
     mean = {mode: np.mean([row["entropy"] for row in rows if row["mode"] == mode])
             for mode in ("conservative", "random")}
     first = {row["mode"]: row["entropy"] for row in rows if row["step"] == 0}
-    assert first["conservative"] < first["random"] - 0.3
+    assert first["conservative"] < first["random"] - 0.2
     assert mean["conservative"] < mean["random"]
 
 
@@ -313,8 +311,7 @@ def test_smoke_run_trains_evaluates_and_resumes(walker_dataset, tmp_path):
         semopo.train(dataset, config.updated(penalty_lambda=1.0), seed=0,
                      log_dir=tmp_path / "run", resume=True)
 
-    result = semopo.evaluate(resumed, "walker_walk", episodes=1, seed=7, max_steps=4,
-                             num_video_frames=16)
+    result = evaluate(resumed.policy(), dataset.eval_env_kwargs(), episodes=1, seed=7, max_steps=4)
     assert result["lengths"] == [4] and len(result["returns"]) == 1
     low, high = 5.0, 598.0
     assert result["normalized_scores"][0] == pytest.approx((result["returns"][0] - low) / (high - low))
@@ -367,7 +364,8 @@ def test_cli_trains_in_two_sessions_and_writes_its_outputs(walker_dataset, tmp_p
     out = tmp_path / "cli-run"
     arguments = ["semopo", str(walker_dataset), "--preset", "smoke", "--out", str(out),
                  "--model-steps", "2", "--policy-steps", "1", "--eval-episodes", "1",
-                 "--eval-max-steps", "2", "--lambda", "5", "--sampling", "random", "--no-analysis"]
+                 "--eval-max-steps", "2", "--penalty-lambda", "5", "--sampling", "random",
+                 "--no-analysis"]
     first = CliRunner().invoke(main, arguments + ["--stop-after", "2"])
     assert first.exit_code == 0, first.output
     assert "continue with --resume" in first.output and not (out / "eval.json").exists()
@@ -379,9 +377,9 @@ def test_cli_trains_in_two_sessions_and_writes_its_outputs(walker_dataset, tmp_p
     assert finished.exit_code == 0, finished.output
     assert "normalized score" in finished.output
     evaluation = json.loads((out / "eval.json").read_text())
-    assert evaluation["grayscale"]["lengths"] == [2]
+    assert evaluation["lengths"] == [2]
     saved = json.loads((out / "config.json").read_text())["config"]
     assert (saved["penalty_lambda"], saved["sampling"], saved["model_steps"]) == (5.0, "random", 2)
-    assert semopo.SeMOPOAgent.load(out / "agent.pt").policy_updates == 1
+    assert semopo.SeMOPOAgent.load(out).policy_updates == 1
     phases = {row["phase"] for row in read_metrics(out / "metrics.csv")}
     assert phases == {"model", "policy", "eval"}

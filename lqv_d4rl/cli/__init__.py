@@ -11,26 +11,43 @@ import click
 
 from .. import __version__
 from ..errors import LQVError
-from . import data_commands, env_commands, generate_commands, hub_commands, semopo_commands
+from . import data_commands, env_commands, generate_commands, hub_commands, train_commands
+from .hints import cli_error
 
 _COMMAND_MODULES = (
     env_commands,
     generate_commands,
     data_commands,
     hub_commands,
-    semopo_commands,
+    train_commands,
 )
 
 
 class _Group(click.Group):
     """Reports file-system errors (a folder that cannot be made, a file that cannot be written) and
-    the toolkit's own errors as one-line messages instead of tracebacks, for every verb."""
+    the toolkit's own errors as one-line messages instead of tracebacks, for every verb; builds the
+    short forms of ``train`` (``lqv-d4rl semopo``) only when they are invoked."""
+
+    def list_commands(self, ctx):
+        return sorted([*super().list_commands(ctx), *train_commands.LAZY_COMMANDS])
+
+    def get_command(self, ctx, name):
+        if name in train_commands.LAZY_COMMANDS:
+            return train_commands.LAZY_COMMANDS[name]()
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, self.commands[name].get_short_help_str(60)) for name in sorted(self.commands)]
+        rows += [(name, f"Short for `lqv-d4rl train {target}`.")
+                 for name, target in train_commands.SHORT_FORMS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(sorted(rows))
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except LQVError as err:
-            raise click.ClickException(str(err)) from None
+            raise cli_error(err) from None  # exit 2 for a usage error, else 1
         except OSError as err:
             if err.filename is None or isinstance(err, BrokenPipeError):
                 raise

@@ -1,0 +1,64 @@
+"""Finding a dataset's folder from what a user typed: an id under the dataset root, or a path."""
+
+import os
+from pathlib import Path
+
+from .errors import DatasetNotFoundError, UnknownDatasetError
+from .format import MANIFEST_NAME
+from .registry import (
+    check_dataset_id, dataset_path, dataset_root, looks_like_registry_id, parse_dataset_id,
+)
+
+
+def find_dataset_folder(source, root=None) -> Path:
+    """The folder of ``source`` (a dataset id or a folder) on this machine.
+
+    A ``Path`` or a string with a path separator is a folder. A bare name is looked up under the
+    dataset root first, then taken as a folder relative to the working directory.
+    Raises UnknownDatasetError for a mistyped benchmark id and DatasetNotFoundError, saying how to
+    generate or download it, for a dataset that is not on disk (with ``downloadable_id`` set when
+    it is a benchmark id that the Hub may hold).
+    """
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    is_path = isinstance(source, Path) or os.sep in text or bool(os.altsep and os.altsep in text)
+    if not is_path:
+        under_root = _folder_under_root(text, root)
+        if under_root is not None:
+            return under_root
+    if (path / MANIFEST_NAME).is_file():
+        return path
+    if is_path:
+        raise DatasetNotFoundError(f"no lqv-d4rl dataset at {path} ({MANIFEST_NAME} not found)")
+    dataset_id = check_dataset_id(text)
+    folder = dataset_path(dataset_id, root)
+    if (folder / MANIFEST_NAME).is_file():
+        return folder
+    if not looks_like_registry_id(dataset_id):
+        raise DatasetNotFoundError(
+            f"no dataset {dataset_id!r} in {dataset_root(root)} (and no folder of that name); "
+            "pass the folder of a custom dataset, or the root= that holds it"
+        )
+    missing = DatasetNotFoundError(_not_found_message(dataset_id, folder))
+    missing.downloadable_id = dataset_id  # lqv_d4rl.dataset.resolve_dataset_folder can fetch it
+    raise missing
+
+
+def _folder_under_root(name: str, root) -> Path | None:
+    """``<root>/<name>`` if it holds a dataset and ``name`` is a valid dataset id, else None."""
+    try:
+        folder = dataset_path(name, root)
+    except UnknownDatasetError:
+        return None
+    return folder if (folder / MANIFEST_NAME).is_file() else None
+
+
+def _not_found_message(dataset_id: str, folder: Path) -> str:
+    task, level = parse_dataset_id(dataset_id)
+    return (
+        f"dataset {dataset_id!r} is not in {folder}. Generate it with "
+        f"`lqv-d4rl generate {task} --levels {level}`, or download it with "
+        f"`lqv-d4rl download {dataset_id}` "
+        f"(in Python: load_dataset({dataset_id!r}, download=True)). Datasets live under root= "
+        "or $LQV_D4RL_ROOT (default ~/.lqv_d4rl)."
+    )
