@@ -24,22 +24,14 @@ from lqv_d4rl.networks import (
     count_parameters,
     flatten_states,
 )
+from lqv_d4rl.synthetic import noise_batch, to_torch
 
 ACTION_DIM = 6  # walker
 
 
 def random_batch(batch, length, device, seed=0):
-    """Random uint8 images, actions and rewards shaped like a sampler batch."""
-    generator = torch.Generator().manual_seed(seed)
-    is_first = torch.zeros(batch, length, dtype=torch.bool)
-    is_first[:, 0] = True
-    data = {
-        "image": torch.randint(0, 256, (batch, length, 64, 64, 3), dtype=torch.uint8, generator=generator),
-        "action": torch.rand(batch, length, ACTION_DIM, generator=generator) * 2 - 1,
-        "reward": torch.rand(batch, length, generator=generator),
-        "is_first": is_first,
-    }
-    return {key: value.to(device) for key, value in data.items()}
+    """Noise images, actions and rewards shaped like a sampler batch, on ``device``."""
+    return to_torch(noise_batch(batch, length, ACTION_DIM, seed), device)
 
 
 def synchronize(device):

@@ -17,22 +17,11 @@ import json
 import platform
 import time
 
-import numpy as np
 import torch
 
 import semopo
 from lqv_d4rl.networks import count_parameters
-
-
-def random_batch(batch_size, seq_len, action_dim, seed=0):
-    """A sequence batch of noise images, in the sampler's layout."""
-    rng = np.random.default_rng(seed)
-    shape = (batch_size, seq_len)
-    is_first = np.zeros(shape, bool)
-    is_first[:, 0] = True
-    return {"image": rng.integers(0, 256, shape + (64, 64, 3), dtype=np.uint8),
-            "action": rng.uniform(-1, 1, shape + (action_dim,)).astype(np.float32),
-            "reward": rng.random(shape).astype(np.float32), "is_first": is_first}
+from lqv_d4rl.synthetic import noise_batch, to_torch
 
 
 def time_updates(update, batch, *, warmup, steps, device):
@@ -59,9 +48,9 @@ def benchmark(device, *, batch_size, seq_len, warmup, steps, separated=True, act
     config = semopo.preset("paper", batch_size=batch_size, seq_len=seq_len, separated=separated)
     torch.manual_seed(0)
     agent = semopo.SeMOPOAgent(action_dim, config, device=device)
-    batch = random_batch(batch_size, seq_len, action_dim)
+    batch = noise_batch(batch_size, seq_len, action_dim)
     if torch.device(device).type == "cuda":
-        batch = {key: torch.from_numpy(value).to(device) for key, value in batch.items()}
+        batch = to_torch(batch, device)
         torch.cuda.reset_peak_memory_stats()
     model_seconds = time_updates(agent.train_model_step, batch, warmup=warmup, steps=steps,
                                  device=device)

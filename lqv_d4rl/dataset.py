@@ -17,19 +17,18 @@ import numpy as np
 
 from .errors import CorruptDatasetError, DatasetNotFoundError, UnknownDatasetError
 from .format import (
-    IMAGE_CHUNK_FRAMES, IMAGE_SHAPE, MANIFEST_NAME, STEP_KEYS, read_manifest, read_shard_table,
+    IMAGE_CHUNK_FRAMES, IMAGE_SHAPE, MANIFEST_NAME, STATE_DTYPES, STATE_KEYS, STEP_KEYS,
+    read_manifest, read_shard_table, state_dims_of,
     verify_shard,
 )
-from .registry import (
-    check_dataset_id, dataset_path, dataset_root, looks_like_registry_id, parse_dataset_id,
-)
+from .folders import find_dataset_folder
 
 PROGRESS_MIN_BYTES = 512 * 2**20
 """Loads of more image bytes than this show a tqdm progress bar."""
 
 _STEP_DTYPES = {"image": np.uint8, "action": np.float32, "reward": np.float32,
                 "discount": np.float32, "is_first": np.bool_, "is_last": np.bool_,
-                "is_terminal": np.bool_}
+                "is_terminal": np.bool_, **STATE_DTYPES}
 _EPISODE_FIELDS = ("episode_starts", "episode_lengths", "returns", "policy_ids", "policy_steps",
                    "episode_seeds", "video_ids", "dataset_ids")
 
@@ -77,6 +76,12 @@ class Dataset:
     is_first = _step_array("is_first", "(N,) bool: entry 0 of an episode.")
     is_last = _step_array("is_last", "(N,) bool: last entry of an episode.")
     is_terminal = _step_array("is_terminal", "(N,) bool: the episode truly terminated here.")
+    states = property(lambda self: self._steps.get("state"),
+                      doc="(N, S) float32 low-dimensional states (DATASETS.md), or None when the "
+                          "dataset stores none (format version 1, imported data).")
+    physics = property(lambda self: self._steps.get("physics"),
+                       doc="(N, P) float64 simulator states (dm_control physics.get_state()), "
+                           "or None when the dataset stores none (car_racing, version 1).")
 
     @property
     def steps(self) -> dict:
@@ -124,6 +129,41 @@ class Dataset:
             "length": int(self.episode_lengths[index]), "dataset_id": str(self.dataset_ids[index]),
             "video_ids": self.video_ids[index].tolist(),
         }
+
+    def eval_env_kwargs(self, *, video_dir=None, rgb_background: bool = False) -> dict:
+        """The environment this dataset was recorded in, for ``lqv_d4rl.evaluation.evaluate``:
+        task, background video (procedural seed and length, or the video folder), compositing and
+        render quality, read from the manifest. ``video_dir`` points at the videos when they are
+        not where the manifest says; ``rgb_background`` gives the paper's Table 2 colour variant."""
+        from .eval_env import env_kwargs_from_manifest
+
+        return env_kwargs_from_manifest(self.metadata, video_dir=video_dir,
+                                        rgb_background=rgb_background)
+
+    def iterate_episodes(self, episode_indices=None):
+        """Yield the step dict of every episode (or of ``episode_indices``), one at a time.
+
+        ``for episode in data.iterate_episodes(): episode["image"], episode["action"], ...``;
+        the episode table row of the i-th is ``episode_info(i)``. Lazy datasets read each
+        episode's images when it is reached.
+        """
+        indices = range(len(self)) if episode_indices is None else episode_indices
+        for index in indices:
+            yield self.episode(int(index))
+
+    def sample_episodes(self, n: int, seed=None) -> list:
+        """``n`` different episodes drawn uniformly at random, as step dicts.
+
+        ``seed``: an int (the same seed gives the same episodes), a ``numpy.random.Generator`` to
+        draw from, or None for fresh randomness. The draw is
+        ``numpy.random.default_rng(seed).choice(len(self), n, replace=False)``: pass those indices
+        to :meth:`select` for a view that keeps the episode table too.
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= len(self):
+            raise ValueError(f"n must be an integer between 0 and the {len(self)} episodes of "
+                             f"this dataset, got {n!r}")
+        chosen = np.random.default_rng(seed).choice(len(self), size=int(n), replace=False)
+        return list(self.iterate_episodes(chosen))
 
     def row_indices(self) -> np.ndarray:
         """The flat-array rows of all this dataset's episodes, episode after episode (int64)."""
@@ -356,56 +396,18 @@ def load_dataset(source, *, root=None, download: bool = False, lazy: bool = Fals
 def resolve_dataset_folder(source, root=None, download: bool = False) -> Path:
     """The folder of ``source`` (a dataset id or a folder), downloading it if asked to.
 
-    A ``Path`` or a string with a path separator is a folder. A bare name is looked up under the
-    dataset root first, then taken as a folder relative to the working directory.
-    Raises UnknownDatasetError for a mistyped benchmark id and DatasetNotFoundError, saying how to
+    See :func:`lqv_d4rl.folders.find_dataset_folder` for how ``source`` is looked up. Raises
+    UnknownDatasetError for a mistyped benchmark id and DatasetNotFoundError, saying how to
     generate or download it, for a dataset that is not on disk.
     """
-    text = os.fspath(source)
-    path = Path(text).expanduser()
-    is_path = isinstance(source, Path) or os.sep in text or bool(os.altsep and os.altsep in text)
-    if not is_path:
-        under_root = _folder_under_root(text, root)
-        if under_root is not None:
-            return under_root
-    if (path / MANIFEST_NAME).is_file():
-        return path
-    if is_path:
-        raise DatasetNotFoundError(f"no lqv-d4rl dataset at {path} ({MANIFEST_NAME} not found)")
-    dataset_id = check_dataset_id(text)
-    folder = dataset_path(dataset_id, root)
-    if (folder / MANIFEST_NAME).is_file():
-        return folder
-    if not looks_like_registry_id(dataset_id):
-        raise DatasetNotFoundError(
-            f"no dataset {dataset_id!r} in {dataset_root(root)} (and no folder of that name); "
-            "pass the folder of a custom dataset, or the root= that holds it"
-        )
-    if download:
+    try:
+        return find_dataset_folder(source, root)
+    except DatasetNotFoundError as err:
+        if not (download and getattr(err, "downloadable_id", None)):
+            raise
         from .hub import download_dataset
 
-        return Path(download_dataset(dataset_id, root=root))
-    raise DatasetNotFoundError(_not_found_message(dataset_id, folder))
-
-
-def _folder_under_root(name: str, root) -> Path | None:
-    """``<root>/<name>`` if it holds a dataset and ``name`` is a valid dataset id, else None."""
-    try:
-        folder = dataset_path(name, root)
-    except UnknownDatasetError:
-        return None
-    return folder if (folder / MANIFEST_NAME).is_file() else None
-
-
-def _not_found_message(dataset_id: str, folder: Path) -> str:
-    task, level = parse_dataset_id(dataset_id)
-    return (
-        f"dataset {dataset_id!r} is not in {folder}. Generate it with "
-        f"`lqv-d4rl generate {task} --levels {level}`, or download it with "
-        f"`lqv-d4rl download {dataset_id}` "
-        f"(in Python: load_dataset({dataset_id!r}, download=True)). Datasets live under root= "
-        "or $LQV_D4RL_ROOT (default ~/.lqv_d4rl)."
-    )
+        return Path(download_dataset(err.downloadable_id, root=root))
 
 
 def _open_source(item, root, download, verify, allow_partial) -> _Source:
@@ -423,7 +425,7 @@ def _open_source(item, root, download, verify, allow_partial) -> _Source:
     for record in manifest["shards"]:
         if verify:
             verify_shard(folder, record, check_contents=False)
-        tables.append(read_shard_table(folder, record))
+        tables.append(read_shard_table(folder, record, state_dims_of(manifest)))
     return _Source(folder, manifest, tables)
 
 
@@ -436,7 +438,8 @@ def _assemble(sources: list, *, lazy: bool, progress) -> Dataset:
     action_dim = action_dims.pop()
     shards = [(s.folder / r["file"], r["num_steps"]) for s in sources for r in s.manifest["shards"]]
     total = sum(count for _, count in shards)
-    steps = _allocate_steps(total, action_dim, skip_images=lazy)
+    state_dims = _common_state_dims([state_dims_of(s.manifest) for s in sources])
+    steps = _allocate_steps(total, action_dim, skip_images=lazy, state_dims=state_dims)
     _read_steps_into(steps, shards, read_images=not lazy, progress=progress)
     offsets = np.cumsum([0] + [count for _, count in shards])
     if lazy:
@@ -453,10 +456,19 @@ def _assemble(sources: list, *, lazy: bool, progress) -> Dataset:
                    metadata=metadata, lazy=lazy)
 
 
-def _allocate_steps(total: int, action_dim: int, *, skip_images: bool = False) -> dict:
-    shapes = {"image": IMAGE_SHAPE, "action": (action_dim,)}
+def _allocate_steps(total: int, action_dim: int, *, skip_images: bool = False,
+                    state_dims: dict | None = None) -> dict:
+    shapes = {"image": IMAGE_SHAPE, "action": (action_dim,),
+              **{key: (size,) for key, size in (state_dims or {}).items()}}
+    keys = STEP_KEYS + tuple(key for key in STATE_KEYS if key in (state_dims or {}))
     return {key: np.empty((total,) + shapes.get(key, ()), _STEP_DTYPES[key])
-            for key in STEP_KEYS if not (skip_images and key == "image")}
+            for key in keys if not (skip_images and key == "image")}
+
+
+def _common_state_dims(per_source: list) -> dict:
+    """The optional state arrays every source has with the same size (others are left out)."""
+    return {key: size for key, size in per_source[0].items()
+            if all(dims.get(key) == size for dims in per_source)}
 
 
 def _read_steps_into(steps: dict, shards: list, *, read_images: bool, progress) -> None:
@@ -555,9 +567,14 @@ def _sources_of(metadata: dict) -> list:
     return metadata["sources"] if "sources" in metadata else [metadata]
 
 
+def _shared_state_dims(datasets: list) -> dict:
+    return _common_state_dims([{key: d._steps[key].shape[1] for key in STATE_KEYS
+                                if key in d._steps} for d in datasets])
+
+
 def _copy_episode_rows(datasets: list) -> tuple:
     total = sum(d.num_steps for d in datasets)
-    steps = _allocate_steps(total, datasets[0].action_dim)
+    steps = _allocate_steps(total, datasets[0].action_dim, state_dims=_shared_state_dims(datasets))
     starts, row = [], 0
     for data in datasets:
         for start, length in zip(data.episode_starts.tolist(), data.episode_lengths.tolist()):
@@ -569,7 +586,8 @@ def _copy_episode_rows(datasets: list) -> tuple:
 
 
 def _stack_lazy_steps(datasets: list) -> tuple:
-    segments, small, starts, offset = [], {key: [] for key in STEP_KEYS if key != "image"}, [], 0
+    keys = STEP_KEYS[1:] + tuple(_shared_state_dims(datasets))
+    segments, small, starts, offset = [], {key: [] for key in keys}, [], 0
     for data in datasets:
         segments += [(path, start + offset, count) for path, start, count in data.images.segments()]
         for key in small:

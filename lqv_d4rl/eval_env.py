@@ -56,18 +56,19 @@ def _env_of_source(manifest, video_dir):
     provenance = manifest.get("provenance", {})
     task = manifest.get("task")
     name = manifest.get("dataset_id", task)
-    if "distractor" not in provenance:
+    recorded = provenance.get("distractor", {})
+    if recorded is not None and recorded.get("kind") not in (PROCEDURAL, "video_dir"):
         if video_dir is None:
             raise EvalEnvError(
-                f"{name} does not record the background it was recorded with (it was imported); "
-                "pass --video-dir DIR with the videos it was recorded with, or --video-dir "
-                "procedural for the built-in procedural video")
+                f"{name} does not record a background this toolkit can rebuild (an imported "
+                "dataset?); pass --video-dir DIR with the videos it was recorded with, or "
+                "--video-dir procedural for the built-in procedural video")
         described = {"kind": PROCEDURAL, "seed": 0, "num_frames": 1000, "rgb": False}
         if video_dir != PROCEDURAL:
             described = {"kind": "video_dir", "source": str(video_dir), "seed": 0,
                          "num_frames": 1000, "rgb": False}
     else:
-        described = provenance["distractor"]
+        described = recorded
     env = dict(provenance.get("env", {}))
     return {
         "task": task,

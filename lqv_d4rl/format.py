@@ -26,7 +26,10 @@ from .registry import check_dataset_id, looks_like_registry_id, parse_dataset_id
 from .tasks import TASKS
 
 FORMAT_NAME = "lqv-d4rl"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The version written. Version 2 added the optional per-step ``state`` and ``physics`` arrays."""
+READABLE_VERSIONS = (1, 2)
+"""Versions this code reads (a version-1 dataset is one without states)."""
 MANIFEST_NAME = "manifest.json"
 TMP_SUFFIX = ".tmp"
 SHARD_PATTERN = re.compile(r"^shard-(\d{5})\.h5$")
@@ -42,14 +45,29 @@ DEFAULT_MAX_SHARD_BYTES = 256 * 2**20
 (about 40 full DMC episodes; a shard is then ~30-60 MB on disk)."""
 
 STEP_KEYS = ("image", "action", "reward", "discount", "is_first", "is_last", "is_terminal")
+"""The step arrays every dataset has."""
+STATE_KEYS = ("state", "physics")
+"""Optional step arrays (format version 2), declared in the manifest's ``spaces`` when present:
+``state`` float32 (n, S), the low-dimensional observation, and ``physics`` float64 (n, P), the
+exact simulator state (``lqv_d4rl.states``)."""
+STATE_DTYPES = {"state": np.float32, "physics": np.float64}
 FLOAT_KEYS = ("action", "reward", "discount")
 FLAG_KEYS = ("is_first", "is_last", "is_terminal")
 EPISODE_KEYS = ("start", "length", "return", "policy_id", "policy_step", "seed", "video_ids")
 
 
-def step_bytes(action_dim: int) -> int:
-    """Uncompressed bytes of one step entry: image, float32 action/reward/discount, three flags."""
-    return int(np.prod(IMAGE_SHAPE)) + 4 * int(action_dim) + 4 + 4 + 3
+def step_bytes(action_dim: int, state_dims: dict | None = None) -> int:
+    """Uncompressed bytes of one step entry: image, float32 action/reward/discount, three flags,
+    and the declared state arrays (``state_dims``: key of :data:`STATE_KEYS` -> size)."""
+    extra = sum(np.dtype(STATE_DTYPES[key]).itemsize * size
+                for key, size in (state_dims or {}).items())
+    return int(np.prod(IMAGE_SHAPE)) + 4 * int(action_dim) + 4 + 4 + 3 + int(extra)
+
+
+def state_dims_of(manifest: dict) -> dict:
+    """key -> size of the optional step arrays a manifest declares (empty for version 1)."""
+    spaces = manifest.get("spaces", {})
+    return {key: spaces[key]["shape"][0] for key in STATE_KEYS if key in spaces}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,26 +127,35 @@ def write_json_atomically(path, data: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def validate_episode(steps: dict, action_dim: int) -> dict:
+def validate_episode(steps: dict, action_dim: int, state_dims: dict | None = None) -> dict:
     """Check one episode's step dict and return it with the format's dtypes.
 
-    ``steps`` needs exactly the keys of :data:`STEP_KEYS`, all of the same length L >= 2, with
-    ``image`` uint8 (L, 64, 64, 3), ``action`` (L, action_dim) in [-1, 1] (the action space the
-    manifest declares), ``reward``/``discount`` (L,) floats (stored as float32), and flags (L,)
-    bool (or integers 0/1). The entry convention is checked too: ``is_first`` only at entry 0,
-    ``is_last`` only at the last entry, ``is_terminal`` only at the last entry (with discount 0),
-    entry 0 with zero action, zero reward, discount 1.
+    ``steps`` needs exactly the keys of :data:`STEP_KEYS` plus those of ``state_dims`` (key of
+    :data:`STATE_KEYS` -> size: the optional arrays the dataset declares), all of the same length
+    L >= 2, with ``image`` uint8 (L, 64, 64, 3), ``action`` (L, action_dim) in [-1, 1] (the action
+    space the manifest declares), ``reward``/``discount`` (L,) floats (stored as float32), flags
+    (L,) bool (or integers 0/1), ``state`` (L, S) finite floats (stored as float32) and
+    ``physics`` (L, P) finite floats (stored as float64). The entry convention is checked too:
+    ``is_first`` only at entry 0, ``is_last`` only at the last entry, ``is_terminal`` only at the
+    last entry (with discount 0), entry 0 with zero action, zero reward, discount 1.
     Raises ``ValueError`` saying what is wrong.
     """
     if not isinstance(steps, dict):
         raise ValueError(f"an episode must be a dict of step arrays, got {type(steps).__name__}")
-    missing = [k for k in STEP_KEYS if k not in steps]
-    extra = [k for k in steps if k not in STEP_KEYS]
+    state_dims = dict(state_dims or {})
+    keys = STEP_KEYS + tuple(key for key in STATE_KEYS if key in state_dims)
+    missing = [k for k in keys if k not in steps]
+    extra = [k for k in steps if k not in keys]
     if missing or extra:
+        hint = ""
+        if any(key in STATE_KEYS for key in extra):
+            hint = (" (this dataset declares no such array: give the writer state_fields / "
+                    "physics_fields to store states)")
         raise ValueError(
-            f"episode keys must be exactly {list(STEP_KEYS)}; missing {missing}, unexpected {extra}"
+            f"episode keys must be exactly {list(keys)}; missing {missing}, unexpected "
+            f"{extra}{hint}"
         )
-    arrays = {key: np.asarray(steps[key]) for key in STEP_KEYS}
+    arrays = {key: np.asarray(steps[key]) for key in keys}
     length = _check_lengths(arrays)
     out = {"image": _check_image(arrays["image"])}
     for key in FLOAT_KEYS:
@@ -141,6 +168,8 @@ def validate_episode(steps: dict, action_dim: int) -> dict:
         )
     for key in FLAG_KEYS:
         out[key] = _check_flag(key, arrays[key], length)
+    for key, size in state_dims.items():
+        out[key] = _check_float(key, arrays[key], (length, size), STATE_DTYPES[key])
     _check_entry_convention(out, length)
     return out
 
@@ -166,12 +195,13 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _check_float(key: str, array: np.ndarray, shape: tuple) -> np.ndarray:
+def _check_float(key: str, array: np.ndarray, shape: tuple, dtype=np.float32) -> np.ndarray:
     if array.shape != shape:
         raise ValueError(f"'{key}' must have shape {shape}, got {array.shape}")
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise ValueError(f"'{key}' must hold numbers (stored as float32), got dtype {array.dtype}")
-    array = array.astype(np.float32, copy=False)
+        raise ValueError(f"'{key}' must hold numbers (stored as {np.dtype(dtype).name}), got "
+                         f"dtype {array.dtype}")
+    array = array.astype(dtype, copy=False)
     if not np.all(np.isfinite(array)):
         raise ValueError(f"'{key}' contains NaN or infinite values")
     return array
@@ -234,12 +264,13 @@ def _step_chunks(key: str, array: np.ndarray) -> tuple:
 def write_shard(path, episodes: list, *, dataset_id: str, shard_index: int, first_episode: int):
     """Write one shard file holding ``episodes`` (a list of ``(steps, info)`` pairs).
 
-    ``steps`` is a validated step dict; ``info`` has policy_id, policy_step, seed, video_ids.
-    Step arrays are chunked and gzip-compressed; no timestamps are stored, so the same episodes
-    give the same bytes.
+    ``steps`` is a validated step dict (the optional state arrays included when the dataset
+    declares them); ``info`` has policy_id, policy_step, seed, video_ids. Step arrays are chunked
+    and gzip-compressed; no timestamps are stored, so the same episodes give the same bytes.
     """
     import h5py
 
+    keys = _step_keys_in(episodes[0][0])
     lengths = np.array([len(steps["image"]) for steps, _ in episodes], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     with h5py.File(path, "w") as handle:
@@ -249,7 +280,7 @@ def write_shard(path, episodes: list, *, dataset_id: str, shard_index: int, firs
         handle.attrs["shard_index"] = shard_index
         handle.attrs["first_episode"] = first_episode
         step_group = _create_group(handle, "steps")
-        for key in STEP_KEYS:
+        for key in keys:
             array = np.concatenate([steps[key] for steps, _ in episodes])
             step_group.create_dataset(
                 key, data=array, chunks=_step_chunks(key, array), compression="gzip",
@@ -302,7 +333,10 @@ def read_episode_table(path) -> dict:
             for row, ids in enumerate(group["video_ids"][()]):
                 video_ids[row] = np.asarray(ids, dtype=np.int32)
             table["video_ids"] = video_ids
-            table["step_array_lengths"] = {key: handle["steps"][key].shape[0] for key in STEP_KEYS}
+            steps = handle["steps"]
+            table["step_array_shapes"] = {key: steps[key].shape for key in _step_keys_in(steps)}
+            table["step_array_lengths"] = {key: shape[0]
+                                           for key, shape in table["step_array_shapes"].items()}
             table["dataset_id"] = str(handle.attrs["dataset_id"])
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
         raise CorruptDatasetError(
@@ -321,17 +355,23 @@ def _read_shard_episodes(path) -> list:
     table = read_episode_table(path)
     try:
         with h5py.File(path, "r") as handle:
-            flat = {key: handle["steps"][key][()] for key in STEP_KEYS}
+            flat = {key: handle["steps"][key][()] for key in table["step_array_shapes"]}
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
         raise CorruptDatasetError(f"cannot read the steps of shard {path}: {err}") from err
     episodes = []
     for row, (start, length) in enumerate(zip(table["start"].tolist(), table["length"].tolist())):
-        steps = {key: flat[key][start:start + length] for key in STEP_KEYS}
+        steps = {key: array[start:start + length] for key, array in flat.items()}
         info = {"policy_id": str(table["policy_id"][row]),
                 "policy_step": int(table["policy_step"][row]), "seed": int(table["seed"][row]),
                 "video_ids": table["video_ids"][row]}
         episodes.append((steps, info))
     return episodes
+
+
+def _step_keys_in(steps) -> tuple:
+    """The step keys of a step dict or an HDF5 ``/steps`` group: :data:`STEP_KEYS` and the
+    optional :data:`STATE_KEYS` present."""
+    return STEP_KEYS + tuple(key for key in STATE_KEYS if key in steps)
 
 
 def _check_episode_table(path, table: dict) -> None:
@@ -382,10 +422,11 @@ def _check_manifest(path: Path, manifest) -> None:
 
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         fail(f"not an {FORMAT_NAME} manifest (missing \"format\": \"{FORMAT_NAME}\")")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         fail(
             f"format_version {manifest.get('format_version')!r} is not supported by this version "
-            f"of lqv-d4rl (it reads version {FORMAT_VERSION}); upgrade lqv-d4rl"
+            f"of lqv-d4rl (it reads versions {', '.join(map(str, READABLE_VERSIONS))}); upgrade "
+            "lqv-d4rl"
         )
     expected_types = {"dataset_id": str, "task": str, "shards": list, "spaces": dict,
                       "num_episodes": int, "num_steps": int}
@@ -397,6 +438,9 @@ def _check_manifest(path: Path, manifest) -> None:
     if not (isinstance(action_shape, list) and len(action_shape) == 1
             and isinstance(action_shape[0], int)):
         fail("spaces.action.shape must be a list of one integer")
+    for key in STATE_KEYS:
+        if key in manifest["spaces"]:
+            _check_state_space(key, manifest["spaces"][key], fail)
     for record in manifest["shards"]:
         _check_shard_record(record, fail)
     names = [record["file"] for record in manifest["shards"]]
@@ -406,6 +450,15 @@ def _check_manifest(path: Path, manifest) -> None:
         fail("num_episodes does not match the sum over its shards")
     if sum(r["num_steps"] for r in manifest["shards"]) != manifest["num_steps"]:
         fail("num_steps does not match the sum over its shards")
+
+
+def _check_state_space(key: str, space, fail) -> None:
+    shape = space.get("shape") if isinstance(space, dict) else None
+    if not (isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int)
+            and shape[0] >= 0):
+        fail(f"spaces.{key}.shape must be a list of one non-negative integer")
+    if space.get("dtype") != np.dtype(STATE_DTYPES[key]).name:
+        fail(f"spaces.{key}.dtype must be {np.dtype(STATE_DTYPES[key]).name!r}")
 
 
 def _check_shard_record(record, fail) -> None:
@@ -428,9 +481,17 @@ def is_safe_file_name(name) -> bool:
     return not pure.is_absolute() and ".." not in pure.parts and pure.parts == (name,)
 
 
-def _new_manifest(dataset_id, task, level, action_dim, provenance) -> dict:
+def state_space(key: str, fields) -> dict:
+    """The manifest's ``spaces`` entry of optional array ``key`` with parts ``fields``
+    (``((name, size), ...)`` in order)."""
+    fields = [[str(name), int(size)] for name, size in fields]
+    return {"shape": [sum(size for _, size in fields)], "dtype": np.dtype(STATE_DTYPES[key]).name,
+            "fields": fields}
+
+
+def _new_manifest(dataset_id, task, level, action_dim, provenance, state_spaces=None) -> dict:
     from . import __version__
-    from .scores import PAPER_REFERENCES
+    from .paper import PAPER_REFERENCES
 
     provenance = dict(provenance or {})
     provenance.setdefault("code_version", __version__)
@@ -449,6 +510,7 @@ def _new_manifest(dataset_id, task, level, action_dim, provenance) -> dict:
         "spaces": {
             "image": {"shape": list(IMAGE_SHAPE), "dtype": "uint8"},
             "action": {"shape": [action_dim], "dtype": "float32", "low": -1.0, "high": 1.0},
+            **(state_spaces or {}),
         },
         "num_episodes": 0,
         "num_steps": 0,
@@ -463,10 +525,12 @@ def _new_manifest(dataset_id, task, level, action_dim, provenance) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def verify_shard(folder, record: dict, *, check_contents: bool = True) -> None:
+def verify_shard(folder, record: dict, *, check_contents: bool = True,
+                 state_dims: dict | None = None) -> None:
     """Check one shard against its manifest record: present, right size, right sha256, and (with
-    ``check_contents``) readable with the recorded episode and step counts. Raises
-    CorruptDatasetError / ChecksumMismatchError naming the file."""
+    ``check_contents``) readable with the recorded episode and step counts and the declared state
+    arrays (``state_dims``, see :func:`read_shard_table`). Raises CorruptDatasetError /
+    ChecksumMismatchError naming the file."""
     path = Path(folder) / record["file"]
     advice = "Re-download or re-generate the dataset."
     if not path.is_file():
@@ -484,12 +548,14 @@ def verify_shard(folder, record: dict, *, check_contents: bool = True) -> None:
             f"{record['sha256'][:16]}...). {advice}"
         )
     if check_contents:
-        read_shard_table(folder, record)
+        read_shard_table(folder, record, state_dims)
 
 
-def read_shard_table(folder, record: dict) -> dict:
+def read_shard_table(folder, record: dict, state_dims: dict | None = None) -> dict:
     """:func:`read_episode_table` of the shard of a manifest record, checked against the record's
-    episode and step counts (CorruptDatasetError naming the file if they differ)."""
+    episode and step counts and, when ``state_dims`` (the manifest's :func:`state_dims_of`) is
+    given, against the optional state arrays the manifest declares (CorruptDatasetError naming
+    the file if they differ)."""
     path = Path(folder) / record["file"]
     table = read_episode_table(path)
     counts = (len(table["start"]), int(table["length"].sum()))
@@ -498,6 +564,14 @@ def read_shard_table(folder, record: dict) -> dict:
             f"shard {path} does not hold the episodes its manifest records. Re-download or "
             "re-generate the dataset."
         )
+    if state_dims is not None:
+        found = {key: shape[1:] for key, shape in table["step_array_shapes"].items()
+                 if key in STATE_KEYS}
+        if found != {key: (size,) for key, size in state_dims.items()}:
+            raise CorruptDatasetError(
+                f"shard {path} holds the state arrays {found}, the manifest declares "
+                f"{state_dims}. Re-download or re-generate the dataset."
+            )
     return table
 
 
@@ -523,7 +597,8 @@ def verify_dataset(folder, *, require_complete: bool = False,
         )
     for record in manifest["shards"]:
         try:
-            verify_shard(folder, record, check_contents=check_contents)
+            verify_shard(folder, record, check_contents=check_contents,
+                         state_dims=state_dims_of(manifest))
         except CorruptDatasetError as err:
             problems.append(str(err))
     return problems
@@ -548,11 +623,16 @@ class ShardWriter:
     interruption (an exception saves the buffer early) is reopened when the next episode would
     still have fitted into it, and rewritten with that episode; so the shards of a resumed run,
     given the same episodes, are byte for byte those of a run that never stopped.
+
+    ``state_fields`` / ``physics_fields`` (``((name, size), ...)``, e.g. from
+    :func:`lqv_d4rl.states.state_fields`) declare the optional ``state`` / ``physics`` step arrays;
+    every episode must then carry them. Without them the dataset has no states.
     """
 
     def __init__(self, folder, *, dataset_id: str, task: str, level: str, action_dim: int,
                  provenance: dict | None = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                 overwrite: bool = False, resume: bool = False):
+                 overwrite: bool = False, resume: bool = False, state_fields=None,
+                 physics_fields=None):
         if overwrite and resume:
             raise ValueError("pass either overwrite=True or resume=True, not both")
         _check_identity(dataset_id, task, level, action_dim)
@@ -562,16 +642,17 @@ class ShardWriter:
         self.dataset_id, self.task, self.level = dataset_id, task, level
         self.action_dim = int(action_dim)
         self.max_shard_bytes = int(max_shard_bytes)
+        self._state_spaces = {key: state_space(key, fields) for key, fields in
+                              (("state", state_fields), ("physics", physics_fields))
+                              if fields is not None}
+        self.state_dims = {key: space["shape"][0] for key, space in self._state_spaces.items()}
+        """key -> size of the optional step arrays this dataset stores."""
         self._buffer: list = []
         self._buffered_bytes = 0
         self._reopened = 0  # episodes at the head of the buffer that the last shard also holds
         self._may_reopen_last_shard = False
         self._closed = False
-        existing = _existing_manifest(self.folder) if resume else None
-        if existing is not None:
-            self._manifest = self._resume(existing, provenance)
-        else:
-            self._start_new_dataset(provenance, overwrite=overwrite)
+        self._open_folder(provenance, overwrite=overwrite, resume=resume)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -602,7 +683,7 @@ class ShardWriter:
             raise ValueError(
                 "this ShardWriter is closed; open a new one with resume=True to add more episodes"
             )
-        arrays = validate_episode(steps, self.action_dim)
+        arrays = validate_episode(steps, self.action_dim, self.state_dims)
         info = _episode_info(policy_id, policy_step, seed, video_ids)
         size = sum(array.nbytes for array in arrays.values())
         if self._may_reopen_last_shard:
@@ -650,7 +731,7 @@ class ShardWriter:
         # only when the next episode does not fit (or it is full); if it would have fitted, the
         # last shard was cut short by an interruption: take its episodes back into the buffer.
         record = self._manifest["shards"][-1]
-        last_bytes = record["num_steps"] * step_bytes(self.action_dim)
+        last_bytes = record["num_steps"] * self._step_bytes()
         if last_bytes + next_episode_bytes > self.max_shard_bytes:
             return
         self._buffer = _read_shard_episodes(self.folder / record["file"])
@@ -697,6 +778,18 @@ class ShardWriter:
     def _write_manifest(self) -> None:
         write_json_atomically(self.folder / MANIFEST_NAME, self._manifest)
 
+    def _step_bytes(self) -> int:
+        return step_bytes(self.action_dim, self.state_dims)
+
+    def _open_folder(self, provenance: dict | None, *, overwrite: bool, resume: bool) -> None:
+        # The one place where a dataset folder is opened for writing (a new, replaced or resumed
+        # dataset): every producer (generate, import-npz, rerender) comes through here.
+        existing = _existing_manifest(self.folder) if resume else None
+        if existing is not None:
+            self._manifest = self._resume(existing, provenance)
+        else:
+            self._start_new_dataset(provenance, overwrite=overwrite)
+
     def _start_new_dataset(self, provenance: dict | None, *, overwrite: bool) -> None:
         _remove_temporary_files(self.folder)  # left by a run that died before its first manifest
         if _our_files(self.folder):
@@ -706,7 +799,7 @@ class ShardWriter:
             _remove_our_files(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._manifest = _new_manifest(self.dataset_id, self.task, self.level, self.action_dim,
-                                       provenance)
+                                       provenance, self._state_spaces)
         self._write_manifest()
 
     def _resume(self, manifest: dict, provenance: dict | None) -> dict:
@@ -718,6 +811,19 @@ class ShardWriter:
                 f"cannot resume {self.folder}: it holds (dataset_id, task, level, action_dim) = "
                 f"{stored}, not {wanted}. Pass overwrite=True to replace it."
             )
+        if manifest["format_version"] != FORMAT_VERSION:
+            raise ValueError(
+                f"cannot resume {self.folder}: it was started in format version "
+                f"{manifest['format_version']} (an older lqv-d4rl); finish it with that version, "
+                "or pass overwrite=True to start over"
+            )
+        stored_spaces = {key: manifest["spaces"][key] for key in STATE_KEYS
+                         if key in manifest["spaces"]}
+        if stored_spaces != self._state_spaces:
+            raise ValueError(
+                f"cannot resume {self.folder}: it stores the state arrays {stored_spaces}, not "
+                f"{self._state_spaces}. Pass overwrite=True to replace it."
+            )
         _check_same_provenance(self.folder, manifest.get("provenance", {}), provenance or {})
         for record in manifest["shards"]:
             verify_shard(self.folder, record, check_contents=False)
@@ -726,8 +832,7 @@ class ShardWriter:
         self._adopt_unrecorded_shards()
         last = manifest["shards"][-1] if manifest["shards"] else None
         self._may_reopen_last_shard = (
-            last is not None
-            and last["num_steps"] * step_bytes(self.action_dim) < self.max_shard_bytes
+            last is not None and last["num_steps"] * self._step_bytes() < self.max_shard_bytes
         )
         return self._manifest
 

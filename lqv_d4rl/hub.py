@@ -29,6 +29,14 @@ client resumes a transfer cut off midway with a Range request; if a download sti
 shards already finished stay in the cache and the next run does not fetch them again. A finished
 local dataset that differs from the requested one is never replaced without ``force=True``.
 
+Faults. Before it talks to the Hub, every call sends one request with a short timeout
+(:data:`REACHABILITY_TIMEOUT`) and no retries, so that an unreachable Hub is reported within
+seconds instead of after the client's ~24 s of retries. ``download_dataset`` then carries on as in
+offline mode: a finished local copy or the cache is used where it can stand in for the request,
+and otherwise one :class:`HubUnavailableError` line says what failed. Two runs never write one
+dataset folder at once: a download holds the folder's lock (:mod:`lqv_d4rl.locks`). The moving tag
+``format-v<N>`` is re-created at its old commit if it cannot be moved, so it never goes missing.
+
 Configuration is read at call time: repository id from ``repo_id=`` / ``--repo-id``, else
 ``$LQV_D4RL_HUB_REPO``, else ``lqv-d4rl/lqv-d4rl``; endpoint from ``endpoint=``, else
 ``$LQV_D4RL_HUB_ENDPOINT``, else ``$HF_ENDPOINT``, else the public Hub; ``HF_HUB_OFFLINE=1`` (or
@@ -37,6 +45,7 @@ Configuration is read at call time: repository id from ``repo_id=`` / ``--repo-i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -45,13 +54,13 @@ import shutil
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
 import numpy as np
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, hf_hub_download
 from huggingface_hub import errors as hf_errors
+from huggingface_hub.utils import get_session
 from tqdm.auto import tqdm
 
 from . import __version__
@@ -71,6 +80,8 @@ from .format import (
     sha256_file,
     verify_dataset,
 )
+from .folders import find_dataset_folder
+from .locks import dataset_lock
 from .registry import check_dataset_id, dataset_path
 from .stats import STATISTIC_KEYS, format_bytes, return_statistics
 
@@ -84,6 +95,10 @@ HUB_RECORD_NAME = ".hub.json"
 STATISTICS_NAME = "statistics.json"
 CARD_NAME = "README.md"
 FORMAT_TAG = f"format-v{FORMAT_VERSION}"
+REACHABILITY_TIMEOUT = 5.0
+"""Seconds the first request to the Hub may take before the Hub counts as unreachable."""
+TAG_ATTEMPTS = 3
+"""Tries at re-creating the moved format tag before it is put back on its old commit."""
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -103,7 +118,7 @@ class UnsafeManifestError(CorruptDatasetError):
     """A manifest that names files which are not plain shard names (could escape the folder)."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class HubSettings:
     """Where to talk to and where to cache, resolved once per call from arguments and environment."""
 
@@ -112,9 +127,11 @@ class HubSettings:
     cache_dir: Path
     token: str | bool | None
     offline: bool
+    unreachable: str = ""
+    """Why the Hub could not be reached ('' unless a reachability check failed)."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class UploadResult:
     """What :func:`upload_dataset` published."""
 
@@ -216,6 +233,9 @@ def _hub_errors(settings: HubSettings, revision=None, *, doing: str, hint: str =
 
 
 def _unavailable_message(settings: HubSettings, doing: str) -> str:
+    if settings.unreachable:
+        return (f"{doing} failed: {settings.unreachable}, and the files are not in the local cache "
+                f"{settings.cache_dir}. Check your connection (or --repo-id / ${ENDPOINT_ENV_VAR}).")
     if settings.offline:
         return (f"{doing} failed: offline mode is on (HF_HUB_OFFLINE=1 or local_files_only) and the "
                 f"files are not in the local cache {settings.cache_dir}. Go online once (unset "
@@ -227,6 +247,27 @@ def _unavailable_message(settings: HubSettings, doing: str) -> str:
 def _first_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
+
+
+def unreachable_reason(settings: HubSettings) -> str:
+    """'' when the Hub endpoint answers one request (any HTTP status) within
+    :data:`REACHABILITY_TIMEOUT` seconds, else why not ('cannot reach the Hub at URL (...)').
+
+    One try, no retries: the client's own retries take ~24 s before they give up on a Hub that
+    is down. Goes through the client's HTTP session, so proxies and certificates apply."""
+    try:
+        get_session().head(settings.endpoint, timeout=REACHABILITY_TIMEOUT, follow_redirects=False)
+    except (httpx2.TransportError, httpx2.InvalidURL) as err:
+        return f"cannot reach the Hub at {settings.endpoint} ({type(err).__name__}: {_first_line(err)})"
+    return ""
+
+
+def _require_hub(settings: HubSettings, doing: str) -> None:
+    """Raise HubUnavailableError at once (one line) when the Hub cannot be reached."""
+    reason = unreachable_reason(settings)
+    if reason:
+        raise HubUnavailableError(f"{doing} failed: {reason}. Check your connection (or "
+                                  f"--repo-id / ${ENDPOINT_ENV_VAR}).")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,26 +287,42 @@ def download_dataset(dataset_id, *, repo_id=None, revision=None, root=None, forc
     a finished one that differs raises :class:`DatasetExistsError` unless ``force=True``.
     ``progress`` shows progress bars (on a terminal).
 
+    When the Hub cannot be reached, the download goes on as in offline mode (local copy or cache).
+
     Raises UnknownDatasetError (bad id), DatasetNotFoundError (not in the repository),
     UnknownRevisionError, HubUnavailableError (offline or no network, and not cached),
-    UnsafeManifestError / CorruptDatasetError (bad manifest), HubError (other Hub failures).
+    UnsafeManifestError / CorruptDatasetError (bad manifest), DatasetLockedError (another run is
+    writing the folder), HubError (other Hub failures).
     """
     check_dataset_id(dataset_id)
     settings = hub_settings(repo_id, endpoint=endpoint, cache_dir=cache_dir, token=token,
                             local_files_only=local_files_only)
     target = dataset_path(dataset_id, root)
+    with dataset_lock(target, "download"):
+        if not settings.offline:
+            reason = unreachable_reason(settings)
+            if reason:
+                settings = dataclasses.replace(settings, offline=True, unreachable=reason)
+        _fetch_into(target, dataset_id, settings, revision, force, progress)
+    if settings.unreachable:
+        logger.warning("%s: %s; used the local copy or the cache (not compared with the Hub)",
+                       dataset_id, settings.unreachable)
+    return target
+
+
+def _fetch_into(target: Path, dataset_id, settings: HubSettings, revision, force, progress) -> None:
+    """Make ``target`` hold ``dataset_id`` at ``revision`` (download_dataset's work)."""
     local_manifest = _finished_manifest(target)
     if settings.offline and not force and _offline_copy_allowed(target, local_manifest, settings, revision):
         logger.info("%s: offline, using the local copy in %s", dataset_id, target)
-        return target
+        return
     pin = _Pin(settings, revision, _resolve_commit(settings, revision))
     if not force and _is_download_of(target, local_manifest, pin):
-        return target
+        return
     manifest_file = _fetch_manifest(pin, dataset_id)
     manifest = _checked_remote_manifest(manifest_file, dataset_id, pin)
     if not _keep_existing(target, local_manifest, manifest, pin, force):
         _materialize(target, manifest_file, manifest, pin, progress)
-    return target
 
 
 def read_hub_record(folder) -> dict | None:
@@ -276,7 +333,7 @@ def read_hub_record(folder) -> dict | None:
         return None
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Pin:
     """A repository revision resolved to one commit: where every file of a download comes from."""
 
@@ -535,6 +592,7 @@ def list_remote_datasets(repo_id=None, *, revision=None, endpoint=None, token=No
     if settings.offline:
         raise HubUnavailableError(
             f"listing {settings.repo_id} needs the Hub, and offline mode is on (HF_HUB_OFFLINE=1).")
+    _require_hub(settings, f"listing {_where(settings, revision)}")
     with _hub_errors(settings, revision, doing=f"listing {_where(settings, revision)}"):
         files = _api(settings).list_repo_files(settings.repo_id, revision=revision, repo_type=REPO_TYPE)
     return _dataset_ids_in(files)
@@ -562,7 +620,7 @@ def _is_valid_id(name: str) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _LocalDataset:
     dataset_id: str
     folder: Path
@@ -589,6 +647,7 @@ def upload_dataset(dataset_id_or_path, *, repo_id, root=None, revision=None, pri
     branch = revision or "main"
     api = _api(settings)
     ids = tuple(d.dataset_id for d in datasets)
+    _require_hub(settings, f"uploading {', '.join(ids)} to {settings.repo_id}")
     with _hub_errors(settings, branch, doing=f"uploading {', '.join(ids)} to {settings.repo_id}@{branch}"):
         api.create_repo(settings.repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
         if tag is not None:
@@ -620,9 +679,7 @@ def _local_datasets(items, root) -> list[_LocalDataset]:
 
 def _local_dataset(item, root) -> _LocalDataset:
     """Find, read and verify one local dataset before anything is sent."""
-    from .dataset import resolve_dataset_folder  # (dataset.py imports this module lazily)
-
-    folder = resolve_dataset_folder(item, root)
+    folder = find_dataset_folder(item, root)
     problems = verify_dataset(folder, require_complete=True)
     if problems:
         raise CorruptDatasetError(
@@ -689,15 +746,36 @@ def _remote_statistics(remote_files, settings: HubSettings, head: str) -> dict:
 
 
 def _move_format_tag(api, settings: HubSettings, commit: str) -> str:
-    """Point the ``format-v<N>`` tag at ``commit`` (delete and re-create it)."""
+    """Point the ``format-v<N>`` tag at ``commit``.
+
+    The Hub cannot move a tag, so it is deleted and created again; if creating it at ``commit``
+    fails :data:`TAG_ATTEMPTS` times, it is put back where it was and HubError says so.
+    """
     try:
+        old = api.dataset_info(settings.repo_id, revision=FORMAT_TAG).sha
+    except hf_errors.RevisionNotFoundError:
+        old = None
+    if old == commit:
+        return FORMAT_TAG
+    if old is not None:
         api.delete_tag(settings.repo_id, tag=FORMAT_TAG, repo_type=REPO_TYPE)
-    except hf_errors.HfHubHTTPError as err:
-        if err.response is None or err.response.status_code != 404:
-            raise
+    error = None
+    for _ in range(TAG_ATTEMPTS):
+        try:
+            _create_format_tag(api, settings, commit)
+            return FORMAT_TAG
+        except (hf_errors.HfHubHTTPError, httpx2.TransportError) as err:
+            error = err
+    if old is not None:
+        _create_format_tag(api, settings, old)
+    where = f"still points at {old[:12]}" if old is not None else "was not created"
+    raise HubError(f"commit {commit} was uploaded, but tag {FORMAT_TAG} could not be moved to it "
+                   f"({_first_line(error)}); it {where}. Upload again to retry.") from error
+
+
+def _create_format_tag(api, settings: HubSettings, commit: str) -> None:
     api.create_tag(settings.repo_id, tag=FORMAT_TAG, revision=commit, repo_type=REPO_TYPE,
                    tag_message=f"newest upload in lqv-d4rl format version {FORMAT_VERSION}")
-    return FORMAT_TAG
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,9 +16,15 @@ Minari                      lqv-d4rl
 ``terminations[t]``         ``is_terminal[t+1]``
 ``truncations[t]``          ``is_last[t+1] and not is_terminal[t+1]``
 ``infos["discount"][t]``    ``discount[t]``, t = 0..L-1
+``infos["state"][t]``       ``state[t]``, t = 0..L-1 (when the dataset stores states)
+``infos["physics"][t]``     ``physics[t]``, t = 0..L-1 (when the dataset stores them)
 episode ``seed``            the episode's seed (left out when unknown, -1)
 episode metadata            ``policy_id``, ``policy_step``, ``source_dataset``, ``video_ids``
 ==========================  ================================================
+
+``recover_environment()`` makes gymnasium's ``lqv_d4rl/<task>-v0`` with the background settings
+the manifest records (``lqv_d4rl.gym_registration.env_kwargs_of_manifest``; a dataset that does
+not record them, e.g. an ``import-npz`` one, gets no environment spec).
 
 Images are stored losslessly (Minari >= 0.5.4 would JPEG-encode image spaces by default; the
 export turns that off). The dataset metadata carries ``ref_min_score``/``ref_max_score`` (the
@@ -39,6 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetExistsError, LQVError
+from .gym_registration import env_kwargs_of_manifest, env_spec
+from .tasks import TASKS
 
 EPISODES_PER_WRITE = 8
 """Episodes converted and handed to Minari at a time (bounds memory to a few tens of MB)."""
@@ -90,6 +98,10 @@ def episode_to_minari_buffer(steps: dict, *, episode_id: int, seed: int):
         )
     terminations = np.asarray(steps["is_terminal"][1:], dtype=bool)
     truncations = np.asarray(steps["is_last"][1:], dtype=bool) & ~terminations
+    infos = {"discount": np.asarray(steps["discount"], dtype=np.float32)}
+    for key, dtype in (("state", np.float32), ("physics", np.float64)):
+        if key in steps:
+            infos[key] = np.asarray(steps[key], dtype=dtype)
     return EpisodeBuffer(
         id=episode_id,
         seed=None if seed < 0 else int(seed),
@@ -98,7 +110,7 @@ def episode_to_minari_buffer(steps: dict, *, episode_id: int, seed: int):
         rewards=np.asarray(steps["reward"][1:], dtype=np.float32),
         terminations=terminations,
         truncations=truncations,
-        infos={"discount": np.asarray(steps["discount"], dtype=np.float32)},
+        infos=infos,
     )
 
 
@@ -159,6 +171,9 @@ def _create_dataset(minari, dataset, name: str, buffers):
             **options,
         )
     extra = {"lqv_d4rl": source}
+    kwargs = env_kwargs_of_manifest(dataset.metadata or {})
+    if dataset.task in TASKS and kwargs is not None:  # for recover_environment()
+        extra["env_spec"] = env_spec(dataset.task, **kwargs).to_json()
     reference = _paper_reference(dataset.task)
     if reference is not None:
         extra["ref_min_score"], extra["ref_max_score"] = reference
@@ -197,6 +212,8 @@ def _source_description(dataset) -> dict:
         "task": dataset.task,
         "level": manifest.get("level", "mixed"),
         "format_version": manifest.get("format_version"),
+        "state_spaces": {key: space for key, space in manifest.get("spaces", {}).items()
+                         if key in ("state", "physics")},
         "provenance": manifest.get("provenance", {}),
         "entry_convention": "minari observations[t] = image[t]; actions/rewards/terminations[t] "
         "= entry t+1; truncations[t] = is_last[t+1] and not is_terminal[t+1]",
@@ -204,7 +221,7 @@ def _source_description(dataset) -> dict:
 
 
 def _paper_reference(task: str):
-    from .scores import PAPER_REFERENCES
+    from .paper import PAPER_REFERENCES
 
     reference = PAPER_REFERENCES.get(task)
     return None if reference is None else (float(reference[0]), float(reference[1]))

@@ -276,8 +276,13 @@ def load_checkpoint_file(path):
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which and what to do
-        raise LQVError(f"cannot read the checkpoint {file} ({type(err).__name__}: {err}); "
-                       "delete it to start the run again, or pass --overwrite") from None
+        import pickle
+
+        why = ("it holds objects other than tensors and plain data, so it was not written by this "
+               "toolkit" if isinstance(err, pickle.UnpicklingError)
+               else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'truncated?'}")
+        raise LQVError(f"cannot read the checkpoint {file} ({why}); delete it to start the run "
+                       "again, or pass --overwrite") from None
 
 
 def _check_can_continue(path, previous, record, algorithm, resume):

@@ -79,6 +79,58 @@ def write_tiny_dataset(folder, *, num_policies: int = 3, episodes_per_policy: in
     return folder
 
 
+def record_walker_episode(env, policy_std, *, seed, steps):
+    """One episode of ``steps`` agent steps of a seeded Gaussian random policy in the real ``env``,
+    as a step dict."""
+    rng = np.random.default_rng(seed)
+    observation, _ = env.reset(seed=seed)
+    action_dim = env.action_space.shape[0]
+    entries = {"image": [observation], "action": [np.zeros(action_dim, np.float32)],
+               "reward": [0.0], "discount": [1.0]}
+    for _ in range(steps):
+        action = np.clip(rng.normal(0.0, policy_std, action_dim), -1, 1).astype(np.float32)
+        observation, reward, terminated, _, info = env.step(action)
+        for key, value in (("image", observation), ("action", action), ("reward", reward),
+                           ("discount", info["discount"])):
+            entries[key].append(value)
+        assert not terminated  # walker never terminates early
+    flags = np.zeros(steps + 1, bool)
+    return {
+        "image": np.stack(entries["image"]), "action": np.stack(entries["action"]),
+        "reward": np.array(entries["reward"], np.float32),
+        "discount": np.array(entries["discount"], np.float32),
+        "is_first": np.r_[True, flags[1:]], "is_last": np.r_[flags[1:], True],
+        "is_terminal": flags.copy(),
+    }
+
+
+WALKER_POLICIES = {"narrow": 0.15, "wide": 1.0}
+"""Behaviour policies of :func:`record_walker_dataset`: id -> std of its Gaussian actions."""
+
+
+def record_walker_dataset(folder, *, episodes_per_policy=2, steps=24):
+    """A walker_walk dataset recorded from the real environment over the procedural video (64
+    frames) with the seeded random policies of ``WALKER_POLICIES``, the narrow one first, written
+    through ShardWriter with the provenance that evaluation rebuilds the environment from."""
+    from lqv_d4rl.envs import make_env
+
+    env = make_env("walker_walk", seed=0, num_video_frames=64)
+    provenance = {"seed": 0, "distractor": env.video_pool.description,
+                  "env": {"composite": "segmentation", "render_quality": "fast"}}
+    try:
+        with ShardWriter(folder, dataset_id="walker_walk-medrep", task="walker_walk",
+                         level="medrep", action_dim=6, provenance=provenance) as writer:
+            for policy_index, (policy_id, std) in enumerate(WALKER_POLICIES.items()):
+                for episode in range(episodes_per_policy):
+                    seed = 100 * policy_index + episode
+                    writer.add_episode(record_walker_episode(env, std, seed=seed, steps=steps),
+                                       policy_id=policy_id, policy_step=1000 * policy_index,
+                                       seed=seed)
+    finally:
+        env.close()
+    return folder
+
+
 def shard_byte_offsets(path) -> dict:
     """Byte offsets inside a shard file where a flipped byte hits a given part of it: the HDF5
     superblock, the middle of the first gzip image chunk, the episode table's ``return`` and

@@ -11,12 +11,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import semopo
+from conftest import WALKER_POLICIES, record_walker_dataset
 from lqv_d4rl.dataset import load_dataset
-from lqv_d4rl.envs import make_env
-from lqv_d4rl.format import ShardWriter
 from lqv_d4rl.networks import ensemble_predictions
 from lqv_d4rl.evaluation import evaluate
 from lqv_d4rl.runs import metric_series, read_metrics
@@ -31,7 +29,6 @@ TINY = dict(batch_size=4, seq_len=8, depth=4, deter=16, stoch=4, classes=4, hidd
             slow_critic_every=2, log_every=5, checkpoint_every=10, eval_episodes=1,
             eval_max_steps=4)
 EPISODE_STEPS = 24  # agent steps per recorded episode (entries = steps + 1)
-POLICIES = {"narrow": 0.15, "wide": 1.0}  # policy id -> std of its Gaussian actions
 EPISODES_PER_POLICY = 2
 
 
@@ -50,50 +47,11 @@ def random_batch(config, action_dim=6, seed=0):
 # ----------------------------------------------------------------------------------------------
 
 
-def record_episode(env, policy_std, *, seed, steps):
-    """One episode of ``steps`` agent steps of a seeded Gaussian random policy, as a step dict."""
-    rng = np.random.default_rng(seed)
-    observation, _ = env.reset(seed=seed)
-    action_dim = env.action_space.shape[0]
-    entries = {"image": [observation], "action": [np.zeros(action_dim, np.float32)],
-               "reward": [0.0], "discount": [1.0]}
-    for _ in range(steps):
-        action = np.clip(rng.normal(0.0, policy_std, action_dim), -1, 1).astype(np.float32)
-        observation, reward, terminated, _, info = env.step(action)
-        for key, value in (("image", observation), ("action", action), ("reward", reward),
-                           ("discount", info["discount"])):
-            entries[key].append(value)
-        assert not terminated  # walker never terminates early
-    length = steps + 1
-    flags = np.zeros(length, bool)
-    return {
-        "image": np.stack(entries["image"]), "action": np.stack(entries["action"]),
-        "reward": np.array(entries["reward"], np.float32),
-        "discount": np.array(entries["discount"], np.float32),
-        "is_first": np.r_[True, flags[1:]], "is_last": np.r_[flags[1:], True],
-        "is_terminal": flags.copy(),
-    }
-
-
 @pytest.fixture(scope="module")
 def walker_dataset(tmp_path_factory):
     """A walker_walk dataset written through ShardWriter; the narrow policy is the earlier one."""
-    folder = tmp_path_factory.mktemp("semopo-data") / "walker_walk-medrep"
-    env = make_env("walker_walk", seed=0, num_video_frames=64)
-    provenance = {"seed": 0, "distractor": env.video_pool.description,
-                  "env": {"composite": "segmentation", "render_quality": "fast"}}
-    try:
-        with ShardWriter(folder, dataset_id="walker_walk-medrep", task="walker_walk",
-                         level="medrep", action_dim=6, provenance=provenance) as writer:
-            for policy_index, (policy_id, std) in enumerate(POLICIES.items()):
-                for episode in range(EPISODES_PER_POLICY):
-                    seed = 100 * policy_index + episode
-                    writer.add_episode(record_episode(env, std, seed=seed, steps=EPISODE_STEPS),
-                                       policy_id=policy_id, policy_step=1000 * policy_index,
-                                       seed=seed)
-    finally:
-        env.close()
-    return folder
+    return record_walker_dataset(tmp_path_factory.mktemp("semopo-data") / "walker_walk-medrep",
+                                 episodes_per_policy=EPISODES_PER_POLICY, steps=EPISODE_STEPS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,7 +216,7 @@ def test_config_rejects_out_of_range_loss_and_return_settings(field, value):
 
 def test_conservative_batches_have_lower_action_entropy(walker_dataset):
     dataset = load_dataset(walker_dataset)
-    assert dataset.policies() == list(POLICIES)
+    assert dataset.policies() == list(WALKER_POLICIES)
     config = tiny_config(batch_size=8, model_steps=40)
     rows = sampling_action_entropy(dataset, config, batches=4, points=5, seed=0,
                                    modes=("conservative", "random"))
@@ -356,30 +314,3 @@ def test_an_interrupted_run_resumes_to_the_same_result(walker_dataset, tmp_path)
                 if row["metric"] != "updates_per_second"]  # wall-clock speed differs
 
     assert logged("split") == logged("straight")
-
-
-def test_cli_trains_in_two_sessions_and_writes_its_outputs(walker_dataset, tmp_path):
-    from lqv_d4rl.cli import main
-
-    out = tmp_path / "cli-run"
-    arguments = ["semopo", str(walker_dataset), "--preset", "smoke", "--out", str(out),
-                 "--model-steps", "2", "--policy-steps", "1", "--eval-episodes", "1",
-                 "--eval-max-steps", "2", "--penalty-lambda", "5", "--sampling", "random",
-                 "--no-analysis"]
-    first = CliRunner().invoke(main, arguments + ["--stop-after", "2"])
-    assert first.exit_code == 0, first.output
-    assert "continue with --resume" in first.output and not (out / "eval.json").exists()
-    # without --resume the existing run is reported in one line, not overwritten
-    refused = CliRunner().invoke(main, arguments)
-    assert refused.exit_code != 0 and "--resume" in refused.output
-    assert "Traceback" not in refused.output
-    finished = CliRunner().invoke(main, arguments + ["--resume"])
-    assert finished.exit_code == 0, finished.output
-    assert "normalized score" in finished.output
-    evaluation = json.loads((out / "eval.json").read_text())
-    assert evaluation["lengths"] == [2]
-    saved = json.loads((out / "config.json").read_text())["config"]
-    assert (saved["penalty_lambda"], saved["sampling"], saved["model_steps"]) == (5.0, "random", 2)
-    assert semopo.SeMOPOAgent.load(out).policy_updates == 1
-    phases = {row["phase"] for row in read_metrics(out / "metrics.csv")}
-    assert phases == {"model", "policy", "eval"}
