@@ -26,6 +26,7 @@ from .eval_env import (  # noqa: F401  (re-exported: the evaluation API in one p
     EvalEnvError, env_kwargs_from_manifest, make_eval_env, with_rgb_background, with_video_dir,
 )
 from .scores import get_normalized_score
+from .seeding import seeded_torch
 
 
 def evaluate(policy, env_kwargs, episodes=10, *, seed=0, workers=1, max_steps=None,
@@ -87,10 +88,7 @@ def evaluate(policy, env_kwargs, episodes=10, *, seed=0, workers=1, max_steps=No
 def play_episode(policy, env, seed, max_steps=None):
     """One episode of ``policy`` in ``env``, reset with ``seed`` and under a torch RNG seeded with
     it (the caller's RNG state is restored); returns ``(return, agent steps)``."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]), _one_thread():
-        torch.manual_seed(seed)
+    with seeded_torch(seed), _one_thread():
         policy.reset()
         observation, _ = env.reset(seed=int(seed) % 2**32)
         total, steps = 0.0, 0

@@ -18,6 +18,7 @@ from . import algorithms
 from .errors import LQVError
 from .evaluation import evaluate, summarize, with_rgb_background, with_video_dir
 from .runs import EVAL_NAME, Run, is_finished, read_run_config
+from .seeding import make_cuda_deterministic
 
 EVAL_RGB_NAME = "eval_rgb.json"
 EVAL_SEED_OFFSET = 10_000
@@ -55,7 +56,7 @@ def check_device(device):
 def run_experiment(algorithm, dataset, *, preset=None, config=None, settings=(), overrides=None,
                    out, seed=0, device="cpu", root=None, resume=False, overwrite=False,
                    eval_episodes=None, eval_workers=1, rgb_eval=False, video_dir=None,
-                   analyse=True, stop_after=None, progress=True, echo=print):
+                   analyse=True, stop_after=None, deterministic=False, progress=True, echo=print):
     """Train ``algorithm`` on ``dataset`` in the run folder ``out``, then evaluate (and analyse).
 
     Args:
@@ -76,6 +77,8 @@ def run_experiment(algorithm, dataset, *, preset=None, config=None, settings=(),
         video_dir: the dataset's background videos, where the manifest's path is not valid here.
         analyse: run the algorithm's analysis into the run folder (if it has one).
         stop_after: stop training after this many updates (checkpointed); continue with ``resume``.
+        deterministic: on CUDA, use deterministic kernels (slower) so that the same seed gives the
+            same run on the same GPU and software (on CPU runs repeat anyway).
         progress, echo: tqdm bars and the function that prints one-line messages.
 
     Returns:
@@ -86,6 +89,8 @@ def run_experiment(algorithm, dataset, *, preset=None, config=None, settings=(),
 
     algorithm = algorithm if isinstance(algorithm, algorithms.Algorithm) else algorithms.get(algorithm)
     device = check_device(device)
+    if deterministic and device.startswith("cuda"):
+        make_cuda_deterministic()
     preset = preset or default_preset(device)
     data = dataset if hasattr(dataset, "episode_lengths") else load_dataset(dataset, root=root)
     if config is None:
@@ -96,8 +101,9 @@ def run_experiment(algorithm, dataset, *, preset=None, config=None, settings=(),
     env_kwargs = data.eval_env_kwargs(video_dir=video_dir)  # fails now, not after training
     run = Run.open(out, algorithm, config, data, seed=seed, device=device, resume=resume,
                    overwrite=overwrite, stop_after=stop_after, progress=progress,
-                   extra={"preset": preset, "eval_env": env_kwargs, "dataset_source": str(dataset)
-                          if not hasattr(dataset, "episode_lengths") else None})
+                   extra={"preset": preset, "eval_env": env_kwargs, "deterministic": deterministic,
+                          "dataset_source": None if hasattr(dataset, "episode_lengths")
+                          else str(dataset)})
     echo(f"{algorithm.name} on {', '.join(sorted(set(map(str, data.dataset_ids))))}: {len(data)} "
          f"episodes, {data.num_steps} steps; preset {preset}, seed {seed}, device {device}; "
          f"run folder {run.path}")

@@ -25,6 +25,7 @@ import torch
 from lqv_d4rl.networks import imagination_disagreement, state_disagreement
 from lqv_d4rl.plots import image_grid, line_plot
 from lqv_d4rl.samplers import action_entropy, make_sequence_sampler
+from lqv_d4rl.seeding import seeded_torch
 
 from .training import make_sampler
 
@@ -163,8 +164,7 @@ def run_analysis(agent, dataset, out_dir, *, seed=0, horizon=15):
                                     seq_len=config.seq_len, seed=seed, recycle=False)
     batch = sampler.sample()
     written = {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_torch(seed):
         written.update(_write_uncertainty(agent, batch, out_dir, horizon))
         written.update(_write_reconstruction(agent, batch, out_dir))
     written.update(_write_action_entropy(dataset, config, out_dir, seed))

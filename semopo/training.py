@@ -16,6 +16,7 @@ import tempfile
 import numpy as np
 import torch
 
+from lqv_d4rl.batch_stream import BatchStream, sampler_position, set_sampler_position
 from lqv_d4rl.runs import Run, rng_state, set_rng_state
 from lqv_d4rl.samplers import make_sequence_sampler
 
@@ -33,19 +34,22 @@ def train_in_run(dataset, config, run, device="cpu"):
     trainer = _Trainer(dataset, config, run, device)
     trainer.restore()
     agent = trainer.agent
-    model_done = run.phase(
-        "model", total=config.model_steps, done=lambda: agent.model_updates,
-        update=lambda: agent.train_model_step(trainer.model_sampler.sample()),
-        checkpoint=trainer.save, log_every=config.log_every,
-        checkpoint_every=config.checkpoint_every, description="world model",
-        postfix=("model_loss", "image_log_prob"))
-    if model_done:
-        run.phase(
-            "policy", total=config.policy_steps, done=lambda: agent.policy_updates,
-            update=lambda: agent.train_policy_step(trainer.policy_sampler.sample()),
+    try:
+        model_done = run.phase(
+            "model", total=config.model_steps, done=lambda: agent.model_updates,
+            update=lambda: agent.train_model_step(trainer.next_batch("model")),
             checkpoint=trainer.save, log_every=config.log_every,
-            checkpoint_every=config.checkpoint_every, description="policy",
-            postfix=("imagined_return", "penalty"))
+            checkpoint_every=config.checkpoint_every, description="world model",
+            postfix=("model_loss", "image_log_prob"))
+        if model_done:
+            run.phase(
+                "policy", total=config.policy_steps, done=lambda: agent.policy_updates,
+                update=lambda: agent.train_policy_step(trainer.next_batch("policy")),
+                checkpoint=trainer.save, log_every=config.log_every,
+                checkpoint_every=config.checkpoint_every, description="policy",
+                postfix=("imagined_return", "penalty"))
+    finally:
+        trainer.close()
     return agent
 
 
@@ -106,26 +110,43 @@ def make_sampler(dataset, mode, config, seed, *, frozen_step=None, **options):
 
 
 class _Trainer:
-    """The agent and its two samplers, and their checkpoint."""
+    """The agent, the samplers of its two phases and their batch streams, and their checkpoint.
+
+    Batches come through a :class:`lqv_d4rl.batch_stream.BatchStream` (drawn ahead of the
+    computation, or gathered on the GPU); the checkpoint records each sampler's position after the
+    last batch training consumed, so a resumed run sees the same batches.
+    """
+
+    PHASES = ("model", "policy")
 
     def __init__(self, dataset, config, run, device):
-        self.run, self.config = run, config
+        self.run, self.config, self.device = run, config, device
         torch.manual_seed(run.seed)
         self.agent = SeMOPOAgent(dataset.action_dim, config, task=dataset.task, device=device,
                                  seed=run.seed)
         model_seed, policy_seed = np.random.SeedSequence(run.seed).generate_state(2)
-        self.model_sampler = make_sampler(dataset, config.sampling, config, model_seed)
-        # the policy phase's start states: a curriculum stays where the model phase left it
-        self.policy_sampler = make_sampler(dataset, config.policy_sampling, config, policy_seed,
-                                           frozen_step=config.model_steps)
+        self.samplers = {
+            "model": make_sampler(dataset, config.sampling, config, model_seed),
+            # the policy phase's start states: a curriculum stays where the model phase left it
+            "policy": make_sampler(dataset, config.policy_sampling, config, policy_seed,
+                                   frozen_step=config.model_steps),
+        }
+        self.positions = {phase: sampler_position(self.samplers[phase]) for phase in self.PHASES}
+        self.streams = {}
+
+    def next_batch(self, phase):
+        """The next training batch of ``phase`` (its stream starts on first use)."""
+        if phase not in self.streams:
+            self.close()  # one phase at a time: one background thread, one copy on the GPU
+            self.streams[phase] = BatchStream(self.samplers[phase], self.device)
+        return self.streams[phase].next()
 
     def save(self):
-        """Checkpoint the agent, the samplers and the global torch RNG."""
-        self.run.save_checkpoint({
-            "agent": self.agent.state_dict(),
-            "sampler_steps": [self.model_sampler.step, self.policy_sampler.step],
-            "rng": rng_state([self.model_sampler.rng, self.policy_sampler.rng]),
-        })
+        """Checkpoint the agent, the samplers' consumed positions and the global torch RNG."""
+        for phase, stream in self.streams.items():
+            self.positions[phase] = stream.state()
+        self.run.save_checkpoint({"agent": self.agent.state_dict(), "samplers": self.positions,
+                                  "rng": rng_state()})
 
     def restore(self):
         """Continue from the run's checkpoint, if it has one."""
@@ -133,10 +154,18 @@ class _Trainer:
         if state is None:
             return
         self.agent.load_state_dict(state["agent"])
-        self.model_sampler.set_step(int(state["sampler_steps"][0]))
-        self.policy_sampler.set_step(int(state["sampler_steps"][1]))
-        set_rng_state(state["rng"], [self.model_sampler.rng, self.policy_sampler.rng])
+        for phase in self.PHASES:
+            set_sampler_position(self.samplers[phase], state["samplers"][phase])
+            self.positions[phase] = state["samplers"][phase]
+        set_rng_state(state["rng"])
         if self.agent.policy_updates:
             self.run.truncate_metrics("policy", self.agent.policy_updates)
         else:
             self.run.truncate_metrics("model", self.agent.model_updates)
+
+    def close(self):
+        """Stop the batch streams, keeping their consumed positions."""
+        for phase, stream in self.streams.items():
+            self.positions[phase] = stream.state()
+            stream.close()
+        self.streams = {}

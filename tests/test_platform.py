@@ -421,3 +421,24 @@ def test_one_name_per_hyperparameter_translates_every_config_to_the_behaviour():
     tia = TIAConfig().behavior_config()
     assert (tia.actor_dist, tia.actor_entropy, tia.slow_critic_every, tia.eps, tia.critic_layers,
             tia.horizon) == ("tanh_normal", 0.0, 1, 1e-7, 3, 15)
+
+
+def test_a_batch_stream_checkpoints_what_was_consumed_not_what_was_drawn_ahead(walker):
+    from lqv_d4rl.batch_stream import BatchStream, set_sampler_position
+    from lqv_d4rl.samplers import make_sequence_sampler
+
+    dataset = load_dataset(walker)
+    serial = make_sequence_sampler(dataset, "conservative", batch_size=3, seq_len=5, seed=4)
+    expected = [serial.sample()["episode"].copy() for _ in range(7)]
+    sampler = make_sequence_sampler(dataset, "conservative", batch_size=3, seq_len=5, seed=4)
+    stream = BatchStream(sampler, "cpu", prefetch=3)
+    first = [stream.next()["episode"].numpy().copy() for _ in range(4)]
+    position = stream.state()
+    stream.close()
+    assert sampler.step > 4 and position["step"] == 4  # the thread ran ahead; the state did not
+    resumed = make_sequence_sampler(dataset, "conservative", batch_size=3, seq_len=5, seed=4)
+    set_sampler_position(resumed, position)
+    stream = BatchStream(resumed, "cpu")
+    rest = [stream.next()["episode"].numpy() for _ in range(3)]
+    stream.close()
+    assert all(np.array_equal(a, b) for a, b in zip(first + rest, expected))

@@ -53,6 +53,9 @@ def _common_options(command, presets, field_names):
         click.option("--no-analysis", is_flag=True, help="Skip the algorithm's analysis files."),
         click.option("--stop-after", type=click.IntRange(min=1), default=None,
                      help="Stop (checkpointed) after this many updates; finish with --resume."),
+        click.option("--deterministic", is_flag=True,
+                     help="CUDA: deterministic kernels (slower), so a seed repeats its run on the "
+                          "same GPU and software. CPU runs repeat anyway."),
     ]
     for option in reversed(options):
         dest = option(lambda: None).__click_params__[0].name
@@ -134,7 +137,7 @@ def _run_train(algorithm, dataset, common, fields_given):
                        eval_episodes=common["eval_episodes"], eval_workers=common["eval_workers"],
                        rgb_eval=common["rgb_eval"], video_dir=common["video_dir"],
                        analyse=not common["no_analysis"], stop_after=common["stop_after"],
-                       echo=click.echo)
+                       deterministic=common["deterministic"], echo=click.echo)
     except DatasetNotFoundError as err:
         raise not_found_error(err, [dataset]) from None
     except ConfigError as err:
