@@ -1,10 +1,10 @@
 """lqv-d4rl: the toolkit for the LQV-D4RL offline visual RL benchmark.
 
 The public entry points are imported lazily, so that ``import lqv_d4rl`` stays cheap and does not
-start MuJoCo, gymnasium or torch until they are used::
+start MuJoCo or torch until they are used. It does register the environments with gymnasium::
 
     import lqv_d4rl
-    env = lqv_d4rl.make_env("walker_walk", seed=0)
+    env = lqv_d4rl.make_env("walker_walk", seed=0)        # or gymnasium.make("lqv_d4rl/walker_walk-v0")
     data = lqv_d4rl.load_dataset("walker_walk-medrep")
 """
 
@@ -18,6 +18,8 @@ if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 __version__ = "0.1.0"
+
+from . import gym_registration  # noqa: E402  (registers lqv_d4rl/<task>-v0 with gymnasium)
 
 # public name -> module that defines it
 _LAZY_EXPORTS = {

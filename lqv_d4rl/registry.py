@@ -96,8 +96,14 @@ def parse_dataset_id(dataset_id: str) -> tuple[str, str]:
     return task, level
 
 
+def normalized_name(name) -> str:
+    """``name`` with the typos of case, spaces and '-' against '_' taken out (for suggestions)."""
+    return str(name).strip().lower().replace("-", "_")
+
+
 def _unknown_id_message(dataset_id) -> str:
-    close = difflib.get_close_matches(str(dataset_id), DATASET_IDS, n=3, cutoff=0.6)
+    same = [known for known in DATASET_IDS if normalized_name(known) == normalized_name(dataset_id)]
+    close = same or difflib.get_close_matches(str(dataset_id), DATASET_IDS, n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return (
         f"unknown dataset id {dataset_id!r}.{hint} Dataset ids are '<task>-<level>' with tasks "

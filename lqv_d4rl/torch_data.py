@@ -1,6 +1,23 @@
-"""PyTorch adapters for the samplers of :mod:`lqv_d4rl.samplers`.
+"""PyTorch adapters: ``torch.utils.data`` datasets, and the samplers of :mod:`lqv_d4rl.samplers`.
 
-Two ways to feed a training loop:
+For ``torch.utils.data.DataLoader`` (shuffling, batching, worker processes), as PyTorch users
+expect:
+
+:class:`SequenceDataset`
+    Every window of ``seq_len`` consecutive entries inside one episode, one item each.
+:class:`EpisodeDataset`
+    One whole episode per item.
+
+::
+
+    windows = SequenceDataset(lqv_d4rl.load_dataset("walker_walk-medrep"), seq_len=50)
+    loader = DataLoader(windows, batch_size=64, shuffle=True, num_workers=4,
+                        generator=torch.Generator().manual_seed(0))
+    for batch in loader:        # batch["image"]: (64, 50, 64, 64, 3) uint8, batch["action"]: ...
+
+The benchmark's own samplers (SeMOPO's conservative curriculum, return curriculum) depend on the
+order of batches, so they do not fit a shuffling DataLoader; two ways to feed a training loop
+from them:
 
 :class:`TorchBatchIterator`
     Wraps any sampler (sequence or transition). A background thread draws batches in order,
@@ -26,6 +43,7 @@ import threading
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset as TorchDataset
 
 from lqv_d4rl.errors import LQVError
 from lqv_d4rl.samplers import STEP_ARRAYS, SequenceSampler, make_sequence_sampler
@@ -33,6 +51,98 @@ from lqv_d4rl.samplers import STEP_ARRAYS, SequenceSampler, make_sequence_sample
 
 class DeviceMemoryError(LQVError, MemoryError):
     """The dataset does not fit in the memory of the device it was asked to live on."""
+
+
+class DeviceUnavailableError(LQVError, RuntimeError):
+    """The device asked for is not on this machine (no CUDA GPU, no such GPU index, no device)."""
+
+
+def check_device(device) -> torch.device:
+    """``device`` as a ``torch.device``; DeviceUnavailableError, saying what to use instead, when
+    this machine has no such device (e.g. ``"cuda"`` without a CUDA GPU)."""
+    try:
+        device = torch.device(device)
+        torch.empty(0, device=device)
+    except (RuntimeError, TypeError, AssertionError, NotImplementedError) as err:
+        cuda = f"{torch.cuda.device_count()} CUDA GPU(s)" if torch.cuda.is_available() else \
+            f"no CUDA GPU for torch {torch.__version__}"
+        raise DeviceUnavailableError(
+            f"device {str(device)!r} is not available here ({cuda}; {_first_line(err)}); use "
+            "device='cpu', or sample on the host with TorchBatchIterator") from None
+    return device
+
+
+def _first_line(err) -> str:
+    """The first sentence of an exception's message (torch's can run to pages)."""
+    lines = str(err).strip().splitlines()
+    return lines[0].split(". ")[0].rstrip(".") if lines else type(err).__name__
+
+
+class SequenceDataset(TorchDataset):
+    """Every window of ``seq_len`` consecutive entries inside one episode, as a map-style
+    ``torch.utils.data.Dataset`` (see the module docstring for a DataLoader).
+
+    Item ``i`` is a dict of tensors: each step array of the dataset (``image`` (seq_len, 64, 64, 3)
+    uint8, ``action`` (seq_len, A), ``reward``, ``discount``, ``is_first``, ``is_last``,
+    ``is_terminal``, and ``state``/``physics`` where the dataset has them) plus ``episode`` and
+    ``start`` (which window it is), the same keys as a sequence sampler's batch. Windows never
+    cross an episode boundary; their starts are ``stride`` entries apart; an episode shorter than
+    ``seq_len`` has none. Item ``i`` is always the same window, so a seeded DataLoader
+    ``generator`` gives the same batches with any number of workers. Worker processes share the
+    in-memory arrays (fork) or get a pickled copy (spawn: prefer a ``lazy=True`` dataset, which
+    pickles without its images and reopens its shards in each worker).
+    """
+
+    def __init__(self, dataset, seq_len: int, *, stride: int = 1):
+        for name, value in (("seq_len", seq_len), ("stride", stride)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.dataset = dataset
+        self.seq_len = int(seq_len)
+        counts = np.maximum((np.asarray(dataset.episode_lengths) - seq_len) // stride + 1, 0)
+        self._episodes = np.repeat(np.arange(len(dataset), dtype=np.int64), counts)
+        first = np.cumsum(counts) - counts  # item index of each episode's first window
+        self._starts = (np.arange(int(counts.sum()), dtype=np.int64)
+                        - np.repeat(first, counts)) * int(stride)
+
+    def __len__(self) -> int:
+        return len(self._episodes)
+
+    def __getitem__(self, index):
+        index = range(len(self))[index]
+        episode, start = int(self._episodes[index]), int(self._starts[index])
+        row = int(self.dataset.episode_starts[episode]) + start
+        item = _rows_as_tensors(self.dataset, row, self.seq_len)
+        item["episode"], item["start"] = torch.tensor(episode), torch.tensor(start)
+        return item
+
+
+class EpisodeDataset(TorchDataset):
+    """One whole episode per item, as a map-style ``torch.utils.data.Dataset``.
+
+    Item ``i`` is episode ``i``'s step arrays as tensors (leading axis: its length) plus
+    ``episode``. Episodes differ in length, so load them with ``DataLoader(..., batch_size=None)``
+    (one episode at a time) or a ``collate_fn`` of your own.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        index = range(len(self))[index]
+        start = int(self.dataset.episode_starts[index])
+        item = _rows_as_tensors(self.dataset, start, int(self.dataset.episode_lengths[index]))
+        item["episode"] = torch.tensor(index)
+        return item
+
+
+def _rows_as_tensors(dataset, row: int, count: int) -> dict:
+    """The step arrays' rows ``row .. row + count - 1`` as new tensors (read if lazy)."""
+    return {key: torch.from_numpy(np.array(array[row:row + count]))
+            for key, array in dataset.steps.items()}
 
 
 def numpy_batch_to_torch(batch, *, pin_memory=False):
@@ -184,16 +294,15 @@ class DeviceSequenceSampler:
     ``device`` with the same keys, shapes and values as ``sampler.sample()`` would. Only the rows
     of the dataset's episodes are uploaded (for a view, not its parent's other episodes); they
     and one batch must fit in ``memory_budget`` bytes (default: what the device reports free),
-    else a DeviceMemoryError says so before anything is allocated.
+    else a DeviceMemoryError says so before anything is allocated. A device this machine does not
+    have (``"cuda"`` without a CUDA GPU) raises DeviceUnavailableError.
     """
 
     def __init__(self, sampler, *, device="cuda", memory_budget=None, chunk_rows=4096):
         if not isinstance(sampler, SequenceSampler):
             raise TypeError(f"expected a SequenceSampler, got {type(sampler).__name__}")
         self.sampler = sampler
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise DeviceMemoryError(f"device {self.device} requested but CUDA is not available")
+        self.device = check_device(device)
         dataset = sampler.dataset
         starts = np.asarray(dataset.episode_starts, dtype=np.int64)
         lengths = np.asarray(dataset.episode_lengths, dtype=np.int64)
@@ -251,7 +360,12 @@ class DeviceSequenceSampler:
 def make_device_sampler(
     dataset, mode="random", *, device="cuda", batch_size=64, seq_len=50, seed=0, memory_budget=None, **options
 ):
-    """A :class:`DeviceSequenceSampler` over ``make_sequence_sampler(dataset, mode, ...)``."""
+    """A :class:`DeviceSequenceSampler` over ``make_sequence_sampler(dataset, mode, ...)``.
+
+    Raises DeviceUnavailableError when this machine has no ``device`` (e.g. ``"cuda"`` without a
+    CUDA GPU: sample on the host with :class:`TorchBatchIterator` instead) and DeviceMemoryError
+    when the dataset does not fit in its memory.
+    """
     sampler = make_sequence_sampler(
         dataset, mode, batch_size=batch_size, seq_len=seq_len, seed=seed, **options
     )

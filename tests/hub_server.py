@@ -24,8 +24,10 @@ is how the client resumes an interrupted transfer. Errors carry the ``X-Error-Co
 client turns into ``RepositoryNotFoundError``, ``RevisionNotFoundError`` or ``EntryNotFoundError``.
 
 Content lives in memory with real (sha1) commit ids, branches and tags. Tests can inject faults in
-the transfer of a file's content (:meth:`HubServer.add_fault`), change a stored file behind the
-repository's back (:meth:`HubServer.tamper`) and read the request log (:attr:`HubServer.requests`).
+the transfer of a file's content (:meth:`HubServer.add_fault`), make API requests fail
+(:meth:`HubServer.fail_requests`), change a stored file behind the repository's back
+(:meth:`HubServer.tamper`) and read the request log (:attr:`HubServer.requests`).
+:class:`SilentServer` accepts connections and never answers (a Hub that hangs).
 """
 
 from __future__ import annotations
@@ -103,6 +105,16 @@ class Fault:
 
 
 @dataclass
+class RequestFault:
+    """An error answer (``status``) for the next ``count`` API requests matching method and path."""
+
+    method: str
+    path_pattern: str
+    status: int
+    count: int
+
+
+@dataclass
 class RequestRecord:
     """One request the server received."""
 
@@ -132,6 +144,7 @@ class HubServer:
         self.repos: dict[str, Repo] = {}
         self.blobs: dict[str, bytes] = {}
         self.faults: list[Fault] = []
+        self.request_faults: list[RequestFault] = []
         self.requests: list[RequestRecord] = []
         self._lock = threading.RLock()
         self._commit_counter = 0
@@ -173,6 +186,23 @@ class HubServer:
             raise ValueError(f"fault kind must be one of {FAULT_KINDS}, got {kind!r}")
         with self._lock:
             self.faults.append(Fault(file, kind, count))
+
+    def fail_requests(self, method: str, path_pattern: str, count: int = 1,
+                      status: int = 500) -> None:
+        """Answer HTTP ``status`` to the next ``count`` API requests whose method is ``method`` and
+        whose path matches the regular expression ``path_pattern`` (``re.search``)."""
+        with self._lock:
+            self.request_faults.append(RequestFault(method, path_pattern, status, count))
+
+    def take_request_fault(self, method: str, path: str) -> int | None:
+        """Consume a pending request fault matching ``method`` and ``path``; its status or None."""
+        with self._lock:
+            for fault in self.request_faults:
+                if (fault.count > 0 and fault.method == method
+                        and re.search(fault.path_pattern, path)):
+                    fault.count -= 1
+                    return fault.status
+        return None
 
     def tamper(self, repo_id: str, path: str, content: bytes, branch: str = "main") -> None:
         """Replace a file's stored content at the head of ``branch`` without a new commit, as if
@@ -408,6 +438,10 @@ class _BaseHandler(BaseHTTPRequestHandler):
         self.hub.record(self.command, unquote(split.path) + ("?" + unquote(split.query) if split.query else ""),
                         self.headers.get("Range"))
         try:
+            status = self.hub.take_request_fault(self.command, unquote(split.path))
+            if status is not None:
+                self.read_body()
+                raise HubError(status, None, f"injected HTTP {status} for {self.command} {split.path}")
             route(split.path, parse_qs(split.query))
         except HubError as error:
             self.send_error_answer(error)
@@ -602,3 +636,27 @@ class _CdnHandler(_BaseHandler):
             raise HubError(404, None, f"no such blob: {path}")
         file = query.get("file", [""])[0]
         self.send_content(content, {"ETag": f'"{digest}"'}, file)
+
+
+class SilentServer:
+    """A TCP port on loopback that accepts connections and never answers a byte (a hung Hub).
+
+    The kernel completes the handshakes, so a client's connect succeeds and then waits for an
+    answer that never comes. Use as a context manager; :attr:`url` is the endpoint.
+    """
+
+    def __init__(self):
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(16)
+
+    @property
+    def url(self) -> str:
+        host, port = self._socket.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> "SilentServer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._socket.close()

@@ -1,6 +1,7 @@
 """Bad input on the command line: each mistake ends in a one-line error that says what is wrong and
 what to do (no traceback), and leaves finished data alone."""
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -43,19 +44,17 @@ def snapshot(folder):
 @pytest.mark.parametrize("verb", ["generate", "preview-env"])
 @pytest.mark.parametrize("task", ["walker-walk", "Walker_Walk", "walker_wlak"])
 def test_mistyped_task_gets_a_did_you_mean(verb, task, tmp_path):
-    if verb == "generate":  # TASK is checked while parsing: a usage error
-        assert_one_line_error(run_cli(verb, task), 2, "'TASK'", f"unknown task {task!r}",
-                              "Did you mean 'walker_walk'?")
-    else:
-        assert_one_line_error(run_cli(verb, task, "--out", tmp_path / "a.gif"), 1,
-                              f"unknown task {task!r}", "Did you mean 'walker_walk'?")
+    # TASK is checked while parsing: a usage error
+    assert_one_line_error(run_cli(verb, task, "--out", tmp_path / "a.gif") if verb == "preview-env"
+                          else run_cli(verb, task), 2, "'TASK'", f"unknown task {task!r}",
+                          "Did you mean 'walker_walk'?")
 
 
 def test_dataset_id_given_as_task_names_the_task(tmp_path):
     assert_one_line_error(run_cli("generate", "walker_walk-medrep"), 2,
                           "its task is 'walker_walk'", "--levels medrep")
     result = run_cli("preview-env", "walker_walk-medrep", "--out", tmp_path / "a.gif")
-    assert_one_line_error(result, 1, "its task is 'walker_walk'")
+    assert_one_line_error(result, 2, "its task is 'walker_walk'")
     assert "--levels" not in result.output  # preview-env has no --levels
 
 
@@ -83,6 +82,30 @@ def test_unrelated_name_gets_no_suggestion(root):
     result = run_cli("info", "nothing_like_it")
     assert_one_line_error(result, 1, "no dataset 'nothing_like_it'")
     assert "Did you mean" not in result.output
+
+
+@pytest.mark.parametrize("verb, extra", [
+    ("info", []), ("verify", []), ("preview", ["--out", "p.gif"]),
+    ("upload", ["--repo-id", "me/x"]),
+])
+def test_the_typed_id_is_never_suggested(root, verb, extra, monkeypatch):
+    monkeypatch.setenv("LQV_D4RL_HUB_ENDPOINT", "http://127.0.0.1:9")  # never reached
+    result = run_cli(verb, "walker_walk-medium", *extra)  # a right id, just not on disk
+    assert_one_line_error(result, 1, "'walker_walk-medium' is not in", "lqv-d4rl generate")
+    assert "Did you mean" not in result.output
+    result = run_cli(verb, "Walker_Walk-medium", *extra)  # only the case differs
+    assert "Did you mean 'walker_walk-medium'?" in result.output  # that one only
+
+
+def test_task_hints_never_suggest_the_typed_task():
+    from lqv_d4rl.cli.hints import dataset_hint, task_hint
+    from lqv_d4rl.registry import DATASET_IDS
+    from lqv_d4rl.tasks import TASKS
+
+    for task in TASKS:
+        assert repr(task) not in task_hint(task)
+    for dataset_id in DATASET_IDS:
+        assert dataset_hint(dataset_id) == ""
 
 
 def test_import_npz_with_mistyped_benchmark_id_writes_nothing(root, tmp_path):
@@ -118,11 +141,54 @@ def test_download_of_an_id_absent_from_the_hub_gets_a_did_you_mean(root, tmp_pat
 def test_minari_name_without_version_is_refused(root, name):
     result = run_cli("export-minari", "walker_walk-medrep", "--name", name,
                      "--minari-root", "minari")
-    assert_one_line_error(result, 1, "not a Minari dataset id", "-v<version>")
+    assert_one_line_error(result, 2, "not a Minari dataset id", "-v<version>")
+
+
+USAGE_ERRORS = [
+    (["info", "walker_wlak-medrep"], "Did you mean 'walker_walk-medrep'"),
+    (["verify", "bad name!"], "invalid dataset id"),
+    (["download", "walker_walk-medrp"], "unknown dataset id"),
+    (["download", "walker_walk-medrep", "--repo-id", "not a repo"], "--repo-id"),
+    (["list", "--remote", "--repo-id", "a/b/c"], "--repo-id"),
+    (["upload", "walker_walk-medrep", "--repo-id", "no repo"], "--repo-id"),
+    (["export-minari", "walker_walk-medrep", "--name", "ns/x!-v0"], "--name"),
+    (["import-npz", ".", "--id", "bad/id", "--task", "walker_walk"], "invalid dataset id"),
+    (["import-npz", ".", "--id", "mine", "--task", "walker_wlak"], "unknown task"),
+    (["preview-env", "walker_wlak", "--out", "a.gif"], "TASK"),
+    (["generate", "walker_walk", "--levels", "random,best"], "--levels"),
+    (["generate", "walker_walk", "--device", "gpu"], "--device"),
+    (["train", "semopo", "walker_walk-medrp"], "unknown dataset id"),
+]
+
+
+@pytest.mark.parametrize("args, fragment", USAGE_ERRORS,
+                         ids=[" ".join(args[:2]) for args, _ in USAGE_ERRORS])
+def test_every_usage_error_exits_2(root, args, fragment, monkeypatch):
+    monkeypatch.setenv("LQV_D4RL_HUB_ENDPOINT", "http://127.0.0.1:9")  # never reached
+    assert_one_line_error(run_cli(*args), 2, fragment)
+    assert sorted(path.name for path in root.iterdir()) == ["walker_walk-medrep"]
+
+
+def _all_commands():
+    from click.testing import CliRunner  # noqa: F401  (click builds the lazy commands on demand)
+
+    context = main.make_context("lqv-d4rl", ["--help"], resilient_parsing=True)
+    return {name: main.get_command(context, name) for name in main.list_commands(context)}
+
+
+def test_every_option_has_help_and_the_root_default_has_one_wording():
+    from lqv_d4rl.cli.options import ROOT_DEFAULT
+
+    for name, command in _all_commands().items():
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"lqv-d4rl {name} {param.opts[0]} has no help"
+                if param.name == "root" or "LQV_D4RL_ROOT" in param.help:
+                    assert ROOT_DEFAULT in param.help, f"lqv-d4rl {name} {param.opts[0]}"
 
 
 @pytest.mark.parametrize("option, value, fragment", [
-    ("--seed", "-1", "0<=x<=4294967295"),
+    ("--seed", "-1", "0<=x<="),
     ("--device", "gpu", "use cpu, cuda or cuda:N"),
 ])
 def test_semopo_rejects_bad_seed_and_device_before_training(root, option, value, fragment):

@@ -20,9 +20,9 @@ def run_cli(*args):
     return CliRunner().invoke(main, [str(arg) for arg in args])
 
 
-def assert_clean_failure(result, *fragments):
-    """Exit code 1, a one-line 'Error: ...' (no traceback) that contains every fragment."""
-    assert result.exit_code == 1, result.output
+def assert_clean_failure(result, *fragments, exit_code=1):
+    """Exit code 1 (2: a usage error), an 'Error: ...' line (no traceback) holding every fragment."""
+    assert result.exit_code == exit_code, result.output
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output
     for fragment in fragments:
@@ -174,7 +174,7 @@ def test_info_of_a_missing_or_mistyped_dataset_fails_cleanly(root):
     assert_clean_failure(run_cli("info", "walker_walk-medium", "--root", root),
                          "walker_walk-medium", "download")
     assert_clean_failure(run_cli("info", "walker_walk-medrp", "--root", root),
-                         "Did you mean 'walker_walk-medrep'")
+                         "Did you mean 'walker_walk-medrep'", exit_code=2)
 
 
 # ---------------------------------------------------------------------------------- verify
@@ -442,4 +442,4 @@ def test_export_minari_round_trip(root, tmp_path, monkeypatch):
     assert_clean_failure(again, "already exists", "--overwrite")
     assert_clean_failure(run_cli("export-minari", "walker_walk-medrep", "--root", root,
                                  "--name", "no version", "--minari-root", minari_root),
-                         "not a Minari dataset id")
+                         "not a Minari dataset id", exit_code=2)

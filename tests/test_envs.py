@@ -335,7 +335,7 @@ def test_preview_env_cli_writes_an_image(tmp_path, suffix):
 def test_preview_env_cli_reports_errors_in_one_line(tmp_path):
     runner = CliRunner()
     result = runner.invoke(cli_main, ["preview-env", "walker_run", "--out", str(tmp_path / "a.gif")])
-    assert result.exit_code == 1 and "unknown task 'walker_run'" in result.output
+    assert result.exit_code == 2 and "unknown task 'walker_run'" in result.output  # usage error
     assert "Traceback" not in result.output
     result = runner.invoke(cli_main, ["preview-env", "walker_walk", "--out",
                                       str(tmp_path / "a.gif"), "--video-dir", str(tmp_path)])
@@ -357,3 +357,16 @@ def test_a_folder_of_real_videos_becomes_the_background(tmp_path):
     np.testing.assert_array_equal(observation[mask],
                                   env.video_pool.frame_rgb(info["background_frame"])[mask])
     env.close()
+
+
+def test_every_info_key_is_documented(dmc_env, car_env):
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    for env in (dmc_env, car_env):
+        _, infos = rollout(env, random_actions(env, 1), seed=0)
+        for key in set(infos[0]) | set(infos[1]):
+            assert f"``{key}``" in make_env.__doc__, f"make_env's docstring lacks info[{key!r}]"
+            assert f'info["{key}"]' in readme, f"README.md lacks info[{key!r}]"
+    documented = re.search(r'info\["background_frame"\][^\n]*\n?[^\n]*', readme).group(0)
+    assert "index" in documented and "-1" in documented  # what the number means

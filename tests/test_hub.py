@@ -8,6 +8,7 @@ import ipaddress
 import json
 import os
 import socket
+import threading
 
 import numpy as np
 import pytest
@@ -146,7 +147,7 @@ def test_upload_then_download_gives_the_same_dataset(tmp_path, hub, source, publ
     assert all((folder / name).stat().st_nlink >= 2 for name in shard_names(folder))
     # readable like any folder made with mkdir (the umask decides), not private to this user
     assert folder.stat().st_mode & 0o777 == folder.parent.stat().st_mode & 0o777
-    assert hub.repos[REPO].tags["format-v1"] == published.commit
+    assert hub.repos[REPO].tags[hub_module.FORMAT_TAG] == published.commit
 
 
 def test_second_download_fetches_nothing(tmp_path, hub, published):
@@ -201,7 +202,7 @@ def test_revision_pins_a_version_and_finished_data_is_not_replaced_without_force
     download(tmp_path, force=True)
     assert_same_data(load_dataset(folder), load_dataset(newer))
     assert hub_module.read_hub_record(folder)["commit"] == second.commit
-    assert hub.repos[REPO].tags == {"v1": first.commit, "format-v1": second.commit}
+    assert hub.repos[REPO].tags == {"v1": first.commit, hub_module.FORMAT_TAG: second.commit}
 
 
 def test_failed_replacement_puts_the_old_dataset_back(tmp_path, hub, source, monkeypatch):
@@ -349,13 +350,96 @@ def test_offline_mode_and_no_network_use_the_cache(tmp_path, hub, source, publis
     with pytest.raises(HubUnavailableError, match="offline"):
         download(tmp_path, dataset_id="cheetah_run-random", root="root3")
 
-    monkeypatch.delenv("HF_HUB_OFFLINE")  # online, but the server is gone
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # online, but the server is gone: the cache stands in
     third = download(tmp_path, root="root4")
     assert hub_module.read_hub_record(third)["commit"] == published.commit
-    # the client backs off ~20 s before it gives up on an unreachable Hub; skip the waiting
-    monkeypatch.setattr(hf_http.time, "sleep", lambda seconds: None)
-    with pytest.raises(HubUnavailableError, match="cannot be reached"):
+    with pytest.raises(HubUnavailableError, match="cannot reach the Hub"):
         download(tmp_path, dataset_id="cheetah_run-random", root="root5")
+
+
+# ------------------------------------------------------------------------------------ network faults
+
+
+@pytest.fixture
+def no_backoff(monkeypatch):
+    """The sleeps of the client's retry loop, recorded instead of slept (each retry sleeps)."""
+    sleeps = []
+    monkeypatch.setattr(hf_http.time, "sleep", sleeps.append)
+    return sleeps
+
+
+def test_unreachable_hub_fails_at_once_with_one_line(tmp_path, hub, source, no_backoff):
+    hub.stop()  # connections are refused from now on
+    with pytest.raises(HubUnavailableError, match=f"cannot reach the Hub at {hub.url}"):
+        hub_module.list_remote_datasets(REPO)
+    with pytest.raises(HubUnavailableError, match=f"cannot reach the Hub at {hub.url}"):
+        download(tmp_path)
+    with pytest.raises(HubUnavailableError, match=f"cannot reach the Hub at {hub.url}"):
+        hub_module.upload_dataset(source, repo_id=REPO)
+    assert no_backoff == []  # no retry loop: the first refused connection is the answer
+    assert entries(tmp_path / "root") == []
+
+    for args in (["list", "--remote", "--repo-id", REPO],
+                 ["download", DATASET, "--repo-id", REPO, "--root", str(tmp_path / "root")]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, result.output
+        assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
+        assert "cannot reach the Hub" in result.output
+    assert no_backoff == []
+
+
+def test_hub_that_never_answers_times_out(tmp_path, monkeypatch, no_backoff):
+    from hub_server import SilentServer
+
+    monkeypatch.setattr(hub_module, "REACHABILITY_TIMEOUT", 0.2)
+    outcome = {}
+
+    def list_and_download():
+        for name, call in (("list", lambda: hub_module.list_remote_datasets(REPO)),
+                           ("download", lambda: download(tmp_path))):
+            try:
+                call()
+            except HubUnavailableError as err:
+                outcome[name] = str(err)
+
+    with SilentServer() as silent:
+        monkeypatch.setenv("LQV_D4RL_HUB_ENDPOINT", silent.url)
+        worker = threading.Thread(target=list_and_download, daemon=True)
+        worker.start()
+        worker.join(timeout=60)  # a guard only: without a timeout the client waits forever
+        assert not worker.is_alive(), "still waiting for a Hub that never answers"
+    assert "Timeout" in outcome["list"] and "Timeout" in outcome["download"]
+    assert no_backoff == []
+
+
+def test_complete_local_dataset_needs_no_network(tmp_path, hub, source, published, no_backoff):
+    downloaded = download(tmp_path)
+    requests = len(hub.requests)
+    assert_same_data(load_dataset(DATASET, root=tmp_path / "root", download=True), load_dataset(source))
+    assert len(hub.requests) == requests  # a complete local dataset is just loaded
+    hub.stop()
+
+    assert_same_data(load_dataset(DATASET, root=tmp_path / "root", download=True), load_dataset(source))
+    assert download(tmp_path) == downloaded  # the local copy stands in for the unreachable Hub
+    runner = CliRunner()
+    result = runner.invoke(main, ["download", DATASET, "--repo-id", REPO, "--root", str(source.parent)])
+    assert result.exit_code == 0, result.output  # made on this machine, never downloaded
+    assert "not compared with the Hub" in result.output and "identical" not in result.output
+    assert no_backoff == []
+
+
+def test_moving_the_format_tag_never_leaves_the_repo_without_it(tmp_path, hub, source, published):
+    tag = hub_module.FORMAT_TAG
+    newer = write_tiny_dataset(tmp_path / "src2" / DATASET, seed=7)
+    hub.fail_requests("POST", rf"/tag/(?!{published.commit})", count=1)  # one hiccup: retried
+    second = hub_module.upload_dataset(newer, repo_id=REPO)
+    assert hub.repos[REPO].tags[tag] == second.commit
+
+    hub.fail_requests("POST", rf"/tag/(?!{second.commit})", count=hub_module.TAG_ATTEMPTS)
+    with pytest.raises(HubError, match=f"could not be moved.*still points at {second.commit[:12]}"):
+        hub_module.upload_dataset(source, repo_id=REPO)
+    assert hub.repos[REPO].tags[tag] == second.commit  # put back where it was
+    assert hub.repos[REPO].branches["main"] != second.commit  # the upload itself went through
 
 
 # ------------------------------------------------------------------------------------ upload, listing

@@ -12,6 +12,8 @@ import click
 from .. import __version__
 from ..errors import LQVError
 from . import data_commands, env_commands, generate_commands, hub_commands, train_commands
+from . import uncertainty_commands
+from . import leaderboard_commands
 from .hints import cli_error
 
 _COMMAND_MODULES = (
@@ -20,6 +22,8 @@ _COMMAND_MODULES = (
     data_commands,
     hub_commands,
     train_commands,
+    uncertainty_commands,
+    leaderboard_commands,
 )
 
 

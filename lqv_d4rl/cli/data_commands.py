@@ -15,42 +15,32 @@ from pathlib import Path
 
 import click
 
-from ..errors import DatasetNotFoundError, LQVError
-from .hints import dataset_hint, not_found_error
-
-ROOT_OPTION_HELP = "Dataset root (default: $LQV_D4RL_ROOT, else ~/.lqv_d4rl)."
+from ..errors import LQVError
+from .hints import cli_error, dataset_hint
+from .options import check_repo_id, root_option
 
 
 def _friendly_errors(command):
-    """Report the toolkit's own errors as one-line messages instead of tracebacks."""
+    """Report the toolkit's own errors as one-line messages instead of tracebacks (exit 2 for a
+    mistyped name, with a did-you-mean for the DATASET argument)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except DatasetNotFoundError as err:
-            raise not_found_error(err, [kwargs.get("dataset", "")]) from None
         except LQVError as err:
-            raise click.ClickException(str(err)) from None
+            raise cli_error(err, [kwargs.get("dataset", "")]) from None
 
     return wrapper
-
-
-def _root_option(command):
-    option = click.option(
-        "--root", type=click.Path(file_okay=False, path_type=Path), default=None,
-        help=ROOT_OPTION_HELP,
-    )
-    return option(command)
 
 
 # --------------------------------------------------------------------------------------- list
 
 
 @click.command("list")
-@_root_option
+@root_option
 @click.option("--remote", is_flag=True, help="List the datasets a Hugging Face Hub repo holds.")
-@click.option("--repo-id", default=None,
+@click.option("--repo-id", default=None, callback=check_repo_id,
               help="Hub repo (default: $LQV_D4RL_HUB_REPO or lqv-d4rl/lqv-d4rl).")
 @click.option("--revision", default=None, help="Hub branch, tag or commit (with --remote).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -186,7 +176,7 @@ def _text_table(rows: list[dict], columns) -> str:
 
 @click.command("info")
 @click.argument("dataset")
-@_root_option
+@root_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @_friendly_errors
 def info_command(dataset, root, as_json):
@@ -305,7 +295,7 @@ def _bytes_in_memory(manifest: dict, num_steps: int) -> int:
 
 @click.command("verify")
 @click.argument("dataset")
-@_root_option
+@root_option
 @click.option("--require-complete", is_flag=True,
               help="Count an unfinished (incomplete) dataset as bad too.")
 @_friendly_errors
@@ -342,9 +332,11 @@ def verify_command(dataset, root, require_complete):
               help="Frames per episode (default: all for a GIF, 10 for a PNG).")
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
               help="Take every K-th frame.")
-@click.option("--fps", type=click.IntRange(min=1), default=15, show_default=True)
-@click.option("--scale", type=click.IntRange(min=1), default=2, show_default=True)
-@_root_option
+@click.option("--fps", type=click.IntRange(min=1), default=15, show_default=True,
+              help="Frames per second of the GIF (ignored for a PNG).")
+@click.option("--scale", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Enlarge each 64x64 frame this many times (nearest neighbour).")
+@root_option
 @_friendly_errors
 def preview_command(dataset, out, episodes, frames, every, fps, scale, root):
     """Write a GIF or PNG contact sheet of DATASET's episodes."""
@@ -405,7 +397,7 @@ def _episode_frames(data, index: int, every: int, frames: int | None):
               help="Dataset id to create: a benchmark id (walker_walk-medrep) or a custom name.")
 @click.option("--task", default=None, help="Task of a custom id (benchmark ids imply it).")
 @click.option("--level", default=None, help="Level of a custom id (default: custom).")
-@_root_option
+@root_option
 @click.option("--policy-map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None,
               help="CSV (pattern,policy_id[,policy_step]) or JSON: file names or globs -> policy.")
@@ -444,9 +436,17 @@ def import_npz_command(source, dataset_id, task, level, root, policy_map, policy
 def _check_minari_name(ctx, param, name):
     # minari's own parser fails with a TypeError, not a ValueError, on a name without -v<N>
     if not re.search(r"-v\d+$", name):
-        raise click.ClickException(
+        raise click.BadParameter(
             f"{name!r} is not a Minari dataset id: it has no version; Minari wants "
             "'[namespace/]dataset_name-v<version>', e.g. 'lqv-d4rl/walker_walk-medrep-v0'")
+    try:
+        from minari.dataset.minari_dataset import parse_dataset_id
+    except ImportError:
+        return name  # the export itself says how to install minari
+    try:
+        parse_dataset_id(name)
+    except (ValueError, TypeError) as err:
+        raise click.BadParameter(f"{name!r} is not a Minari dataset id ({err})") from None
     return name
 
 
@@ -457,7 +457,7 @@ def _check_minari_name(ctx, param, name):
 @click.option("--minari-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Minari dataset root (default: $MINARI_DATASETS_PATH, else ~/.minari/datasets).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing Minari dataset of that name.")
-@_root_option
+@root_option
 @_friendly_errors
 def export_minari_command(dataset, name, minari_root, overwrite, root):
     """Export DATASET so that minari.load_dataset(NAME) loads it (needs the minari package)."""

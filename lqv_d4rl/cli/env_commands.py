@@ -4,11 +4,11 @@ from pathlib import Path
 
 import click
 
-from .hints import task_hint
+from .hints import TaskChoice
 
 
 @click.command("preview-env")
-@click.argument("task")
+@click.argument("task", type=TaskChoice())
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output file: .gif (animation) or .png (contact sheet).")
 @click.option("--steps", default=60, show_default=True, type=click.IntRange(min=1),
@@ -29,7 +29,7 @@ def preview_env(task, out, steps, seed, video_dir, video_frames, composite, rgb_
     """Roll out TASK with random actions and save what the agent sees as a GIF or PNG."""
     import distractors
 
-    from ..errors import LQVError, UnknownTaskError
+    from ..errors import LQVError
     from ..images import preview_format, save_preview
 
     try:
@@ -41,8 +41,6 @@ def preview_env(task, out, steps, seed, video_dir, video_frames, composite, rgb_
                                         distractor=video_dir or "procedural",
                                         num_video_frames=video_frames,
                                         composite=composite, rgb_background=rgb_background)
-    except UnknownTaskError as err:
-        raise click.ClickException(str(err).rstrip(".") + "." + task_hint(task)) from None
     except (LQVError, distractors.VideoSourceError) as err:
         raise click.ClickException(str(err)) from None
     kept = frames[::every]

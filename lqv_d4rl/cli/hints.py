@@ -1,8 +1,11 @@
-"""Did-you-mean hints for mistyped task names and dataset ids on the command line.
+"""Did-you-mean hints for mistyped task names and dataset ids, and the exit code of each error.
 
 ``walker-walk``, ``Walker_Walk`` and ``walker_walk_medrep`` are not benchmark ids, so the library
 takes them for custom dataset names and only says that no such dataset exists; these helpers add
-the benchmark name the user most likely meant.
+the benchmark name the user most likely meant (never the name that was typed).
+
+Exit codes: 2 for a usage error (a name or option that cannot be right, whatever is on disk:
+:data:`USAGE_ERRORS`, and click's own), 1 for everything else (:func:`cli_error`).
 """
 
 import difflib
@@ -10,11 +13,21 @@ import os
 
 import click
 
-from ..errors import DatasetNotFoundError
+from ..errors import DatasetNotFoundError, LQVError, UnknownDatasetError, UnknownTaskError
+from ..registry import normalized_name as _normalized
+
+USAGE_ERRORS = (UnknownDatasetError, UnknownTaskError)
+"""The toolkit's errors that mean the command line itself is wrong (exit code 2)."""
 
 
-def _normalized(name: str) -> str:
-    return str(name).strip().lower().replace("-", "_")
+def cli_error(err: LQVError, names=()) -> click.ClickException:
+    """The click exception that reports ``err``: a usage error (exit 2) for :data:`USAGE_ERRORS`,
+    a plain one (exit 1) otherwise; a DatasetNotFoundError gets a did-you-mean for ``names``."""
+    if isinstance(err, DatasetNotFoundError):
+        return not_found_error(err, names)
+    if isinstance(err, USAGE_ERRORS):
+        return click.UsageError(str(err), click.get_current_context(silent=True))
+    return click.ClickException(str(err))
 
 
 def task_hint(name: str, levels_option: bool = False) -> str:
@@ -26,7 +39,8 @@ def task_hint(name: str, levels_option: bool = False) -> str:
     if _normalized(head) in TASKS and level in LEVELS:
         how = f" (add --levels {level} to make only that level)" if levels_option else ""
         return f" {name!r} is a dataset id; its task is {_normalized(head)!r}{how}."
-    close = difflib.get_close_matches(_normalized(name), list(TASKS), n=1, cutoff=0.6)
+    others = [task for task in TASKS if task != name]
+    close = difflib.get_close_matches(_normalized(name), others, n=1, cutoff=0.6)
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
@@ -35,14 +49,16 @@ def dataset_hint(name: str) -> str:
     from ..registry import DATASET_IDS
     from ..tasks import TASKS
 
-    if os.sep in str(name):
-        return ""
+    if os.sep in str(name) or name in DATASET_IDS:
+        return ""  # a path, or the right id of a dataset that is just not there
     key = _normalized(name)
     if key in TASKS:
         ids = ", ".join(repr(f"{key}-{level}") for level in ("random", "medrep", "medium"))
         what = "is a task" if key == name else f"looks like the task {key!r}"
         return f" {name!r} {what}; its datasets are {ids}."
     by_key = {_normalized(dataset_id): dataset_id for dataset_id in DATASET_IDS}
+    if key in by_key:  # only case or dashes differ: that is the one
+        return f" Did you mean {by_key[key]!r}?"
     close = difflib.get_close_matches(key, list(by_key), n=3, cutoff=0.75)
     if not close:
         return ""
