@@ -19,7 +19,7 @@ class EvalEnvError(LQVError, ValueError):
     """The environment a dataset was recorded in cannot be rebuilt here (the message says how)."""
 
 
-def env_kwargs_from_manifest(manifest, *, video_dir=None, rgb_background=False):
+def env_kwargs_from_manifest(manifest, *, video_dir=None, rgb_background=False, check_videos=True):
     """The evaluation environment of a dataset, from its manifest (or a combination's sources).
 
     Args:
@@ -28,9 +28,10 @@ def env_kwargs_from_manifest(manifest, *, video_dir=None, rgb_background=False):
             manifest says, or ``"procedural"`` to use the built-in video for a dataset that does not
             record its background (an ``import-npz`` dataset).
         rgb_background: colour backgrounds (the paper's Table 2 generalization test).
+        check_videos: raise :class:`EvalEnvError` when the video folder is not on this machine.
     """
     sources = manifest.get("sources", [manifest])
-    settings = [_env_of_source(source, video_dir) for source in sources]
+    settings = [_env_of_source(source, video_dir, check_videos) for source in sources]
     if any(item != settings[0] for item in settings[1:]):
         raise EvalEnvError("the datasets combined here were recorded in different environments "
                            f"({settings}); evaluate a run trained on one of them")
@@ -49,10 +50,10 @@ def with_video_dir(env_kwargs, video_dir):
     if env_kwargs["distractor"] is None or env_kwargs["distractor"]["kind"] == PROCEDURAL:
         return env_kwargs
     return dict(env_kwargs, distractor=_distractor_of(env_kwargs["distractor"], env_kwargs["task"],
-                                                      video_dir))
+                                                      video_dir, check_videos=True))
 
 
-def _env_of_source(manifest, video_dir):
+def _env_of_source(manifest, video_dir, check_videos):
     provenance = manifest.get("provenance", {})
     task = manifest.get("task")
     name = manifest.get("dataset_id", task)
@@ -72,24 +73,38 @@ def _env_of_source(manifest, video_dir):
     env = dict(provenance.get("env", {}))
     return {
         "task": task,
-        "distractor": None if described is None else _distractor_of(described, name, video_dir),
+        "distractor": (None if described is None
+                       else _distractor_of(described, name, video_dir, check_videos)),
         "composite": env.get("composite", "segmentation"),
         "render_quality": env.get("render_quality", "fast"),
     }
 
 
-def _distractor_of(described, name, video_dir):
+def _distractor_of(described, name, video_dir, check_videos):
     distractor = {"kind": described["kind"], "seed": int(described.get("seed", 0)),
                   "num_frames": int(described.get("num_frames", 1000)),
                   "rgb": bool(described.get("rgb", False))}
     if described["kind"] == PROCEDURAL:
         return distractor
     source = video_dir if video_dir not in (None, PROCEDURAL) else described["source"]
-    if not Path(source).expanduser().exists() and not any(ch in str(source) for ch in "*?["):
+    missing = not Path(source).expanduser().exists() and not any(ch in str(source) for ch in "*?[")
+    if check_videos and missing:
         raise EvalEnvError(
             f"{name} was recorded over the videos in {described['source']!r}, which is not here; "
             "pass --video-dir DIR (video_dir=) with the same videos to evaluate in its environment")
     return dict(distractor, source=str(source), files=list(described.get("files", [])))
+
+
+def make_env_arguments(env_kwargs):
+    """The keyword arguments of :func:`lqv_d4rl.make_env` (all but ``seed``) for ``env_kwargs``."""
+    spec = env_kwargs["distractor"]
+    arguments = {"composite": env_kwargs["composite"],
+                 "render_quality": env_kwargs["render_quality"], "distractor": None}
+    if spec is not None:
+        arguments.update(distractor=PROCEDURAL if spec["kind"] == PROCEDURAL else spec["source"],
+                         video_seed=spec["seed"], num_video_frames=spec["num_frames"],
+                         rgb_background=spec["rgb"])
+    return arguments
 
 
 def make_eval_env(env_kwargs, seed=0):
@@ -98,19 +113,14 @@ def make_eval_env(env_kwargs, seed=0):
 
     from .envs import make_env
 
-    spec = env_kwargs["distractor"]
-    pool = None
-    if spec is not None:
-        source = None if spec["kind"] == PROCEDURAL else spec["source"]
-        try:
-            pool = distractors.make_video_pool(source, num_frames=spec["num_frames"],
-                                               rgb=spec["rgb"], seed=spec["seed"])
-        except distractors.VideoSourceError as err:
-            raise EvalEnvError(f"cannot rebuild the background from {source!r}: {err}; pass "
-                               "--video-dir DIR with the dataset's videos") from None
-        recorded = spec.get("files")
-        if recorded and pool.description.get("files") != recorded:
-            warnings.warn(f"the videos in {source!r} are not the ones the dataset was recorded "
-                          "with; evaluation runs over different backgrounds", stacklevel=2)
-    return make_env(env_kwargs["task"], distractor=pool, composite=env_kwargs["composite"],
-                    render_quality=env_kwargs["render_quality"], seed=int(seed) % 2**32)
+    arguments = make_env_arguments(env_kwargs)
+    try:
+        env = make_env(env_kwargs["task"], seed=int(seed) % 2**32, **arguments)
+    except distractors.VideoSourceError as err:
+        raise EvalEnvError(f"cannot rebuild the background from {arguments['distractor']!r}: "
+                           f"{err}; pass --video-dir DIR with the dataset's videos") from None
+    recorded = (env_kwargs["distractor"] or {}).get("files")
+    if recorded and env.video_pool.description.get("files") != recorded:
+        warnings.warn(f"the videos in {arguments['distractor']!r} are not the ones the dataset was "
+                      "recorded with; evaluation runs over different backgrounds", stacklevel=2)
+    return env

@@ -69,24 +69,14 @@ def env_spec(task: str, **kwargs) -> gymnasium.envs.registration.EnvSpec:
 
 def env_kwargs_of_manifest(manifest: dict) -> dict | None:
     """The ``gymnasium.make`` keyword arguments of the environment a dataset was recorded in, read
-    from its manifest's provenance; None when the manifest does not record its background (data
-    made elsewhere and imported)."""
-    provenance = manifest.get("provenance") or {}
-    if "distractor" not in provenance:
+    from its manifest (see :mod:`lqv_d4rl.eval_env`); None when the manifest does not record a
+    background this toolkit can make again (data made elsewhere and imported)."""
+    from .eval_env import EvalEnvError, env_kwargs_from_manifest, make_env_arguments
+
+    try:
+        return make_env_arguments(env_kwargs_from_manifest(manifest, check_videos=False))
+    except EvalEnvError:
         return None
-    env = provenance.get("env") or {}
-    kwargs = {"composite": env.get("composite", "segmentation"),
-              "render_quality": env.get("render_quality", "fast")}
-    distractor = provenance["distractor"]
-    if distractor is None:
-        return {**kwargs, "distractor": None}
-    if not isinstance(distractor, dict) or distractor.get("kind") not in ("procedural",
-                                                                            "video_dir"):
-        return None  # a background this toolkit cannot make again
-    source = "procedural" if distractor["kind"] == "procedural" else distractor["source"]
-    return {**kwargs, "distractor": source, "video_seed": int(distractor.get("seed", 0)),
-            "num_video_frames": int(distractor.get("num_frames", 1000)),
-            "rgb_background": bool(distractor.get("rgb", False))}
 
 
 register_envs()
