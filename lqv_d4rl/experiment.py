@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from . import algorithms
-from .errors import LQVError
 from .evaluation import evaluate, summarize, with_rgb_background, with_video_dir
 from .runs import EVAL_NAME, Run, is_finished, read_run_config
 from .seeding import make_cuda_deterministic
@@ -37,20 +36,11 @@ def default_preset(device):
 
 
 def check_device(device):
-    """The canonical device string; a clear error for a CUDA device this machine does not have."""
-    import torch
+    """The device string of ``device``; :class:`lqv_d4rl.torch_data.DeviceUnavailableError` (one
+    line) for a device this machine does not have (see :func:`lqv_d4rl.torch_data.check_device`)."""
+    from .torch_data import check_device as checked_device
 
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise LQVError(f"{device!r} is no torch device; use cpu, cuda or cuda:N") from None
-    if parsed.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (parsed.index or 0) >= count:
-            raise LQVError(f"device {device!r} was asked for but torch sees "
-                           f"{count or 'no'} CUDA GPU{'s' if count != 1 else ''} here; use "
-                           "--device cpu (with --preset smoke) or a GPU machine")
-    return str(parsed)
+    return str(checked_device(device))
 
 
 def run_experiment(algorithm, dataset, *, preset=None, config=None, settings=(), overrides=None,

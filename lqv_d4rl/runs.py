@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -129,17 +130,20 @@ class Run:
             algorithm: the :class:`lqv_d4rl.algorithms.Algorithm` (its name and resumable fields).
             config: the algorithm's config dataclass.
             dataset: the training :class:`lqv_d4rl.Dataset` (fingerprinted for resume checks).
-            seed, device: recorded; resuming with another seed is refused.
+            seed, device: recorded; resuming with another seed is refused, a device this
+                machine lacks raises :class:`lqv_d4rl.torch_data.DeviceUnavailableError`.
             resume: continue a checkpointed run (a fresh folder starts from scratch).
             overwrite: delete a previous run in ``path`` first (only a folder that holds a run).
             stop_after: stop after this many updates (checkpointed); continue later with ``resume``.
             extra: further JSON-able facts to record in ``config.json`` (preset, eval settings).
         """
         from .algorithms import config_to_dict
+        from .torch_data import check_device
 
         path = Path(path)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise LQVError(f"seed must be a non-negative integer, got {seed!r}")
+        check_device(device)  # a GPU this machine lacks: one line now, not a traceback later
         if overwrite:
             _remove_run(path)
         record = {
@@ -357,11 +361,27 @@ class MetricMeter:
 
     def flush(self):
         """Means since the last flush, plus ``updates_per_second``; then start over."""
+        # reading the values waits for the device, so the time includes all the queued work
+        row = {key: value / self.count for key, value in _as_floats(self.sums).items()}
         elapsed = time.perf_counter() - self.start
-        row = {key: float(value) / self.count for key, value in self.sums.items()}
         row["updates_per_second"] = self.count / elapsed if elapsed > 0 else math.nan
         self.sums, self.count, self.start = {}, 0, time.perf_counter()
         return row
+
+
+def _as_floats(values):
+    """``{name: float}`` of numbers and scalar tensors, reading the tensors of each device back in
+    one transfer (one host sync per logged row, not one per metric)."""
+    torch = sys.modules.get("torch")  # no torch imported: no tensors
+    tensors = [key for key, value in values.items() if torch is not None and torch.is_tensor(value)]
+    floats = {key: float(value) for key, value in values.items() if key not in tensors}
+    by_device = {}
+    for key in tensors:
+        by_device.setdefault(values[key].device, []).append(key)
+    for keys in by_device.values():
+        numbers = torch.stack([values[key].detach().double().reshape(()) for key in keys]).tolist()
+        floats.update(zip(keys, numbers))
+    return {key: floats[key] for key in values}
 
 
 class MetricsLog:

@@ -58,18 +58,38 @@ class DeviceUnavailableError(LQVError, RuntimeError):
 
 
 def check_device(device) -> torch.device:
-    """``device`` as a ``torch.device``; DeviceUnavailableError, saying what to use instead, when
-    this machine has no such device (e.g. ``"cuda"`` without a CUDA GPU)."""
+    """``device`` as a ``torch.device`` this machine has, else DeviceUnavailableError: one line that
+    says what is wrong and what to use instead.
+
+    The one device check of the toolkit: every ``--device`` option of the command line goes through
+    it, and so do ``generate``, ``Run.open`` (every training run), ``run_experiment``,
+    ``evaluate_run``, the leaderboard and :class:`DeviceSequenceSampler`.
+    """
     try:
-        device = torch.device(device)
-        torch.empty(0, device=device)
-    except (RuntimeError, TypeError, AssertionError, NotImplementedError) as err:
-        cuda = f"{torch.cuda.device_count()} CUDA GPU(s)" if torch.cuda.is_available() else \
-            f"no CUDA GPU for torch {torch.__version__}"
-        raise DeviceUnavailableError(
-            f"device {str(device)!r} is not available here ({cuda}; {_first_line(err)}); use "
-            "device='cpu', or sample on the host with TorchBatchIterator") from None
-    return device
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceUnavailableError(f"{device!r} is no torch device; use cpu, cuda or cuda:N "
+                                     f"(--device cpu, or device='cpu' in Python)") from None
+    use_cpu = "use --device cpu (device='cpu' in Python)"
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "" if torch.version.cuda else ", a CPU-only build"
+            raise DeviceUnavailableError(
+                f"device {str(device)!r} was asked for but torch sees no CUDA GPU here (torch "
+                f"{torch.__version__}{build}); {use_cpu} or a machine with a GPU")
+        if (parsed.index or 0) >= count:
+            raise DeviceUnavailableError(
+                f"device {str(device)!r} was asked for but torch sees {count} CUDA GPU"
+                f"{'s' if count > 1 else ''} here (cuda:0 to cuda:{count - 1}); use one of "
+                f"those, or {use_cpu.removeprefix('use ')}")
+    elif parsed.type != "cpu":
+        try:
+            torch.empty(0, device=parsed)
+        except (RuntimeError, TypeError, AssertionError, NotImplementedError) as err:
+            raise DeviceUnavailableError(f"device {str(device)!r} is not available here "
+                                         f"({_first_line(err)}); {use_cpu}") from None
+    return parsed
 
 
 def _first_line(err) -> str:
@@ -246,7 +266,9 @@ class TorchBatchIterator:
         self.close()
 
     def __del__(self):
-        self._stop.set()
+        stop = getattr(self, "_stop", None)  # None: __init__ never ran to the end
+        if stop is not None:
+            stop.set()
 
 
 def free_device_bytes(device):
@@ -344,8 +366,11 @@ class DeviceSequenceSampler:
     def sample(self):
         """Draw the next batch as tensors on the device."""
         episodes, starts = self.sampler.choose_windows()
-        episodes = torch.as_tensor(episodes, device=self.device)
-        starts = torch.as_tensor(starts, device=self.device)
+        # one small copy that does not wait for the device (a blocking one would, every batch)
+        windows = torch.from_numpy(np.stack([episodes, starts]).astype(np.int64))
+        if self.device.type == "cuda":
+            windows = windows.pin_memory()
+        episodes, starts = windows.to(self.device, non_blocking=True)
         rows = (self.episode_starts[episodes] + starts)[:, None] + self._offsets
         batch = {key: array[rows] for key, array in self.arrays.items()}
         batch["episode"] = episodes

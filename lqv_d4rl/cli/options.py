@@ -42,15 +42,14 @@ def check_levels(ctx, param, levels):
 
 
 def check_device_name(ctx, param, device):
-    """click callback: a torch device name such as cpu, cuda or cuda:1 (whether this machine has
-    it is checked when it is used)."""
+    """click callback of every ``--device`` option: a torch device this machine has (cpu, cuda,
+    cuda:N), else a usage error of one line (:func:`lqv_d4rl.torch_data.check_device`)."""
     if device is None or device == "cpu":
         return device
-    import torch
+    from ..torch_data import DeviceUnavailableError, check_device
 
     try:
-        torch.device(device)
-    except (RuntimeError, ValueError):
-        raise click.BadParameter(
-            f"{device!r} is no torch device; use cpu, cuda or cuda:N") from None
+        check_device(device)
+    except DeviceUnavailableError as err:
+        raise click.BadParameter(str(err)) from None
     return device

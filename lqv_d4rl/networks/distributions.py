@@ -18,18 +18,58 @@ import math
 import torch
 import torch.distributions as td
 import torch.nn.functional as F
+from torch.distributions.utils import lazy_property
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
-class OneHotStraightThrough(td.OneHotCategorical):
+class OneHotStraightThrough(td.Distribution):
     """One-hot categorical whose ``rsample`` passes gradients straight through to the probabilities.
 
     The sample is the one-hot vector in the forward pass; its gradient is the gradient of the
-    class probabilities (``sample + probs - probs.detach()``), as in DreamerV2.
+    class probabilities (``sample + probs - probs.detach()``), as in DreamerV2. ``log_prob``,
+    ``entropy``, ``mean``, ``mode`` and ``kl_divergence`` are those of
+    ``torch.distributions.OneHotCategorical``.
+
+    Written out rather than built on ``OneHotCategorical`` because that one builds a validating
+    ``Categorical`` inside (whatever ``validate_args`` says) and samples with ``torch.multinomial``,
+    which both read values back to the host: on a GPU every latent step would wait for the device.
+    Here nothing validates and samples are Gumbel-max draws (``argmax(logits + Gumbel noise)``, an
+    exact categorical sample), so building and sampling never synchronize.
     """
 
+    arg_constraints = {"logits": td.constraints.independent(td.constraints.real, 1)}
+    support = td.constraints.one_hot
     has_rsample = True
+
+    def __init__(self, logits, validate_args=False):
+        self.logits = logits - logits.logsumexp(-1, keepdim=True)
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
+
+    @lazy_property
+    def probs(self):
+        """Class probabilities ``softmax(logits)``."""
+        return self.logits.exp()
+
+    @property
+    def mean(self):
+        """The class probabilities."""
+        return self.probs
+
+    @property
+    def variance(self):
+        """``probs * (1 - probs)`` per class."""
+        return self.probs * (1 - self.probs)
+
+    def sample(self, sample_shape=torch.Size()):
+        """A one-hot sample (no gradients): Gumbel-max, ``argmax(logits - log(-log U))``."""
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            uniform = torch.rand(shape, dtype=self.logits.dtype, device=self.logits.device)
+            # U = 0 gives Gumbel noise -inf: that class is not drawn (never one drawn spuriously)
+            index = (self.logits.expand(shape) - torch.log(-torch.log(uniform))).argmax(-1, keepdim=True)
+            return torch.zeros(shape, dtype=self.logits.dtype, device=self.logits.device).scatter_(
+                -1, index, 1.0)
 
     def rsample(self, sample_shape=torch.Size()):
         """A one-hot sample carrying straight-through gradients to ``probs``."""
@@ -37,11 +77,34 @@ class OneHotStraightThrough(td.OneHotCategorical):
         probs = self.probs
         return sample + probs - probs.detach()
 
+    def log_prob(self, value):
+        """Log-probability of the class marked by the one-hot ``value`` (its largest entry); the
+        value's own gradient is not used (as in ``OneHotCategorical``)."""
+        shape = torch.broadcast_shapes(value.shape, self.logits.shape)
+        index = value.argmax(-1, keepdim=True).expand(*shape[:-1], 1)
+        return self.logits.expand(shape).gather(-1, index).squeeze(-1)
+
+    def entropy(self):
+        """``-sum_k p_k log p_k``."""
+        logits = self.logits.clamp(min=torch.finfo(self.logits.dtype).min)
+        return -(logits * self.probs).sum(-1)
+
     @property
     def mode(self):
         """The most likely class as a one-hot vector, with straight-through gradients."""
-        one_hot = F.one_hot(self.logits.argmax(-1), self.logits.shape[-1]).to(self.probs.dtype)
+        index = self.logits.argmax(-1, keepdim=True)
+        one_hot = torch.zeros_like(self.logits).scatter_(-1, index, 1.0)
         return one_hot + self.probs - self.probs.detach()
+
+
+@td.register_kl(OneHotStraightThrough, OneHotStraightThrough)
+def _kl_one_hot_straight_through(p, q):
+    """``sum_k p_k (log p_k - log q_k)``, with ``OneHotCategorical``'s conventions for zero
+    probabilities (inf where only q is 0, 0 where p is 0), written with ``torch.where`` instead of
+    boolean indexing (which synchronizes with the GPU)."""
+    terms = p.probs * (p.logits - q.logits)
+    terms = torch.where(q.probs == 0, math.inf, terms)
+    return torch.where(p.probs == 0, 0.0, terms).sum(-1)
 
 
 def categorical_latent(logits):
@@ -49,7 +112,7 @@ def categorical_latent(logits):
 
     The event shape is ``(groups, classes)``; ``log_prob`` and ``kl_divergence`` sum over groups.
     """
-    base = OneHotStraightThrough(logits=logits.float(), validate_args=False)
+    base = OneHotStraightThrough(logits.float())
     return td.Independent(base, 1, validate_args=False)
 
 

@@ -4,6 +4,10 @@
 used only on CUDA (``torch.autocast``); on CPU every precision runs in float32, so the same config
 runs everywhere. ``"float16"`` also scales the loss with a ``GradScaler`` (SeMOPO trained in fp16);
 ``"bfloat16"`` needs no scaling.
+
+On CUDA, Adam runs fused (one kernel for all parameters); that is also what keeps float16 loss
+scaling free of host syncs (the GradScaler hands its inf/NaN flag to the fused kernel instead of
+reading it on the host at every step).
 """
 
 import contextlib
@@ -11,6 +15,8 @@ import contextlib
 import torch
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
+"""Adam options that choose how it computes, not what: a checkpoint's values do not replace ours."""
 
 
 def check_precision(precision):
@@ -62,7 +68,9 @@ class Optimizer:
         if not self.parameters:
             raise ValueError(f"optimizer {name!r} got no trainable parameters")
         self.clip = clip
-        self.optimizer = torch.optim.Adam(self.parameters, lr=lr, eps=eps, weight_decay=weight_decay)
+        fused = True if all(p.device.type == "cuda" for p in self.parameters) else None
+        self.optimizer = torch.optim.Adam(self.parameters, lr=lr, eps=eps, weight_decay=weight_decay,
+                                          fused=fused)
         scaling = uses_autocast(device, precision) and precision == "float16"
         self.scaler = torch.amp.GradScaler("cuda", enabled=scaling)
 
@@ -111,6 +119,25 @@ class Optimizer:
         return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state):
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned, saved on this device or another one.
+
+        Load the checkpoint on the CPU (``map_location="cpu"``): Adam's moments go to each
+        parameter's device, its step counters stay on the CPU (a step counter on the GPU would be
+        read back once per parameter per update) unless this optimizer is fused. The
+        implementation (fused or not) stays this optimizer's own. A run saved without loss scaling
+        (float32, bfloat16, or float16 on a CPU) leaves an empty scaler state: an active scaler then
+        starts from its initial scale, as a fresh run does.
+        """
+        own = [{key: group[key] for key in _IMPLEMENTATION_FLAGS if key in group}
+               for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        for group, flags in zip(self.optimizer.param_groups, own):
+            group.update(flags)
+            on_device = group.get("fused") or group.get("capturable")
+            for parameter in group["params"]:
+                step = self.optimizer.state.get(parameter, {}).get("step")
+                if torch.is_tensor(step):
+                    self.optimizer.state[parameter]["step"] = (
+                        step.to(parameter.device, torch.float32) if on_device else step.cpu())
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
