@@ -45,6 +45,13 @@ def make_episode(length: int = 501, action_dim: int = 6, seed: int = 0, *, termi
             "is_first": is_first, "is_last": is_last, "is_terminal": is_terminal}
 
 
+EVALUABLE_PROVENANCE = {"seed": 0, "distractor": {"kind": "procedural", "seed": 0,
+                                                  "num_frames": 200, "rgb": False},
+                        "env": {"composite": "segmentation", "render_quality": "fast"}}
+"""``write_tiny_dataset(..., provenance=EVALUABLE_PROVENANCE)``: a dataset whose evaluation
+environment the toolkit can rebuild (procedural background), for end-to-end train + evaluate tests."""
+
+
 def tiny_policy_id(policy_index: int) -> str:
     """Policy id used by :func:`write_tiny_dataset` for its ``policy_index``-th policy."""
     return f"policy-{policy_index:02d}"
