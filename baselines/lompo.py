@@ -63,9 +63,9 @@ from lqv_d4rl.networks import (
     preprocess_image,
 )
 from lqv_d4rl.networks.world_model import batch_to_tensors
+from lqv_d4rl.policies import LatentPolicy
 
 from . import config_checks as check
-from .latent_policy import LatentPolicy
 from .model_based import (
     RESUMABLE_FIELDS,
     RunBatches,

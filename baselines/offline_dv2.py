@@ -45,9 +45,9 @@ from lqv_d4rl.networks import (
     flatten_states,
     imagination_disagreement,
 )
+from lqv_d4rl.policies import LatentPolicy
 
 from . import config_checks as check
-from .latent_policy import LatentPolicy
 from .model_based import (
     RESUMABLE_FIELDS,
     RunBatches,

@@ -29,7 +29,6 @@ import importlib
 
 _LAZY_EXPORTS = {
     "SeMOPOAgent": "semopo.agent",
-    "SeMOPOPolicy": "semopo.agent",
     "PRESETS": "semopo.config",
     "ConfigError": "semopo.config",
     "SeMOPOConfig": "semopo.config",

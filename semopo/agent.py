@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from lqv_d4rl.networks import ActorCritic, BehaviorConfig, flatten_states
+from lqv_d4rl.policies import LatentPolicy
 
 from .config import SeMOPOConfig
 from .model import build_world_model
@@ -95,10 +95,12 @@ class SeMOPOAgent:
     # ----------------------------------------------------------------------------- acting
 
     def policy(self, *, sample=False):
-        """A :class:`SeMOPOPolicy` (sharing this agent's networks) that acts on environment
-        observations."""
+        """A :class:`lqv_d4rl.policies.LatentPolicy` (sharing this agent's networks) that acts on
+        environment observations: the endogenous encoder and posterior filter the latent state (the
+        exogenous branch is not needed to act), the actor plays its mode (``sample=True``
+        samples)."""
         model = self.world_model
-        return SeMOPOPolicy(model.encoder, model.rssm, self.behavior.actor, self.action_dim,
+        return LatentPolicy(model.encoder, model.rssm, self.behavior.actor, self.action_dim,
                             sample=sample)
 
     # ----------------------------------------------------------------------------- checkpoints
@@ -168,58 +170,6 @@ class SeMOPOAgent:
         state = torch.load(path / "checkpoint.pt" if path.is_dir() else path, map_location="cpu",
                            weights_only=True)
         return cls.from_state_dict(state.get("agent", state), device=device)
-
-
-class SeMOPOPolicy(nn.Module):
-    """Acts on environment observations, carrying the endogenous latent state between steps.
-
-    ``policy(observation) -> action``: ``observation`` is one ``(64, 64, 3)`` uint8 frame (as
-    ``make_env`` returns it); :meth:`reset` starts a new episode. The latent state is filtered with
-    the endogenous encoder and posterior only (the exogenous branch is not needed to act); the action
-    is the actor's mode (``sample=True`` samples instead). It holds just these three networks, so it
-    pickles small for evaluation workers.
-    """
-
-    def __init__(self, encoder, rssm, actor, action_dim, *, sample=False):
-        super().__init__()
-        self.encoder, self.rssm, self.actor = encoder, rssm, actor
-        self.action_dim = int(action_dim)
-        self.sample = sample
-        self.reset()
-
-    @property
-    def device(self):
-        """Where the networks live."""
-        return next(self.parameters()).device
-
-    def reset(self):
-        """Forget the episode so far."""
-        self._latent = None
-        self._action = None
-        return self
-
-    @torch.no_grad()
-    def forward(self, observation):
-        """The action for one ``(64, 64, 3)`` uint8 observation (float32 numpy array)."""
-        device = self.device
-        image = torch.as_tensor(np.asarray(observation), device=device)
-        if image.dtype != torch.uint8 or tuple(image.shape[-3:]) != (64, 64, 3):
-            raise ValueError(f"the policy acts on (64, 64, 3) uint8 observations, got "
-                             f"{tuple(image.shape)} {image.dtype}")
-        image = image.reshape(1, 64, 64, 3)
-        first = self._latent is None
-        if first:
-            self._latent = self.rssm.initial(1, device)
-            self._action = torch.zeros(1, self.action_dim, device=device)
-        is_first = torch.tensor([first], device=device)
-        # head=0: the posterior does not depend on the prior head, so no head is drawn here
-        self._latent, _ = self.rssm.obs_step(self._latent, self._action, self.encoder(image),
-                                             is_first, head=0)
-        dist = self.actor(self.rssm.features(self._latent))
-        self._action = (dist.rsample() if self.sample else dist.mode).float()
-        return self._action[0].cpu().numpy().astype(np.float32)
-
-    act = forward
 
 
 def _rssms(model):

@@ -1,5 +1,5 @@
-"""The acting policy of the latent-space baselines (Offline DV2, LOMPO): filter observations with the
-world model's encoder and posterior, act on the latent features.
+"""The acting policy of the latent-space algorithms (SeMOPO, Offline DV2, LOMPO): filter observations
+with the world model's encoder and posterior, act on the latent features.
 
 ``policy(observation) -> action`` takes one ``(64, 64, 3)`` uint8 frame (as ``make_env`` returns it)
 and keeps the latent state and the previous action between calls; :meth:`LatentPolicy.reset` starts
