@@ -46,6 +46,7 @@ from lqv_d4rl.networks import (
     imagination_disagreement,
 )
 from lqv_d4rl.policies import LatentPolicy
+from lqv_d4rl.samplers import mark_window_starts
 
 from . import config_checks as check
 from .model_based import (
@@ -338,13 +339,6 @@ class OfflineDV2Agent:
                     task=state["task"], device=device, seed=state["seed"])
         agent.load_state_dict(state)
         return agent
-
-
-def mark_window_starts(batch):
-    """Set ``is_first`` at the first entry of every window (in place; returns the batch), as
-    DreamerV2's replay does, so that each window starts from the zero state AND a zero action."""
-    batch["is_first"][:, 0] = True
-    return batch
 
 
 @torch.no_grad()

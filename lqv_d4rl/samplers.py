@@ -610,6 +610,14 @@ SEQUENCE_SAMPLERS = {
 }
 
 
+def mark_window_starts(batch):
+    """Set ``is_first`` at the first entry of every window of a sequence batch (in place, numpy or
+    torch; returns the batch), as DreamerV2's replay does: a world model then starts each window
+    from its initial state with a zero action, instead of a zero state fed the stored action."""
+    batch["is_first"][:, 0] = True
+    return batch
+
+
 def make_sequence_sampler(dataset, mode="random", *, batch_size=64, seq_len=50, seed=0, **options):
     """A sequence sampler of the given mode (``random``, ``conservative``, ``conservative_policy``,
     ``return_curriculum``).

@@ -18,6 +18,7 @@ import torch
 
 from lqv_d4rl.networks import ActorCritic, BehaviorConfig, flatten_states
 from lqv_d4rl.policies import LatentPolicy
+from lqv_d4rl.samplers import mark_window_starts
 
 from .config import SeMOPOConfig
 from .model import build_world_model
@@ -59,7 +60,7 @@ class SeMOPOAgent:
     def train_model_step(self, batch):
         """One world-model update on a sequence batch; returns detached scalar metric tensors."""
         self.world_model.train()
-        _, metrics = self.world_model.train_step(batch)
+        _, metrics = self.world_model.train_step(mark_window_starts(batch))
         self.model_updates += 1
         return _detached(metrics)
 
@@ -72,7 +73,7 @@ class SeMOPOAgent:
     def start_states(self, batch):
         """All posterior states of a batch, flattened to ``(B*T, ...)`` and detached."""
         with torch.no_grad():
-            post, _ = self.world_model.observe(batch)
+            post, _ = self.world_model.observe(mark_window_starts(batch))
         return flatten_states(post)
 
     def train_policy_step(self, batch):

@@ -24,7 +24,7 @@ import torch
 
 from lqv_d4rl.networks import imagination_disagreement, state_disagreement
 from lqv_d4rl.plots import image_grid, line_plot
-from lqv_d4rl.samplers import action_entropy, make_sequence_sampler
+from lqv_d4rl.samplers import action_entropy, make_sequence_sampler, mark_window_starts
 from lqv_d4rl.seeding import seeded_torch
 
 from .training import make_sampler
@@ -162,7 +162,7 @@ def run_analysis(agent, dataset, out_dir, *, seed=0, horizon=15):
     config = agent.config
     sampler = make_sequence_sampler(dataset, "random", batch_size=min(ANALYSIS_BATCH, config.batch_size),
                                     seq_len=config.seq_len, seed=seed, recycle=False)
-    batch = sampler.sample()
+    batch = mark_window_starts(sampler.sample())
     written = {}
     with seeded_torch(seed):
         written.update(_write_uncertainty(agent, batch, out_dir, horizon))

@@ -173,6 +173,21 @@ def test_policy_update_stays_finite_when_the_heads_agree_under_the_released_pena
     assert all(torch.isfinite(p).all() for p in agent.behavior.actor.parameters())
 
 
+def test_every_window_starts_from_the_initial_state_with_a_zero_action():
+    # as DreamerV2's replay (and so the released code) marks the first entry of each chunk
+    torch.manual_seed(0)
+    agent = semopo.SeMOPOAgent(6, tiny_config())
+    batch = random_batch(agent.config)
+    batch["is_first"][:, 0] = False  # a window that starts mid-episode
+    other = {key: value.copy() for key, value in batch.items()}
+    other["action"][:, 0] = -other["action"][:, 0]  # the stored previous action differs
+    starts = []
+    for item in (batch, other):
+        torch.manual_seed(1)  # the same latent samples
+        starts.append(agent.start_states(item)["deter"])
+    assert torch.equal(*starts) and batch["is_first"][:, 0].all()
+
+
 # ----------------------------------------------------------------------------------------------
 # Config
 # ----------------------------------------------------------------------------------------------
