@@ -21,7 +21,7 @@ from .format import (
     read_manifest, read_shard_table, state_dims_of,
     verify_shard,
 )
-from .folders import find_dataset_folder
+from .folders import find_dataset_folder, read_hub_record
 
 PROGRESS_MIN_BYTES = 512 * 2**20
 """Loads of more image bytes than this show a tqdm progress bar."""
@@ -413,6 +413,9 @@ def resolve_dataset_folder(source, root=None, download: bool = False) -> Path:
 def _open_source(item, root, download, verify, allow_partial) -> _Source:
     folder = resolve_dataset_folder(item, root, download)
     manifest = read_manifest(folder)
+    hub = read_hub_record(folder)
+    if hub is not None:  # where a downloaded dataset came from (its Hub commit) travels with it
+        manifest = dict(manifest, hub=hub)
     if not manifest.get("complete") and not allow_partial:
         raise CorruptDatasetError(
             f"dataset {manifest['dataset_id']!r} in {folder} is incomplete: its generation did "

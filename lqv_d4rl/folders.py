@@ -1,5 +1,6 @@
 """Finding a dataset's folder from what a user typed: an id under the dataset root, or a path."""
 
+import json
 import os
 from pathlib import Path
 
@@ -8,6 +9,18 @@ from .format import MANIFEST_NAME
 from .registry import (
     check_dataset_id, dataset_path, dataset_root, looks_like_registry_id, parse_dataset_id,
 )
+
+
+HUB_RECORD_NAME = ".hub.json"
+"""Written next to the manifest by a download: the repository, revision and commit it came from."""
+
+
+def read_hub_record(folder) -> dict | None:
+    """The ``.hub.json`` of a downloaded dataset folder (repo, revision, commit, ...), or None."""
+    try:
+        return json.loads((Path(folder) / HUB_RECORD_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def find_dataset_folder(source, root=None) -> Path:

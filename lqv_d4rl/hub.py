@@ -80,7 +80,7 @@ from .format import (
     sha256_file,
     verify_dataset,
 )
-from .folders import find_dataset_folder
+from .folders import HUB_RECORD_NAME, find_dataset_folder, read_hub_record
 from .locks import dataset_lock
 from .registry import check_dataset_id, dataset_path
 from .stats import STATISTIC_KEYS, format_bytes, return_statistics
@@ -91,7 +91,6 @@ DEFAULT_REPO_ID = "lqv-d4rl/lqv-d4rl"
 REPO_ENV_VAR = "LQV_D4RL_HUB_REPO"
 ENDPOINT_ENV_VAR = "LQV_D4RL_HUB_ENDPOINT"
 REPO_TYPE = "dataset"
-HUB_RECORD_NAME = ".hub.json"
 STATISTICS_NAME = "statistics.json"
 CARD_NAME = "README.md"
 FORMAT_TAG = f"format-v{FORMAT_VERSION}"
@@ -323,14 +322,6 @@ def _fetch_into(target: Path, dataset_id, settings: HubSettings, revision, force
     manifest = _checked_remote_manifest(manifest_file, dataset_id, pin)
     if not _keep_existing(target, local_manifest, manifest, pin, force):
         _materialize(target, manifest_file, manifest, pin, progress)
-
-
-def read_hub_record(folder) -> dict | None:
-    """The ``.hub.json`` of a downloaded dataset folder (repo, revision, commit, ...), or None."""
-    try:
-        return json.loads((Path(folder) / HUB_RECORD_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -311,7 +311,7 @@ def _check_can_continue(path, previous, record, algorithm, resume):
     if previous["seed"] != record["seed"]:
         raise ResumeMismatchError(f"the run in {path} was trained with seed {previous['seed']}, "
                                   f"not {record['seed']}; resume with --seed {previous['seed']}")
-    if previous["dataset"] != record["dataset"]:
+    if _identity(previous["dataset"]) != _identity(record["dataset"]):
         raise ResumeMismatchError(f"the run in {path} was trained on another dataset "
                                   f"({previous['dataset']['dataset_ids']}, "
                                   f"{previous['dataset']['episodes']} episodes); this one is "
@@ -320,6 +320,11 @@ def _check_can_continue(path, previous, record, algorithm, resume):
     if not same_device(previous.get("device", "cpu"), record["device"]):
         record["resumed_on"] = record["device"]
         record["device"] = previous["device"]
+
+
+def _identity(fingerprint):
+    """The parts of a dataset fingerprint that identify its data (not where it was fetched from)."""
+    return {key: value for key, value in fingerprint.items() if key != "hub_commits"}
 
 
 def _remove_run(path):

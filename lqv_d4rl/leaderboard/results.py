@@ -12,7 +12,6 @@ constants the paper's Table 1 was computed with, so the paper's numbers beside o
 with like (see :mod:`lqv_d4rl.scores`).
 """
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,7 +48,7 @@ class RunRecord:
     ``device``, ``train_seconds``, ``eval_seconds``, ``wall_seconds``, ``created``."""
 
 
-def read_run(spec, out, reference="paper_table1", dataset_folder=None):
+def read_run(spec, out, reference="paper_table1"):
     """The :class:`RunRecord` of ``spec`` (a :class:`~lqv_d4rl.leaderboard.grid.RunSpec`) in ``out``."""
     folder = spec.folder(out)
     record = RunRecord(spec.method, spec.dataset, spec.seed, "missing")
@@ -76,7 +75,7 @@ def read_run(spec, out, reference="paper_table1", dataset_folder=None):
         error = read_error(folder)
         if error is not None:
             record.status, record.error = "failed", error["message"]
-    record.provenance = _provenance(config, evaluation, dataset_folder)
+    record.provenance = _provenance(config, evaluation)
     return record
 
 
@@ -87,11 +86,9 @@ def _read_json(path):
         return None
 
 
-def _provenance(config, evaluation, dataset_folder):
+def _provenance(config, evaluation):
     fingerprint = config.get("dataset", {})
     commits = list(fingerprint.get("hub_commits") or [])
-    if not commits and dataset_folder is not None:
-        commits = _hub_commit_of_folder(dataset_folder, fingerprint.get("manifest_sha256"))
     train = evaluation.get("train_seconds") if evaluation else None
     evaluate = evaluation.get("seconds") if evaluation else None
     return {
@@ -110,27 +107,9 @@ def _provenance(config, evaluation, dataset_folder):
     }
 
 
-def _hub_commit_of_folder(folder, manifest_sha256):
-    """The Hub commit a dataset folder was downloaded from (``.hub.json``), if its shards are still
-    the ones the run was trained on (run configs of this version do not record the commit)."""
-    from ..format import read_manifest
-    from ..hub import read_hub_record
-
-    hub = read_hub_record(folder)
-    if hub is None:
-        return []
-    try:
-        shard_sums = [shard.get("sha256", "") for shard in read_manifest(folder)["shards"]]
-    except Exception:  # noqa: BLE001  (provenance is best effort; the table does not depend on it)
-        return []
-    same = hashlib.sha256("\n".join(shard_sums).encode()).hexdigest() == manifest_sha256
-    return [hub["commit"]] if same and hub.get("commit") else []
-
-
 def read_runs(grid, out):
     """Every run of ``grid`` in ``out``, as :class:`RunRecord` s in the grid's order."""
-    return [read_run(spec, out, grid.reference, grid.dataset_folders.get(spec.dataset))
-            for spec in grid.runs()]
+    return [read_run(spec, out, grid.reference) for spec in grid.runs()]
 
 
 # ---------------------------------------------------------------------------------- cells
