@@ -1,4 +1,9 @@
-"""``lqv-d4rl generate``: train TIA, record the random / medrep / medium datasets of a task.
+"""``lqv-d4rl generate``: train behaviour policies, record the random / medrep / medium datasets.
+
+Two behaviours: ``tia`` (the paper's recipe, below: TIA trained on the distracted images) and
+``sac-state`` (SAC trained on the states, V-D4RL's way, every episode rendered afterwards from its
+stored physics: a recipe for CPUs, :mod:`collectors.state_recipe`). Every step of every dataset
+stores its ``state`` and ``physics`` (format version 2).
 
 ``generate(task, levels=("random", "medrep", "medium"), ...)`` follows the paper's Appendix C:
 
@@ -56,6 +61,7 @@ from pathlib import Path
 
 from lqv_d4rl.errors import DatasetExistsError, LQVError
 from lqv_d4rl.format import DEFAULT_MAX_SHARD_BYTES, ShardWriter, read_manifest
+from lqv_d4rl.locks import dataset_locks
 from lqv_d4rl.registry import dataset_path, dataset_root, get_recipe
 from lqv_d4rl.tasks import LEVELS, get_task
 
@@ -110,6 +116,35 @@ class CollectionRecipe:
         return {**fields, "tia": dataclasses.asdict(self.tia)}
 
 
+BEHAVIOURS = {"tia": ("smoke", "paper"), "sac-state": ("cpu", "smoke")}
+"""Behaviour recipes and their presets (the first is the default)."""
+
+
+def behaviour_recipe(task, behaviour="tia", preset=None):
+    """The recipe of ``behaviour`` for ``preset`` (default: the behaviour's first preset):
+    a :class:`CollectionRecipe` for ``tia``, a ``collectors.state_recipe.StateRecipe`` for
+    ``sac-state``."""
+    if behaviour not in BEHAVIOURS:
+        raise GenerateError(f"behaviour must be one of {', '.join(BEHAVIOURS)}; got "
+                            f"{behaviour!r}")
+    presets = BEHAVIOURS[behaviour]
+    preset = presets[0] if preset is None else preset
+    if preset not in presets:
+        raise GenerateError(f"the {behaviour} behaviour has the presets {', '.join(presets)}; "
+                            f"got {preset!r}")
+    if behaviour == "tia":
+        return collection_recipe(task, preset)
+    from .state_recipe import state_recipe
+
+    return state_recipe(task, preset)
+
+
+def _is_state_recipe(recipe):
+    from .state_recipe import StateRecipe
+
+    return isinstance(recipe, StateRecipe)
+
+
 def collection_recipe(task, preset="smoke"):
     """The :class:`CollectionRecipe` of ``task`` for ``preset`` (``"smoke"`` or ``"paper"``)."""
     from .tia import TIAConfig
@@ -149,9 +184,9 @@ class GenerateResult:
     """Folder of the training checkpoint."""
 
 
-def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset="smoke", device="cpu",
+def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, device="cpu",
              workers=1, seed=0, overwrite=False, num_envs=None, recipe=None, progress=True,
-             max_shard_bytes=DEFAULT_MAX_SHARD_BYTES, backend="process"):
+             max_shard_bytes=DEFAULT_MAX_SHARD_BYTES, backend="process", behaviour="tia"):
     """Generate the datasets ``<task>-<level>`` for ``levels`` under the dataset root.
 
     Args:
@@ -159,7 +194,9 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset="smoke", 
         levels: any of ``"random"``, ``"medrep"``, ``"medium"``.
         root: dataset root (default ``$LQV_D4RL_ROOT`` or ``~/.lqv_d4rl``).
         video_dir: folder or glob of real driving videos; None uses the procedural video.
-        preset: ``"smoke"`` or ``"paper"`` (see the module docstring); ignored if ``recipe``.
+        preset: the behaviour's preset: ``"smoke"`` (default) or ``"paper"`` for TIA (see the
+            module docstring), ``"cpu"`` (default) or ``"smoke"`` for ``sac-state``
+            (collectors.state_recipe); ignored if ``recipe``.
         device: torch device of the TIA agents (``"cpu"`` or ``"cuda"``).
         workers: environment worker processes (1: step environments in this process). They are
             started with multiprocessing's ``spawn``: a script calling generate() with
@@ -172,6 +209,10 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset="smoke", 
         max_shard_bytes: passed to ShardWriter.
         backend: ``"process"`` (worker processes on this machine) or ``"ray"`` (Ray actors, see
             collectors.ray_workers; the observations, hence the datasets, are the same).
+        behaviour: ``"tia"`` (TIA trained on the distracted images, the paper's recipe) or
+            ``"sac-state"`` (SAC trained on states, V-D4RL's way, rendered afterwards: a CPU
+            recipe; :mod:`collectors.state_recipe`). With ``sac-state``, ``workers`` are render
+            processes and ``device``, ``num_envs`` and ``backend`` do not apply.
 
     Returns a :class:`GenerateResult`. Without ``overwrite``, finished datasets among the levels
     are skipped (an interrupted run is resumed), and DatasetExistsError is raised when every
@@ -182,33 +223,48 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset="smoke", 
     _check_device(device)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise GenerateError(f"seed must be a non-negative integer, got {seed!r}")
-    recipe = recipe if recipe is not None else collection_recipe(task, preset)
+    recipe = recipe if recipe is not None else behaviour_recipe(task, behaviour, preset)
+    behaviour = "sac-state" if _is_state_recipe(recipe) else "tia"
+    if behaviour == "sac-state" and spec.kind != "dmc":
+        raise GenerateError(f"the sac-state behaviour needs a dm_control task (its episodes are "
+                            f"rendered afterwards from stored physics states); {task} has none: "
+                            "use --behaviour tia")
     num_envs = int(num_envs or workers)
     root = dataset_root(root)
     folders = {level: dataset_path(f"{task}-{level}", root) for level in levels}
-    work_dir = root / ".work" / f"{task}-seed{seed}"
+    work_dir = root / ".work" / (f"{task}-seed{seed}" if behaviour == "tia"
+                                 else f"{task}-{behaviour}-seed{seed}")
     finished = _finished_levels(folders, overwrite)
     pending = [level for level in levels if level not in finished]
 
     from .vector_env import make_vector_env
 
-    pool = _video_pool(spec, video_dir, recipe.num_video_frames, seed)
-    provenance = _provenance(recipe, pool, seed=seed, num_envs=num_envs, device=device,
-                             video_dir=video_dir)
-    _check_finished_match(finished, provenance)
-    if progress and finished:
-        print(f"skipping finished datasets: {', '.join(f'{task}-{l}' for l in sorted(finished))}")
-    if overwrite and work_dir.exists() and {"medrep", "medium"} & set(pending):
-        shutil.rmtree(work_dir)
-    with _torch_threads(TORCH_THREADS), make_vector_env(
-            task, num_envs, workers=workers, seed=seed, backend=backend,
-            env_kwargs={"distractor": pool}) as venv:
-        job = _Job(task, spec, recipe, venv, root, work_dir, seed, device, overwrite, progress,
-                   provenance, max_shard_bytes)
-        if "random" in pending:
-            job.record_random(folders["random"])
-        if {"medrep", "medium"} & set(pending):
-            job.train_and_record(folders, pending)
+    with dataset_locks([*folders.values(), work_dir], "generate"):  # one writer per folder
+        pool = _video_pool(spec, video_dir, recipe.num_video_frames, seed)
+        provenance = _provenance(recipe, pool, seed=seed, num_envs=num_envs, device=device,
+                                 video_dir=video_dir, behaviour=behaviour)
+        _check_finished_match(finished, provenance)
+        if progress and finished:
+            skipped = ", ".join(f"{task}-{level}" for level in sorted(finished))
+            print(f"skipping finished datasets: {skipped}")
+        if overwrite and work_dir.exists() and {"medrep", "medium"} & set(pending):
+            shutil.rmtree(work_dir)
+        if behaviour == "sac-state":
+            from .state_recipe import StateJob
+
+            with _torch_threads(TORCH_THREADS):
+                StateJob(task, spec, recipe, workers, root, work_dir, seed, overwrite, progress,
+                         provenance, max_shard_bytes, pool).run(folders, pending)
+            return _summarize(task, folders, work_dir, progress)
+        with _torch_threads(TORCH_THREADS), make_vector_env(
+                task, num_envs, workers=workers, seed=seed, backend=backend,
+                env_kwargs={"distractor": pool}) as venv:
+            job = TIAJob(task, spec, recipe, venv, root, work_dir, seed, device, overwrite,
+                         progress, provenance, max_shard_bytes)
+            if "random" in pending:
+                job.record_random(folders["random"])
+            if {"medrep", "medium"} & set(pending):
+                job.train_and_record(folders, pending)
     return _summarize(task, folders, work_dir, progress)
 
 
@@ -223,19 +279,12 @@ def _check_levels(levels):
 
 def _check_device(device):
     """Raise GenerateError unless ``device`` is a torch device this machine has."""
-    import torch
+    from lqv_d4rl.torch_data import DeviceUnavailableError, check_device
 
     try:
-        torch_device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise GenerateError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
-    if torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise GenerateError(f"device {device!r} was asked for, but PyTorch sees no CUDA GPU here "
-                            f"(torch {torch.__version__}); use device='cpu' (--device cpu) or "
-                            "install a CUDA build of torch")
-    if torch_device.type == "cuda" and (torch_device.index or 0) >= torch.cuda.device_count():
-        raise GenerateError(f"device {device!r} does not exist: this machine has "
-                            f"{torch.cuda.device_count()} CUDA GPU(s)")
+        check_device(device)
+    except DeviceUnavailableError as err:
+        raise GenerateError(str(err)) from None
 
 
 @contextmanager
@@ -310,7 +359,7 @@ def _video_pool(spec, video_dir, num_frames, seed):
         raise GenerateError(f"cannot use --video-dir {video_dir!r}: {err}") from err
 
 
-def _provenance(recipe, pool, *, seed, num_envs, device, video_dir):
+def _provenance(recipe, pool, *, seed, num_envs, device, video_dir, behaviour):
     if pool is None:
         source = "none (the task has no distractor)"
     elif video_dir is None:
@@ -318,32 +367,48 @@ def _provenance(recipe, pool, *, seed, num_envs, device, video_dir):
     else:
         source = f"videos from {video_dir}"
     return json.loads(json.dumps({
-        "generator": "lqv-d4rl generate", "preset": recipe.preset, "seed": int(seed),
-        "num_envs": num_envs, "device": str(device), "torch_threads": TORCH_THREADS,
+        "generator": "lqv-d4rl generate", "behaviour": behaviour, "preset": recipe.preset,
+        "seed": int(seed), "num_envs": num_envs if behaviour == "tia" else None,
+        "device": str(device) if behaviour == "tia" else "cpu", "torch_threads": TORCH_THREADS,
         "distractor_source": source, "distractor": None if pool is None else pool.description,
         "env": {"composite": "segmentation", "render_quality": "fast"},
+        "render": {"composite": "segmentation", "render_quality": "fast",
+                   "num_video_frames": recipe.num_video_frames, "pool_seed": int(seed),
+                   "rgb_background": False},
         "recipe": recipe.describe(),
     }))
 
 
-class _Job:
-    """The state one generate() call shares between its levels."""
+class GenerateJob:
+    """What one generate() call shares between its levels: settings, writers, progress bars.
 
-    def __init__(self, task, spec, recipe, venv, root, work_dir, seed, device, overwrite,
-                 progress, provenance, max_shard_bytes):
-        self.task, self.spec, self.recipe, self.venv = task, spec, recipe, venv
-        self.root, self.work_dir, self.seed, self.device = root, work_dir, seed, device
+    The behaviours subclass it (:class:`TIAJob` here, ``collectors.state_recipe.StateJob``).
+    """
+
+    level_policies = {}
+    """level -> description of its behaviour policies (provenance ``level_policy``)."""
+
+    def __init__(self, task, spec, recipe, root, work_dir, seed, overwrite, progress, provenance,
+                 max_shard_bytes):
+        self.task, self.spec, self.recipe = task, spec, recipe
+        self.root, self.work_dir, self.seed = root, work_dir, seed
         self.overwrite, self.progress = overwrite, progress
         self.provenance, self.max_shard_bytes = provenance, max_shard_bytes
 
     def writer(self, folder, level, extra=None):
-        """A ShardWriter for ``level`` that resumes a partial dataset (or overwrites)."""
-        provenance = dict(self.provenance, level_policy=LEVEL_POLICIES[level], **(extra or {}))
+        """A ShardWriter for ``level`` that resumes a partial dataset (or overwrites); it stores
+        the task's ``state`` and ``physics`` arrays (lqv_d4rl.states)."""
+        from lqv_d4rl.states import physics_fields, state_fields
+
+        provenance = dict(self.provenance, level_policy=self.level_policies[level],
+                          **(extra or {}))
         try:
             return ShardWriter(folder, dataset_id=f"{self.task}-{level}", task=self.task,
                                level=level, action_dim=self.spec.action_dim,
                                provenance=provenance, max_shard_bytes=self.max_shard_bytes,
-                               overwrite=self.overwrite, resume=not self.overwrite)
+                               overwrite=self.overwrite, resume=not self.overwrite,
+                               state_fields=state_fields(self.task),
+                               physics_fields=physics_fields(self.task))
         except ValueError as err:
             raise GenerateError(f"{err} (CLI: rerun with the options of the interrupted run, or "
                                 "add --overwrite)") from err
@@ -356,6 +421,26 @@ class _Job:
 
         return tqdm(total=total, initial=initial, desc=description, unit="episode",
                     dynamic_ncols=True)
+
+
+class TIAJob(GenerateJob):
+    """The ``tia`` behaviour: TIA trained online on the distracted images (the paper's recipe)."""
+
+    def __init__(self, task, spec, recipe, venv, root, work_dir, seed, device, overwrite,
+                 progress, provenance, max_shard_bytes):
+        super().__init__(task, spec, recipe, root, work_dir, seed, overwrite, progress,
+                         provenance, max_shard_bytes)
+        self.venv, self.device = venv, device
+
+    level_policies = {
+        "random": "randomly initialized TIA agents (policy ids tia-initPP-seedS), exploration "
+                  "noise",
+        "medrep": "TIA training run from scratch until the medium band; policy id = snapshot "
+                  "(tia-seedS-stepNNNNNN, env steps) or tia-seedS-prefill (uniform random "
+                  "actions)",
+        "medium": "one fixed TIA snapshot (evaluation return in the medium band), no exploration "
+                  "noise",
+    }
 
     def record_random(self, folder):
         """Record the random level (see collectors.recorders.record_random)."""
@@ -409,17 +494,32 @@ class _Job:
             self.record_medium(folders["medium"], medium, run_info)
 
     def write_medrep(self, folder, replay, recorder, run_info):
-        """Write the selected training episodes (from the replay) as the medrep dataset."""
+        """Write the selected training episodes (from the replay) as the medrep dataset.
+
+        The replay keeps no states, so each episode's ``state`` and ``physics`` are computed
+        again by playing its actions from its seed (the simulators are deterministic; the
+        rewards must come out equal, which is checked).
+        """
+        from lqv_d4rl.envs import make_env
+        from lqv_d4rl.physics import StateSimulator
+
+        from .recorders import resimulate_states
+
         selected = recorder.select(self.recipe.medrep_episodes)
         extra = dict(run_info, medrep_selection={
             "training_episodes": len(recorder.episodes), "kept": len(selected),
             "rule": "evenly spaced over the run (all when fewer than medrep_episodes)"})
+        simulator = (StateSimulator(self.task) if self.spec.kind == "dmc"
+                     else make_env(self.task))
         with self.writer(folder, "medrep", extra) as writer:
             bar = self.bar(len(selected), writer.num_episodes, f"write {self.task}-medrep")
             for index in selected[writer.num_episodes:]:
-                writer.add_episode(replay.episode(index), **replay.episode_info(index))
+                steps, info = replay.episode(index), replay.episode_info(index)
+                states = resimulate_states(simulator, steps, info["seed"])
+                writer.add_episode({**steps, **states}, **info)
                 _advance(bar)
             _close(bar)
+        simulator.close()
 
     def record_medium(self, folder, medium, run_info):
         """Record the medium level with the tracked medium snapshot."""
@@ -442,13 +542,6 @@ RUN_SETTINGS = ("distractor", "device", "torch_threads")
 """Provenance entries a resumed training run must share with its checkpoint (the background
 and the arithmetic; the TIA config, seed and num_envs are checked by the trainer itself)."""
 
-LEVEL_POLICIES = {
-    "random": "randomly initialized TIA agents (policy ids tia-initPP-seedS), exploration noise",
-    "medrep": "TIA training run from scratch until the medium band; policy id = snapshot "
-              "(tia-seedS-stepNNNNNN, env steps) or tia-seedS-prefill (uniform random actions)",
-    "medium": "one fixed TIA snapshot (evaluation return in the medium band), no exploration noise",
-}
-
 
 class MediumPolicyTracker:
     """The trainer's ``on_evaluation``: keeps the snapshot closest to the medium band, says stop.
@@ -457,10 +550,18 @@ class MediumPolicyTracker:
     to the band than every earlier one (distance 0 inside ``[min, max]``); the run stops at the
     first evaluation with a return of at least ``min`` (the policy has reached medium). Without a
     band (smoke) every evaluation replaces the snapshot and the run never stops early.
+
+    ``rule`` says which return must reach ``min``: ``"mean"`` (the evaluation's mean return, as
+    for TIA) or ``"every_episode"`` (its lowest episode return: a policy that still falls now and
+    then does not count as medium yet). The mean must stay at most ``max`` either way.
     """
 
-    def __init__(self, band, work_dir):
-        self.band = band
+    RULES = ("mean", "every_episode")
+
+    def __init__(self, band, work_dir, rule="mean"):
+        if rule not in self.RULES:
+            raise ValueError(f"rule must be one of {', '.join(self.RULES)}; got {rule!r}")
+        self.band, self.rule = band, rule
         self.work_dir = Path(work_dir)
 
     def __call__(self, evaluation, agent):
@@ -472,17 +573,21 @@ class MediumPolicyTracker:
 
             write_json_atomically(self.work_dir / MEDIUM_POLICY_INFO, {
                 "policy_id": evaluation.policy_id, "policy_step": evaluation.env_steps,
-                "evaluation_return": evaluation.mean_return, "distance": distance,
-                "band": None if self.band is None else list(self.band),
+                "evaluation_return": evaluation.mean_return,
+                "evaluation_min": float(min(evaluation.returns)), "rule": self.rule,
+                "distance": distance, "band": None if self.band is None else list(self.band),
                 "in_band": self.band is not None and distance == 0.0})
-        return self.band is not None and evaluation.mean_return >= self.band[0]
+        return self.band is not None and self._lower_return(evaluation) >= self.band[0]
 
     def distance(self, evaluation):
-        """How far the evaluation return is from the band (smoke: later is closer)."""
+        """How far the evaluation is from the band (smoke: later is closer)."""
         if self.band is None:
             return -float(evaluation.env_steps)
         low, high = self.band
-        return max(low - evaluation.mean_return, evaluation.mean_return - high, 0.0)
+        return max(low - self._lower_return(evaluation), evaluation.mean_return - high, 0.0)
+
+    def _lower_return(self, evaluation):
+        return evaluation.mean_return if self.rule == "mean" else float(min(evaluation.returns))
 
     def load_info(self):
         """The saved snapshot's info dict, or None before the first evaluation."""
@@ -525,5 +630,6 @@ def episode_counts(recipe):
             "medrep": recipe.medrep_episodes, "medium": recipe.medium_episodes}
 
 
-__all__ = ["CollectionRecipe", "GenerateError", "GenerateResult", "MediumPolicyTracker",
-           "PRESETS", "collection_recipe", "episode_counts", "generate"]
+__all__ = ["BEHAVIOURS", "CollectionRecipe", "GenerateError", "GenerateJob", "GenerateResult",
+           "MediumPolicyTracker", "PRESETS", "TIAJob", "behaviour_recipe", "collection_recipe",
+           "episode_counts", "generate"]

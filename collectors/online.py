@@ -19,13 +19,21 @@ evaluation happen between rounds, so each episode is played by one fixed snapsho
 training episode is reported through ``on_episode(steps, policy_id, policy_step, seed, video_ids,
 index)`` (``index``: its position in the replay).
 
-Checkpoints (``<work_dir>/``): ``agent-<env steps>.pt`` (networks, optimizers, generators),
-``replay/episodes-*.npz`` (append-only chunks of episodes) and ``state.json`` (counters,
-evaluations, the replay's sampling generator), written last and atomically: it is the commit point.
-A new trainer on the same ``work_dir`` continues from the last checkpoint and, because every round
-is seeded from its position, produces exactly what the uninterrupted run would have. After a
-resume, the restored episodes are reported to ``on_episode`` again first, so a consumer always sees
-the whole run.
+Metrics: every metric that ``agent.update`` returns is averaged over the updates of a training
+point and kept (:attr:`OnlineTrainer.metrics`, the latest in the progress bar's postfix) and
+written to ``<work_dir>/metrics.csv`` (``lqv_d4rl.runs`` format: ``phase,step,metric,value`` with
+step = environment steps): phase ``train`` (the update metrics, ``updates`` and
+``updates_per_second``), ``episode`` (``return`` of each training episode) and ``eval``
+(``return``, the mean over the evaluation's episodes).
+
+Checkpoints (``<work_dir>/``, every ``checkpoint_every`` environment steps and at the end):
+``agent-<env steps>.pt`` (networks, optimizers, generators), ``replay/episodes-*.npz``
+(append-only chunks of episodes) and ``state.json`` (counters, evaluations, the replay's sampling
+generator), written last and atomically: it is the commit point. A new trainer on the same
+``work_dir`` continues from the last checkpoint (metrics rows logged after it are dropped) and,
+because every round is seeded from its position, produces exactly what the uninterrupted run would
+have. After a resume, the restored episodes are reported to ``on_episode`` again first, so a
+consumer always sees the whole run.
 """
 
 import json
@@ -36,12 +44,15 @@ import numpy as np
 
 from lqv_d4rl.errors import LQVError
 from lqv_d4rl.format import write_json_atomically
+from lqv_d4rl.runs import METRICS_NAME, MetricMeter, MetricsLog, read_metrics
 
 from .recorders import UniformRandomPolicy, derived_seed, play_episodes, play_round
 from .replay import EpisodeReplay
 
 STATE_NAME = "state.json"
 STATE_VERSION = 1
+DEFAULT_CHECKPOINT_EVERY = 10_000
+"""Environment steps between checkpoints (a DMC training run: one per 10 episodes)."""
 
 
 class CheckpointError(LQVError, RuntimeError):
@@ -94,17 +105,21 @@ class OnlineTrainer:
         device: torch device of the agent.
         max_env_steps: budget of the run (default ``config.total_steps``).
         max_episode_steps: cut episodes after this many agent steps (smoke runs), else the task's.
-        checkpoint_every: environment steps between checkpoints (0: after every round).
+        checkpoint_every: environment steps between checkpoints (0: after every round); there is
+            always one at the end of the run.
         on_episode: ``(steps, policy_id, policy_step, seed, video_ids, index)`` per episode.
         on_evaluation: ``(Evaluation, agent) -> bool``; True ends the run.
         progress: show a tqdm bar.
         settings: JSON-able settings the environments were made with (e.g. the background
             pool's description) that a resumed run must share with the checkpoint.
+        action_repeat: environment steps per agent step; ``None`` takes the task's
+            (``lqv_d4rl.tasks``). For vector envs of tasks outside the registry (a learning check's
+            own cartpole).
     """
 
     def __init__(self, config, venv, *, work_dir, seed=0, device="cpu", max_env_steps=None,
-                 max_episode_steps=None, checkpoint_every=0, on_episode=None,
-                 on_evaluation=None, progress=True, settings=None):
+                 max_episode_steps=None, checkpoint_every=DEFAULT_CHECKPOINT_EVERY, on_episode=None,
+                 on_evaluation=None, progress=True, settings=None, action_repeat=None):
         from lqv_d4rl.tasks import get_task
 
         self.config = config
@@ -112,7 +127,7 @@ class OnlineTrainer:
         self.work_dir = Path(work_dir)
         self.seed = int(seed)
         self.device = device
-        self.action_repeat = get_task(venv.task).action_repeat
+        self.action_repeat = int(action_repeat or get_task(venv.task).action_repeat)
         self.max_env_steps = int(max_env_steps if max_env_steps is not None
                                  else config.total_steps)
         self.max_episode_steps = max_episode_steps
@@ -125,6 +140,10 @@ class OnlineTrainer:
         self.agent = None
         self.replay = None
         self.state = None
+        self.metrics_log = MetricsLog(self.work_dir / METRICS_NAME)
+        self.metrics = []
+        """One dict per training point since this trainer started: ``env_steps``, ``updates``,
+        ``updates_per_second`` and the mean of every metric ``agent.update`` returned."""
         self._last_checkpoint_steps = -1
         self._saved_count = 0  # replay episodes already in chunk files
 
@@ -174,15 +193,16 @@ class OnlineTrainer:
         episodes = play_round(self.venv, policy, seeds, explore=True,
                               max_episode_steps=self.max_episode_steps,
                               noise_seed=derived_seed(self.seed, "noise", 0, first))
-        collected = 0
+        start_steps = state.env_steps
         for episode in episodes:
             index = self.replay.add_episode(episode.steps, policy_id=policy_id,
                                             policy_step=policy_step, seed=episode.seed,
                                             video_ids=episode.video_ids)
-            collected += episode.num_agent_steps * self.action_repeat
+            state.env_steps += episode.num_agent_steps * self.action_repeat
+            self.metrics_log.write("episode", state.env_steps, {"return": episode.episode_return})
             self._report(index)
         state.episodes = len(self.replay)
-        state.env_steps += collected
+        collected = state.env_steps - start_steps
         if state.pretrained:
             state.train_credit += collected
 
@@ -200,10 +220,18 @@ class OnlineTrainer:
         self._update(points * config.train_steps)
 
     def _update(self, count):
-        for _ in range(count):
-            batch = self.replay.sample(self.config.batch_size, self.config.seq_len)
-            self.agent.update(batch)
-            self.state.updates += 1
+        if count <= 0:
+            return
+        meter = MetricMeter()
+        # the next batches are drawn while the agent trains (no episode is added meanwhile)
+        with self.replay.batches(count, self.config.batch_size, self.config.seq_len,
+                                 self.device) as batches:
+            for batch in batches:
+                meter.add(self.agent.update(batch))
+                self.state.updates += 1
+        row = {"updates": self.state.updates, **meter.flush()}
+        self.metrics_log.write("train", self.state.env_steps, row)
+        self.metrics.append({"env_steps": self.state.env_steps, **row})
 
     def _evaluate_if_due(self):
         state = self.state
@@ -228,6 +256,7 @@ class OnlineTrainer:
             explore=False, max_episode_steps=self.max_episode_steps, index_offset=offset)]
         evaluation = Evaluation(state.env_steps, self.snapshot_id(state.env_steps), returns)
         state.evaluations.append(asdict(evaluation))
+        self.metrics_log.write("eval", state.env_steps, {"return": evaluation.mean_return})
         return evaluation
 
     def _report(self, index):
@@ -244,6 +273,7 @@ class OnlineTrainer:
         state_path = self.work_dir / STATE_NAME
         if not state_path.is_file():
             self.work_dir.mkdir(parents=True, exist_ok=True)
+            self.metrics_log.path.unlink(missing_ok=True)  # rows of a run that never checkpointed
             self.state = TrainerState()
             self.agent = TIAAgent(self.config, self.venv.action_dim, device=self.device,
                                   seed=derived_seed(self.seed, "agent"))
@@ -266,6 +296,22 @@ class OnlineTrainer:
         self.replay.rng.bit_generator.state = self.state.replay_rng
         self._last_checkpoint_steps = self.state.env_steps
         self._saved_count = len(self.replay)
+        self._drop_metrics_after(self.state.env_steps)
+
+    def _drop_metrics_after(self, env_steps):
+        """Remove the metrics rows logged after the checkpoint (the resumed run logs them again)."""
+        path = self.metrics_log.path
+        if not path.is_file():
+            return
+        kept = [row for row in read_metrics(path) if row["step"] <= env_steps]
+        temporary = MetricsLog(path.with_name(path.name + ".tmp"))
+        temporary.path.unlink(missing_ok=True)
+        for row in kept:
+            temporary.write(row["phase"], row["step"], {row["metric"]: row["value"]})
+        if kept:
+            temporary.path.replace(path)
+        else:
+            path.unlink()
 
     def _run_settings(self):
         """What must not change between a checkpoint and the run that resumes it."""
@@ -313,6 +359,9 @@ class OnlineTrainer:
         postfix = {"episodes": self.state.episodes, "updates": self.state.updates}
         if self.state.evaluations:
             postfix["eval return"] = f"{Evaluation(**self.state.evaluations[-1]).mean_return:.1f}"
+        if self.metrics:
+            postfix.update({name: f"{value:.3g}" for name, value in self.metrics[-1].items()
+                            if name not in ("env_steps", "updates")})
         bar.set_postfix(postfix, refresh=False)
 
 

@@ -22,16 +22,25 @@ The levels (``record_random``, ``record_policy``, and the medrep selection in
 
 :class:`EpisodeBuilder` turns env outputs into the entry convention of the format: entry 0 is the
 observation after reset with zero action, zero reward, discount 1 and is_first; then one entry per
-agent step; is_last on the final entry; is_terminal when the env terminated (discount 0).
+agent step; is_last on the final entry; is_terminal when the env terminated (discount 0). It also
+keeps the ``state`` and ``physics`` vectors the environment reports in its info dicts
+(``info["state"]``, ``info["physics_state"]``), which every dataset of format version 2 stores.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
+from lqv_d4rl.format import STATE_DTYPES
+
 # Independent random streams of one generation seed (see episode_seed).
 STREAMS = {"random": 11, "medrep": 12, "medium": 13, "eval": 14, "random_policy": 15,
            "noise": 16, "agent": 17}
+
+
+_STATE_INFO_KEYS = {"state": "state", "physics": "physics_state"}
+"""Dataset array -> the env info entry that carries it."""
 
 
 def derived_seed(seed, stream, *indices):
@@ -48,38 +57,59 @@ class EpisodeBuilder:
     "is_terminal"}`` with the format's dtypes.
     """
 
-    def __init__(self, first_obs, action_dim, video_id=-1):
-        self.images = [np.asarray(first_obs, np.uint8)]
+    def __init__(self, first_obs, action_dim, video_id=-1, info=None):
+        self.images = [] if first_obs is None else [np.asarray(first_obs, np.uint8)]
         self.actions = [np.zeros(action_dim, np.float32)]
         self.rewards = [0.0]
         self.discounts = [1.0]
         self.terminated = False
         self.video_ids = []
+        self.states = {key: [] for key, info_key in _STATE_INFO_KEYS.items()
+                       if info is not None and info_key in info}
         self._note_video(video_id)
+        self._note_states(info)
 
     def __len__(self):
         """Entries so far (agent steps + 1)."""
-        return len(self.images)
+        return len(self.actions)
 
-    def add(self, action, obs, reward, *, discount=1.0, terminated=False, video_id=-1):
-        """Append the entry of one agent step: ``action`` led to ``obs`` and ``reward``."""
-        self.images.append(np.asarray(obs, np.uint8))
+    def add(self, action, obs, reward, *, discount=1.0, terminated=False, video_id=-1,
+            info=None):
+        """Append the entry of one agent step: ``action`` led to ``obs`` and ``reward``
+        (``obs`` None: no image, e.g. a physics-only rollout rendered later)."""
+        if obs is not None:
+            self.images.append(np.asarray(obs, np.uint8))
         self.actions.append(np.asarray(action, np.float32))
         self.rewards.append(float(reward))
         self.discounts.append(0.0 if terminated else float(discount))
         self.terminated = bool(terminated)
         self._note_video(video_id)
+        self._note_states(info)
 
     def finish(self):
-        """The episode's step dict (is_last on the final entry, is_terminal if it terminated)."""
-        length = len(self.images)
+        """The episode's step dict (is_last on the final entry, is_terminal if it terminated);
+        without images it has no ``image`` key."""
+        length = len(self.actions)
         flags = {name: np.zeros(length, bool) for name in ("is_first", "is_last", "is_terminal")}
         flags["is_first"][0] = True
         flags["is_last"][-1] = True
         flags["is_terminal"][-1] = self.terminated
-        return {"image": np.stack(self.images), "action": np.stack(self.actions),
+        images = {"image": np.stack(self.images)} if self.images else {}
+        return {**images, "action": np.stack(self.actions),
                 "reward": np.array(self.rewards, np.float32),
                 "discount": np.array(self.discounts, np.float32), **flags}
+
+    def finish_states(self):
+        """The ``state`` (float32) and ``physics`` (float64) arrays the infos carried."""
+        return {key: np.stack(values).astype(STATE_DTYPES[key])
+                for key, values in self.states.items()}
+
+    def _note_states(self, info):
+        for key, values in self.states.items():
+            if info is None or _STATE_INFO_KEYS[key] not in info:
+                raise ValueError(f"the environment reported {key!r} at the start of the episode "
+                                 "but not at this step")
+            values.append(np.asarray(info[_STATE_INFO_KEYS[key]]))
 
     def _note_video(self, video_id):
         # The background clips seen, in order of first appearance (-1 = no distractor).
@@ -97,6 +127,13 @@ class RecordedEpisode:
     """The environment seed it was reset with."""
     video_ids: list
     """Background clip ids seen, in order of first appearance."""
+    states: dict = dataclasses.field(default_factory=dict)
+    """The ``state`` / ``physics`` arrays (format version 2) the environment reported."""
+
+    @property
+    def all_steps(self):
+        """:attr:`steps` and :attr:`states` in one dict (what a ShardWriter with states takes)."""
+        return {**self.steps, **self.states}
 
     @property
     def num_agent_steps(self):
@@ -156,7 +193,7 @@ def play_round(venv, policy, seeds, *, explore, max_episode_steps=None, noise_se
     num_envs = venv.num_envs
     seed_policy_noise(policy, noise_seed)
     obs, infos = venv.reset(seeds)
-    builders = [EpisodeBuilder(obs[i], venv.action_dim, infos[i].get("video_id", -1))
+    builders = [EpisodeBuilder(obs[i], venv.action_dim, infos[i].get("video_id", -1), infos[i])
                 for i in range(num_envs)]
     active = np.ones(num_envs, bool)
     is_first = np.ones(num_envs, bool)
@@ -169,13 +206,15 @@ def play_round(venv, policy, seeds, *, explore, max_episode_steps=None, noise_se
         for i in np.flatnonzero(active):
             builder = builders[i]
             builder.add(actions[i], obs[i], rewards[i], discount=infos[i].get("discount", 1.0),
-                        terminated=terminated[i], video_id=infos[i].get("video_id", -1))
+                        terminated=terminated[i], video_id=infos[i].get("video_id", -1),
+                        info=infos[i])
             last_obs[i] = obs[i]
             time_limit = max_episode_steps is not None and len(builder) - 1 >= max_episode_steps
             if terminated[i] or truncated[i] or time_limit:
                 active[i] = False
         is_first[:] = False
-    return [RecordedEpisode(builder.finish(), int(seed), builder.video_ids)
+    return [RecordedEpisode(builder.finish(), int(seed), builder.video_ids,
+                            builder.finish_states())
             for builder, seed in zip(builders, seeds)]
 
 
@@ -219,7 +258,7 @@ def record_random(venv, writer, make_agent, *, num_policies, episodes_per_policy
         for _, episode in play_episodes(
                 venv, agent, resume_from, episodes_per_policy, seed=seed, stream="random",
                 explore=explore, max_episode_steps=max_episode_steps, index_offset=first):
-            writer.add_episode(episode.steps, policy_id=policy_id, policy_step=-1,
+            writer.add_episode(episode.all_steps, policy_id=policy_id, policy_step=-1,
                                seed=episode.seed, video_ids=episode.video_ids)
             _advance(progress)
     return total
@@ -234,7 +273,7 @@ def record_policy(venv, writer, policy, *, policy_id, policy_step, episodes, see
     for _, episode in play_episodes(venv, policy, writer.num_episodes, episodes, seed=seed,
                                     stream="medium", explore=explore,
                                     max_episode_steps=max_episode_steps):
-        writer.add_episode(episode.steps, policy_id=policy_id, policy_step=policy_step,
+        writer.add_episode(episode.all_steps, policy_id=policy_id, policy_step=policy_step,
                            seed=episode.seed, video_ids=episode.video_ids)
         _advance(progress)
     return episodes
@@ -275,6 +314,27 @@ def select_medrep_episodes(indices, count):
         return indices
     positions = np.round(np.linspace(0, len(indices) - 1, count)).astype(np.int64)
     return [indices[p] for p in positions]
+
+
+def resimulate_states(env, steps, seed):
+    """The ``state`` and ``physics`` arrays of a recorded episode, by playing its actions again.
+
+    ``env`` is reset with the episode's ``seed`` and stepped with its stored actions (a
+    ``lqv_d4rl.physics.StateSimulator`` for dm_control, else the task's env); the simulators are
+    deterministic, so this gives the states the episode went through. Raises RuntimeError when a
+    reward differs from the stored one (then the episode was not played in this environment).
+    """
+    _, info = env.reset(seed=int(seed))
+    builder = EpisodeBuilder(None, env.action_space.shape[0], info=info)
+    for t, (action, stored) in enumerate(zip(steps["action"][1:], steps["reward"][1:]), start=1):
+        _, reward, terminated, _, info = env.step(action)
+        if np.float32(reward) != stored:
+            raise RuntimeError(f"replaying the episode of seed {seed}: entry {t} gives reward "
+                               f"{reward}, the episode stored {stored}; it was not played in "
+                               "this environment")
+        builder.add(action, None, reward, discount=info["discount"], terminated=terminated,
+                    info=info)
+    return builder.finish_states()
 
 
 def _advance(progress):

@@ -109,12 +109,25 @@ class EpisodeReplay:
     def sample(self, batch_size, seq_len):
         """A batch of ``batch_size`` windows of ``seq_len`` entries, uniform over all valid windows
         (lqv_d4rl.samplers.SequenceSampler, mode ``random``); never crosses an episode."""
+        return self._sequence_sampler(batch_size, seq_len).sample()
+
+    def batches(self, count, batch_size, seq_len, device="cpu"):
+        """The next ``count`` batches of :meth:`sample` (the same ones, in the same order) as tensors
+        on ``device``, drawn ahead by a background thread (pinned memory for a GPU) while the caller
+        trains on the previous ones: a :class:`lqv_d4rl.torch_data.TorchBatchIterator`, to use as a
+        context manager. Add no episode before it is exhausted or closed."""
+        from lqv_d4rl.torch_data import TorchBatchIterator
+
+        return TorchBatchIterator(self._sequence_sampler(batch_size, seq_len), device=device,
+                                  num_batches=count)
+
+    def _sequence_sampler(self, batch_size, seq_len):
         sampler = self._sampler
         if sampler is None or (sampler.batch_size, sampler.seq_len) != (batch_size, seq_len):
             # The sampler draws from self.rng itself (default_rng returns a Generator unchanged).
             sampler = SequenceSampler(self, batch_size=batch_size, seq_len=seq_len, seed=self.rng)
             self._sampler = sampler
-        return sampler.sample()
+        return sampler
 
     # -- checkpoints ---------------------------------------------------------------------------
 

@@ -92,8 +92,12 @@ class TIAConfig:
     """Width of the RSSMs' input, prior and posterior layers (Dreamer-v1 uses the deter size)."""
     min_std: float = 0.1
     """Lower bound of the latent standard deviation (Dreamer-v1)."""
+    cell: str = "gru"
+    """GRU cell of both RSSMs: ``"gru"``, the standard GRU of Dreamer-v1 / TIA (Keras
+    ``GRUCell``), or ``"dreamerv2"``, DreamerV2's variant (reset gate on the whole candidate input,
+    update-gate bias -1; the cell of checkpoints written before this option existed)."""
     gru_layer_norm: bool = False
-    """Layer-normalize the GRU gates (DreamerV2); Dreamer-v1 / TIA use a plain GRU."""
+    """Layer-normalize the gates of the ``"dreamerv2"`` cell (DreamerV2 does)."""
     units: int = 400
     """Width of the dense heads (reward, distractor reward, actor, value)."""
     reward_layers: int = 2
@@ -188,6 +192,8 @@ class TIAConfig:
         """Raise :class:`TIAInputError` for a setting that cannot work (the message names the field)."""
         if self.cnn_activation not in ("relu", "elu"):
             raise TIAInputError(f"cnn_activation must be 'relu' or 'elu', got {self.cnn_activation!r}")
+        if self.cell not in ("gru", "dreamerv2"):
+            raise TIAInputError(f"cell must be 'gru' or 'dreamerv2', got {self.cell!r}")
         for name in ("cnn_depth", "distractor_cnn_depth", "deter", "stoch", "distractor_deter",
                      "distractor_stoch", "hidden", "units", "reward_layers", "distractor_reward_layers",
                      "actor_layers", "critic_layers", "horizon", "batch_size", "seq_len", "train_every",
@@ -366,7 +372,8 @@ class TIAAgent(nn.Module):
     # ------------------------------------------------------------------------------ learning
 
     def update(self, batch: dict) -> dict:
-        """One TIA update on a batch of sequences; returns metrics as floats.
+        """One TIA update on a batch of sequences; returns metrics as 0-dim float32 tensors on the
+        agent's device.
 
         In order: observe both branches; fit the distractor reward head on stop-gradient distractor
         features; one backward pass of both branch losses, each parameter group stepped by its own
@@ -386,10 +393,10 @@ class TIAAgent(nn.Module):
             start = flatten_states(detach_states(observed["task_post"]))
             metrics.update(self.behavior.train_step(start, model.task_rssm.imagine, self._imagined_reward))
         self.updates += 1
-        names = list(metrics)
-        values = torch.stack([torch.as_tensor(metrics[name], dtype=torch.float32, device=self.device).reshape(())
-                              for name in names]).tolist()
-        return dict(zip(names, values))
+        # tensors, not floats: reading them here would wait for the GPU at every update; the
+        # training loop's MetricMeter reads them back once per logged row
+        return {name: torch.as_tensor(value, dtype=torch.float32, device=self.device).detach().reshape(())
+                for name, value in metrics.items()}
 
     def _step_world_model(self, objective):
         """Compute all world-model gradients in one backward pass, then step each group's optimizer.
@@ -502,7 +509,8 @@ class TIAAgent(nn.Module):
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise TIAInputError(f"{path} is not a TIA checkpoint written by TIAAgent.save")
         known = {field.name for field in dataclasses.fields(TIAConfig)}
-        config = TIAConfig(**{key: value for key, value in checkpoint["config"].items() if key in known})
+        saved = {"cell": "dreamerv2", **checkpoint["config"]}  # older checkpoints: DreamerV2's cell
+        config = TIAConfig(**{key: value for key, value in saved.items() if key in known})
         agent = cls(config, checkpoint["action_dim"], device=device, seed=checkpoint["seed"])
         agent.load_state_dict(checkpoint["networks"])
         for name, optimizer in agent._optimizers().items():

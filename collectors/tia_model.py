@@ -100,7 +100,7 @@ class TIAWorldModel(nn.Module):
     def _rssm(self, embed_dim, action_dim, deter, stoch):
         cfg = self.config
         return RSSM(embed_dim, action_dim, deter=deter, stoch=stoch, classes=None, hidden=cfg.hidden,
-                    min_std=cfg.min_std, layer_norm=cfg.gru_layer_norm)
+                    min_std=cfg.min_std, cell=cfg.cell, layer_norm=cfg.gru_layer_norm)
 
     # ------------------------------------------------------------------------ parameter groups
 

@@ -56,7 +56,7 @@ class EnvGroup:
         """Reset every environment of the group; ``seeds`` holds one seed (or None) per env."""
         results = [env.reset(seed=None if seed is None else int(seed))
                    for env, seed in zip(self.envs, seeds)]
-        return np.stack([obs for obs, _ in results]), [_small_info(info) for _, info in results]
+        return np.stack([obs for obs, _ in results]), [info for _, info in results]
 
     def step(self, actions, active):
         """Step the environments whose ``active`` entry is True; return their results in order."""
@@ -64,7 +64,7 @@ class EnvGroup:
         for env, action, is_active in zip(self.envs, actions, active):
             if is_active:
                 obs, reward, terminated, truncated, info = env.step(action)
-                results.append((obs, reward, terminated, truncated, _small_info(info)))
+                results.append((obs, reward, terminated, truncated, info))
             else:
                 results.append(None)
         return results
@@ -73,11 +73,6 @@ class EnvGroup:
         """Close every environment of the group."""
         for env in self.envs:
             env.close()
-
-
-def _small_info(info):
-    """The info entries worth sending between processes (the physics state is left out)."""
-    return {key: value for key, value in info.items() if key != "physics_state"}
 
 
 def split_indices(num_envs, workers):

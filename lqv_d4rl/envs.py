@@ -31,6 +31,7 @@ import numpy as np
 import distractors
 
 from .errors import LQVError
+from .states import car_state, flatten_observation
 from .tasks import TaskSpec, get_task
 
 COMPOSITE_MODES = ("segmentation", "color")
@@ -56,7 +57,7 @@ class EpisodeOverError(LQVError, RuntimeError):
 
 
 def make_env(task, *, distractor="procedural", composite="segmentation", rgb_background=False,
-             seed=0, size=64, render_quality="fast", num_video_frames=1000):
+             seed=0, size=64, render_quality="fast", num_video_frames=1000, video_seed=None):
     """Create the environment of benchmark ``task`` (see ``lqv_d4rl.tasks.TASKS``).
 
     Args:
@@ -76,10 +77,19 @@ def make_env(task, *, distractor="procedural", composite="segmentation", rgb_bac
             capsules: ``FAST_RENDER_SETTINGS``) or ``"default"`` (dm_control's own settings).
         num_video_frames: frames in the background pool (``rgb_background`` and
             ``num_video_frames`` are ignored when ``distractor`` is a ready ``VideoPool``).
+        video_seed: seeds the background pool instead of ``seed`` (the procedural video, the
+            video file order). The gymnasium ids fix it (``lqv_d4rl.gym_registration``), so that
+            ``reset(seed=)`` alone decides an episode.
 
     Returns:
         an :class:`LQVEnv`: ``reset(seed=None) -> (obs, info)``,
-        ``step(action) -> (obs, reward, terminated, truncated, info)``; obs is (size, size, 3) uint8.
+        ``step(action) -> (obs, reward, terminated, truncated, info)``; obs is (size, size, 3) uint8;
+        ``metadata["render_fps"]`` is the agent steps per simulated second. ``info`` holds
+        ``background_frame`` (index into ``env.video_pool`` of the video frame behind this
+        observation; -1 without a background), ``video_id`` (the clip that frame belongs to, -1
+        without), ``discount`` (0.0 when the episode truly ended), ``state`` (the low-dimensional
+        observation of the same moment) and, for dm_control tasks, ``physics_state``
+        (``physics.get_state()``, enough to restore the simulator).
     """
     spec = get_task(task)
     seed = _checked_seed(seed)
@@ -91,8 +101,9 @@ def make_env(task, *, distractor="procedural", composite="segmentation", rgb_bac
         return CarRacingEnv(spec, seed=seed, size=size)
     pool = None
     if spec.has_distractor and distractor is not None:
+        video_seed = seed if video_seed is None else _checked_seed(video_seed)
         pool = _load_video_pool(distractor, num_frames=num_video_frames, size=size,
-                                rgb=rgb_background, seed=seed)
+                                rgb=rgb_background, seed=video_seed)
     return DMCEnv(spec, video_pool=pool, composite=composite, seed=seed, size=size,
                   render_quality=render_quality)
 
@@ -125,6 +136,11 @@ def _load_video_pool(distractor, *, num_frames, size, rgb, seed):
                              f"VideoPool or None; got {type(distractor).__name__}")
     return distractors.make_video_pool(distractor, num_frames=num_frames, size=size, rgb=rgb,
                                        seed=seed)
+
+
+def _steps_per_second(agent_step_seconds):
+    """Frames per second of a video that shows every agent step (``metadata["render_fps"]``)."""
+    return round(1.0 / agent_step_seconds, 6)
 
 
 def derive_seed(seed, stream):
@@ -209,6 +225,8 @@ class DMCEnv(LQVEnv):
         super().__init__(spec_task, seed=seed, size=size, video_pool=video_pool)
         self._dm_env = suite.load(spec_task.domain, spec_task.task,
                                   task_kwargs={"random": int(seed)})
+        self.metadata = {**self.metadata, "render_fps": _steps_per_second(
+            self._dm_env.control_timestep() * spec_task.action_repeat)}
         if render_quality == "fast":
             apply_fast_render_settings(self._dm_env.physics.model)
         self._renderer = SceneRenderer(self._dm_env.physics, size=size,
@@ -233,8 +251,10 @@ class DMCEnv(LQVEnv):
             self._dm_env.task.random.seed(int(seed))
         if self._player is not None:
             self._player.reset(None if seed is None else derive_seed(seed, _BACKGROUND_SEED_STREAM))
-        self._dm_env.reset()
-        return self._observe(discount=1.0)
+        time_step = self._dm_env.reset()
+        observation, info = self._observe(discount=1.0)
+        info["state"] = flatten_observation(time_step.observation)
+        return observation, info
 
     def _step_episode(self, action):
         reward = 0.0
@@ -246,6 +266,7 @@ class DMCEnv(LQVEnv):
         discount = float(time_step.discount)
         terminated = time_step.last() and discount == 0.0
         observation, info = self._observe(discount=discount)
+        info["state"] = flatten_observation(time_step.observation)
         return observation, reward, terminated, info
 
     def _observe(self, *, discount):
@@ -374,6 +395,8 @@ class CarRacingEnv(LQVEnv):
     def __init__(self, spec_task, *, seed, size):
         super().__init__(spec_task, seed=seed, size=size)
         self._gym_env = gymnasium.make(spec_task.gym_id)
+        self.metadata = {**self.metadata, "render_fps": _steps_per_second(
+            spec_task.action_repeat / self._gym_env.metadata["render_fps"])}
         self._size = size
         self._seeded = False
 
@@ -410,6 +433,6 @@ class CarRacingEnv(LQVEnv):
             return np.ascontiguousarray(frame)
         return cv2.resize(frame, (self._size, self._size), interpolation=cv2.INTER_AREA)
 
-    @staticmethod
-    def _info(*, discount):
-        return {"background_frame": -1, "video_id": -1, "discount": discount}
+    def _info(self, *, discount):
+        return {"background_frame": -1, "video_id": -1, "discount": discount,
+                "state": car_state(self._gym_env.unwrapped)}

@@ -9,6 +9,9 @@ the action a_{t-1} that led to it, the reward and discount of that transition):
 - optionally ``is_first``, ``is_last``, ``is_terminal``. Missing flags are rebuilt from the
   convention: is_first at entry 0, is_last at the final entry, is_terminal where discount == 0.
 
+The files hold no low-dimensional states or simulator states, so an imported dataset (format
+version 2) stores neither ``state`` nor ``physics``; ``lqv-d4rl rerender`` cannot use it.
+
 V-D4RL names its files ``<timestamp>-<index>-<length>.npz``; files are imported in sorted name
 order, so the same folder always gives the same dataset. No file records which policy collected
 it: a policy map (CSV or JSON: file name or glob pattern -> policy id [, policy step]) or one
@@ -99,6 +102,7 @@ def import_npz_dir(
     from tqdm import tqdm
 
     from .format import ShardWriter
+    from .locks import dataset_lock
     from .registry import dataset_path
 
     task, level = resolve_task_and_level(dataset_id, task, level)
@@ -115,41 +119,42 @@ def import_npz_dir(
         "source_files": [path.name for path in files],
         "policy_map": str(Path(policy_map).resolve()) if policy_map is not None else None,
     }
-    try:
-        writer = ShardWriter(
-            folder,
-            dataset_id=dataset_id,
-            task=task,
-            level=level,
-            action_dim=action_dim,
-            provenance=provenance,
-            overwrite=overwrite,
-            resume=resume,
-        )
-    except ValueError as err:  # e.g. resuming a folder that holds another dataset
-        raise NpzImportError(str(err)) from None
-    done = writer.num_episodes
-    if done:
-        _check_resumable(writer.manifest, provenance["source_files"], folder)
-    bar = tqdm(total=len(files), initial=done, desc=f"importing {dataset_id}", unit="episode",
-               disable=None if progress is None else not progress)
-    with writer, bar:
-        for number in range(done, len(files)):
-            layout, assignment = layouts[number], assignments[number]
-            try:
-                writer.add_episode(
-                    read_episode_file(layout),
-                    policy_id=assignment.policy_id,
-                    policy_step=assignment.policy_step,
-                )
-            except ValueError as err:  # also NpzImportError, which names the file already
-                message = str(err) if isinstance(err, NpzImportError) else f"{layout.path}: {err}"
-                raise NpzImportError(
-                    f"{message}. {folder} was left incomplete with the {number} episode(s) "
-                    "before this file; fix or remove the file and import again with --resume "
-                    "(or --overwrite to start over)"
-                ) from None
-            bar.update()
+    with dataset_lock(folder, "import-npz"):  # one writer per dataset folder
+        try:
+            writer = ShardWriter(
+                folder,
+                dataset_id=dataset_id,
+                task=task,
+                level=level,
+                action_dim=action_dim,
+                provenance=provenance,
+                overwrite=overwrite,
+                resume=resume,
+            )
+        except ValueError as err:  # e.g. resuming a folder that holds another dataset
+            raise NpzImportError(str(err)) from None
+        done = writer.num_episodes
+        if done:
+            _check_resumable(writer.manifest, provenance["source_files"], folder)
+        bar = tqdm(total=len(files), initial=done, desc=f"importing {dataset_id}", unit="episode",
+                   disable=None if progress is None else not progress)
+        with writer, bar:
+            for number in range(done, len(files)):
+                layout, assignment = layouts[number], assignments[number]
+                try:
+                    writer.add_episode(
+                        read_episode_file(layout),
+                        policy_id=assignment.policy_id,
+                        policy_step=assignment.policy_step,
+                    )
+                except ValueError as err:  # also NpzImportError, which names the file already
+                    message = str(err) if isinstance(err, NpzImportError) else f"{layout.path}: {err}"
+                    raise NpzImportError(
+                        f"{message}. {folder} was left incomplete with the {number} episode(s) "
+                        "before this file; fix or remove the file and import again with --resume "
+                        "(or --overwrite to start over)"
+                    ) from None
+                bar.update()
     return folder
 
 

@@ -55,6 +55,29 @@ def format_statistics_table(rows: Sequence[tuple[str, Mapping]], *, decimals: in
     return _align(lines)
 
 
+def band_report(statistics: Mapping, paper: Mapping) -> str:
+    """Where a generated level lies against the paper's Table 3 row: which of its mean, median and
+    min/max fall outside the paper's [min, max] band of episodic returns (``"in band"`` when none
+    does)."""
+    low, high = paper["min"], paper["max"]
+    outside = [f"{key} {statistics[key]:.1f}" for key in ("mean", "median", "min", "max")
+               if statistics.get(key) is not None and not low <= statistics[key] <= high]
+    if not outside:
+        return "in band"
+    return f"outside the paper's [{low:g}, {high:g}]: " + ", ".join(outside)
+
+
+def markdown_statistics_table(rows: Sequence[tuple[str, Mapping]], *, decimals: int = 1) -> str:
+    """``(label, statistics)`` rows as a Markdown table with Table 3's columns (DATASETS.md)."""
+    lines = ["| dataset | " + " | ".join(STATISTIC_KEYS) + " |",
+             "|---|" + "---:|" * len(STATISTIC_KEYS)]
+    for label, statistics in rows:
+        cells = [_format_cell(statistics.get(key), decimals, is_count=key == "episodes")
+                 for key in STATISTIC_KEYS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def summarize_policies(policy_ids, returns, policy_steps=None) -> list[dict]:
     """Group episodes by behaviour policy, in order of first appearance.
 

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 import distractors
-from collectors.online import OnlineTrainer, load_replay_chunks, save_replay_chunk
+from collectors.online import (
+    DEFAULT_CHECKPOINT_EVERY,
+    OnlineTrainer,
+    load_replay_chunks,
+    save_replay_chunk,
+)
 from collectors.recorders import (
     EpisodeBuilder,
     MedrepRecorder,
@@ -22,6 +27,7 @@ from collectors.replay import EpisodeReplay
 from collectors.tia import TIAConfig
 from collectors.vector_env import VectorEnvError, make_vector_env
 from lqv_d4rl.format import validate_episode
+from lqv_d4rl.runs import metric_series, read_metrics
 
 TASK = "walker_walk"
 ACTION_DIM = 6
@@ -207,13 +213,13 @@ class StopAt:
         return False
 
 
-def train(pool, work_dir, on_evaluation=None, max_env_steps=100):
+def train(pool, work_dir, on_evaluation=None, max_env_steps=100, progress=False):
     recorder = MedrepRecorder()
     with make_vector_env(TASK, 1, env_kwargs={"distractor": pool}) as venv:
         trainer = OnlineTrainer(tiny_config(), venv, work_dir=work_dir, seed=0,
                                 max_env_steps=max_env_steps, max_episode_steps=10,
-                                on_episode=recorder, on_evaluation=on_evaluation,
-                                progress=False)
+                                checkpoint_every=0, on_episode=recorder,
+                                on_evaluation=on_evaluation, progress=progress)
         state = trainer.run()
     return trainer, state, recorder
 
@@ -239,3 +245,54 @@ def test_training_schedule_and_resume_after_an_interruption(pool, tmp_path):
                                       trainer.replay.episode(index)["action"])
     assert [e.mean_return for e in resumed.evaluations] == \
         [e.mean_return for e in trainer.evaluations]
+
+
+def test_every_update_metric_is_logged_to_the_metrics_file_and_the_progress_bar(pool, tmp_path,
+                                                                                 capsys):
+    trainer, state, _ = train(pool, tmp_path / "run", progress=True)
+    rows = read_metrics(tmp_path / "run")
+    returned = set(trainer.agent.update(trainer.replay.sample(2, 6)))
+    train_rows = [row for row in rows if row["phase"] == "train"]
+    # one training point at 40 (pretrain) and one at 80, each with every metric of agent.update
+    assert sorted({row["step"] for row in train_rows}) == [40, 80]
+    for step in (40, 80):
+        logged = {row["metric"] for row in train_rows if row["step"] == step}
+        assert returned | {"updates", "updates_per_second"} == logged
+    assert [(m["env_steps"], m["updates"]) for m in trainer.metrics] == [(40, 1), (80, 2)]
+    assert metric_series(rows, "eval", "return")[1].tolist() == \
+        [e.mean_return for e in trainer.evaluations]
+    episode_steps, episode_returns = metric_series(rows, "episode", "return")
+    assert episode_steps.tolist() == [20, 40, 60, 80, 100]
+    np.testing.assert_allclose(episode_returns, trainer.replay.returns)
+    progress = capsys.readouterr().err
+    assert "task_kl=" in progress and "actor_entropy=" in progress
+
+
+def test_a_resumed_run_logs_the_same_metrics_as_an_uninterrupted_one(pool, tmp_path):
+    train(pool, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        train(pool, tmp_path / "resumed", on_evaluation=StopAt(2))
+    train(pool, tmp_path / "resumed")
+
+    def logged(folder):  # updates_per_second is a timing, the only value that may differ
+        return [row for row in read_metrics(folder) if row["metric"] != "updates_per_second"]
+
+    assert logged(tmp_path / "resumed") == logged(tmp_path / "straight")
+
+
+def test_checkpoints_are_not_written_every_round_by_default(pool, tmp_path):
+    recorder = MedrepRecorder()
+    with make_vector_env(TASK, 1, env_kwargs={"distractor": pool}) as venv:
+        trainer = OnlineTrainer(tiny_config(), venv, work_dir=tmp_path, seed=0, max_env_steps=100,
+                                max_episode_steps=10, on_episode=recorder, progress=False)
+        saved = []
+        save = trainer.save_checkpoint
+
+        def save_and_count():
+            saved.append(trainer.state.env_steps)
+            save()
+
+        trainer.save_checkpoint = save_and_count
+        trainer.run()
+    assert trainer.checkpoint_every == DEFAULT_CHECKPOINT_EVERY > 100
+    assert saved == [100]  # only the end of the run

@@ -379,3 +379,67 @@ def test_a_missing_shard_is_named_even_without_checksums(tmp_path):
     for verify in (True, False):
         with pytest.raises(CorruptDatasetError, match=r"shard-00001.h5 is missing\. Re-download"):
             load_dataset(folder, verify=verify)
+
+
+# ----------------------------------------------------------------------------------------------
+# State arrays through import-npz and the Minari export
+# ----------------------------------------------------------------------------------------------
+
+
+def test_npz_import_writes_version_2_without_states(tmp_path):
+    from lqv_d4rl.format import read_manifest
+    from lqv_d4rl.npz_import import import_npz_dir
+
+    source = tmp_path / "npz"
+    source.mkdir()
+    for k in range(2):
+        episode = make_episode(LENGTH, seed=k)
+        np.savez(source / f"20220101T000000-{k}-{LENGTH}.npz",
+                 **{key: episode[key] for key in ("image", "action", "reward", "discount")})
+    folder = import_npz_dir(source, "walker_walk-random", root=tmp_path / "root",
+                            progress=False)
+    manifest = read_manifest(folder)
+    assert manifest["format_version"] == 2
+    assert "state" not in manifest["spaces"] and "physics" not in manifest["spaces"]
+    data = load_dataset(folder)
+    assert data.states is None and data.physics is None and len(data) == 2
+
+
+def test_the_minari_export_carries_states_and_physics_per_observation(tmp_path, monkeypatch):
+    minari = pytest.importorskip("minari")
+    from lqv_d4rl.minari_export import export_to_minari
+
+    folder = tmp_path / "walker_walk-medium"
+    rng = np.random.default_rng(0)
+    episodes = []
+    with ShardWriter(folder, dataset_id="walker_walk-medium", task="walker_walk", level="medium",
+                     action_dim=6, state_fields=[("obs", 4)],
+                     physics_fields=[("qpos", 3), ("qvel", 3), ("act", 0)]) as writer:
+        for k in range(2):
+            episode = {**make_episode(LENGTH, seed=k),
+                       "state": rng.normal(size=(LENGTH, 4)).astype(np.float32),
+                       "physics": rng.normal(size=(LENGTH, 6))}
+            episodes.append(episode)
+            writer.add_episode(episode, policy_id="p", seed=k)
+    export_to_minari(folder, "lqv-d4rl/walker-states-v0", minari_root=tmp_path / "minari",
+                     progress=False)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    exported = minari.load_dataset("lqv-d4rl/walker-states-v0")
+    for episode, data in zip(episodes, exported.iterate_episodes()):
+        assert np.array_equal(data.infos["state"], episode["state"])
+        assert np.array_equal(data.infos["physics"], episode["physics"])
+        assert data.infos["physics"].dtype == np.float64
+    spaces = exported.storage.metadata["lqv_d4rl"]["state_spaces"]
+    assert spaces["state"]["fields"] == [["obs", 4]]
+
+
+def test_band_report_and_markdown_table_of_return_statistics():
+    from lqv_d4rl.stats import band_report, markdown_statistics_table, return_statistics
+
+    paper = {"min": 401.5, "max": 598.0}
+    assert band_report(return_statistics([420.0, 500.0, 590.0]), paper) == "in band"
+    assert band_report(return_statistics([380.0, 500.0, 620.0]), paper) == \
+        "outside the paper's [401.5, 598]: min 380.0, max 620.0"
+    table = markdown_statistics_table([("walker_walk-medium", return_statistics([1.0, 3.0]))])
+    assert table.splitlines()[2] == "| walker_walk-medium | 2 | 2.0 | 1.0 | 1.0 | 1.5 | 2.0 | " \
+                                    "2.5 | 3.0 |"

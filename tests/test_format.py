@@ -600,3 +600,135 @@ def test_different_inputs_give_different_shard_bytes(tmp_path):
     first = write_tiny_dataset(tmp_path / "a", seed=0)
     second = write_tiny_dataset(tmp_path / "b", seed=1)
     assert sha256_file(first / "shard-00000.h5") != sha256_file(second / "shard-00000.h5")
+
+
+# -- format version 2: state and physics arrays -------------------------------------------------
+
+STATE_FIELDS = (("position", 3), ("velocity", 2))
+PHYSICS_FIELDS = (("qpos", 4), ("qvel", 4), ("act", 0))
+
+
+def _with_states(episode, seed=0, state_dim=5, physics_dim=8):
+    rng = np.random.default_rng(seed)
+    length = len(episode["reward"])
+    return {**episode, "state": rng.normal(size=(length, state_dim)).astype(np.float32),
+            "physics": rng.normal(size=(length, physics_dim))}
+
+
+def _state_writer(folder, **options):
+    return _writer(folder, state_fields=STATE_FIELDS, physics_fields=PHYSICS_FIELDS, **options)
+
+
+def test_states_and_physics_are_stored_with_their_layout_and_load_back_exactly(tmp_path):
+    from lqv_d4rl.dataset import load_dataset
+
+    folder = tmp_path / "walker_walk-random"
+    episodes = [_with_states(make_episode(LENGTH, seed=k), seed=k) for k in range(3)]
+    with _state_writer(folder, max_shard_bytes=2 * EPISODE_BYTES) as writer:
+        for k, episode in enumerate(episodes):
+            writer.add_episode(episode, policy_id="p", seed=k)
+    manifest = read_manifest(folder)
+    assert manifest["format_version"] == 2
+    assert manifest["spaces"]["state"] == {"shape": [5], "dtype": "float32",
+                                           "fields": [["position", 3], ["velocity", 2]]}
+    assert manifest["spaces"]["physics"] == {"shape": [8], "dtype": "float64",
+                                             "fields": [["qpos", 4], ["qvel", 4], ["act", 0]]}
+    with h5py.File(folder / "shard-00000.h5") as handle:
+        assert set(handle["steps"]) == set(STEP_KEYS) | {"state", "physics"}
+        assert handle["steps/physics"].dtype == np.float64
+        assert handle["steps/state"].compression == "gzip"
+    assert verify_dataset(folder) == []
+    for lazy in (False, True):
+        data = load_dataset(folder, lazy=lazy)
+        assert data.states.dtype == np.float32 and data.physics.dtype == np.float64
+        for k, episode in enumerate(episodes):
+            assert np.array_equal(data.episode(k)["state"], episode["state"])
+            assert np.array_equal(data.episode(k)["physics"], episode["physics"])
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda e: e.pop("physics"), r"missing \['physics'\]"),
+    (lambda e: e.update(state=e["state"][:, :4]), r"'state' must have shape \(21, 5\)"),
+    (lambda e: e["physics"].__setitem__((2, 1), np.inf), "'physics' contains NaN or infinite"),
+])
+def test_declared_state_arrays_are_checked(tmp_path, spoil, message):
+    episode = _with_states(make_episode(LENGTH))
+    spoil(episode)
+    with _state_writer(tmp_path / "d") as writer:
+        with pytest.raises(ValueError, match=message):
+            writer.add_episode(episode, policy_id="p")
+
+
+def test_states_given_to_a_dataset_that_declares_none_are_refused_not_dropped(tmp_path):
+    with _writer(tmp_path / "d") as writer:
+        with pytest.raises(ValueError, match="declares no such array: give the writer "
+                                             "state_fields"):
+            writer.add_episode(_with_states(make_episode(LENGTH)), policy_id="p")
+
+
+def test_resume_refuses_other_state_arrays(tmp_path):
+    folder = tmp_path / "d"
+    with pytest.raises(RuntimeError):
+        with _state_writer(folder) as writer:
+            writer.add_episode(_with_states(make_episode(LENGTH)), policy_id="p")
+            raise RuntimeError("interrupted")
+    with pytest.raises(ValueError, match="stores the state arrays"):
+        _writer(folder, resume=True)
+    writer = _state_writer(folder, resume=True)
+    assert writer.num_episodes == 1
+    writer.close()
+
+
+def _make_version_1(folder):
+    """Turn a dataset without states into exactly what format version 1 wrote."""
+    manifest = read_manifest(folder)
+    for record in manifest["shards"]:
+        with h5py.File(folder / record["file"], "r+") as handle:
+            handle.attrs["format_version"] = 1
+        record["sha256"] = sha256_file(folder / record["file"])
+        record["bytes"] = (folder / record["file"]).stat().st_size
+    manifest["format_version"] = 1
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    return folder
+
+
+def test_version_1_datasets_keep_loading_without_states(tmp_path):
+    from lqv_d4rl.dataset import combine, load_dataset
+
+    old = _make_version_1(write_tiny_dataset(tmp_path / "walker_walk-random", level="random"))
+    assert verify_dataset(old, require_complete=True) == []
+    data = load_dataset(old)
+    assert data.states is None and data.physics is None and len(data) == 6
+    new = tmp_path / "walker_walk-medrep"
+    with _state_writer(new, dataset_id="walker_walk-medrep", level="medrep") as writer:
+        writer.add_episode(_with_states(make_episode(LENGTH)), policy_id="p")
+    both = load_dataset([old, new])
+    assert both.states is None and len(both) == 7  # states only when every source has them
+    assert combine([load_dataset(new), load_dataset(new)]).states.shape == (2 * LENGTH, 5)
+    assert combine([load_dataset(new, lazy=True), load_dataset(old, lazy=True)]).states is None
+
+
+def test_a_partial_version_1_dataset_is_not_resumed_in_version_2(tmp_path):
+    folder = tmp_path / "d"
+    with pytest.raises(RuntimeError):
+        with _writer(folder) as writer:
+            writer.add_episode(make_episode(LENGTH), policy_id="p")
+            raise RuntimeError("interrupted")
+    _make_version_1(folder)
+    with pytest.raises(ValueError, match="started in format version 1"):
+        _writer(folder, resume=True)
+
+
+def test_verify_catches_shards_whose_state_arrays_disagree_with_the_manifest(tmp_path):
+    folder = tmp_path / "d"
+    with _state_writer(folder) as writer:
+        writer.add_episode(_with_states(make_episode(LENGTH)), policy_id="p")
+    manifest = read_manifest(folder)
+    manifest["spaces"]["state"]["shape"] = [6]
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    problems = verify_dataset(folder)
+    assert len(problems) == 1 and "shard-00000.h5" in problems[0] and "state" in problems[0]
+    manifest["spaces"]["state"]["dtype"] = "float64"
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(CorruptDatasetError, match="spaces.state.dtype must be 'float32'"):
+        read_manifest(folder)

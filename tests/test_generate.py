@@ -88,6 +88,10 @@ def test_generate_writes_three_valid_datasets_with_the_recipes_policy_structure(
     assert medrep.policies()[1:] == [f"tia-seed3-step{s:06d}" for s in (40, 60, 80, 100, 120)]
     assert medrep.policy_steps.tolist() == [0, 0, 40, 60, 80, 100, 120]
 
+    for level_data in data.values():  # format version 2: every step has its state and physics
+        assert level_data.states.shape == (level_data.num_steps, 24)
+        assert level_data.physics.shape == (level_data.num_steps, 18)
+
     medium = data["medium"]
     assert len(medium) == 2 and len(medium.policies()) == 1
     # smoke has no return band: the run's last evaluated snapshot (after its 140-step budget)
@@ -126,21 +130,27 @@ def shard_hashes(root):
             for folder in sorted(root.iterdir()) if (folder / "manifest.json").is_file()}
 
 
+def kill_when_written(code, path, cwd):
+    """Run python ``code`` in a child process and SIGKILL it as soon as ``path`` exists."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"import sys; sys.path[:0] = [{str(REPO_ROOT)!r}, "
+                               f"{str(Path(__file__).parent)!r}]\n{code}"],
+        cwd=cwd, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not path.is_file() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert child.poll() is None, child.stderr.read().decode()
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+
+
 def test_killed_generate_resumes_to_the_same_bytes(generated, tmp_path):
     reference_root, _ = generated
     root = tmp_path / "interrupted"
-    code = (f"import sys; sys.path[:0] = [{str(REPO_ROOT)!r}, {str(Path(__file__).parent)!r}]; "
-            f"from test_generate import run_tiny; run_tiny({str(root)!r})")
-    child = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path,
-                             env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state = root / ".work" / f"{TASK}-seed3" / "state.json"
-    deadline = time.monotonic() + 120
-    while not state.is_file() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert child.poll() is None, child.stderr.read().decode()
-    child.send_signal(signal.SIGKILL)  # mid-training: random done, medrep and medium not
-    child.wait()
+    # killed mid-training: random done, medrep and medium not
+    kill_when_written(f"from test_generate import run_tiny; run_tiny({str(root)!r})",
+                      root / ".work" / f"{TASK}-seed3" / "state.json", tmp_path)
     assert read_manifest(root / f"{TASK}-random")["complete"]
     assert not (root / f"{TASK}-medium").exists()
 
@@ -195,9 +205,9 @@ def test_the_training_run_is_not_resumed_with_another_background(generated, tmp_
 def test_bad_device_or_seed_is_refused_before_anything_is_written(tmp_path):
     outcome = CliRunner().invoke(cli_main, ["generate", TASK, "--root", str(tmp_path),
                                             "--device", "cuda"])
-    assert outcome.exit_code == 1 and "sees no CUDA GPU" in outcome.output
+    assert outcome.exit_code == 2 and "sees no CUDA GPU" in outcome.output  # a usage error
     assert "Traceback" not in outcome.output
-    with pytest.raises(GenerateError, match="must be 'cpu', 'cuda' or 'cuda:N'"):
+    with pytest.raises(GenerateError, match="is no torch device; use cpu, cuda or cuda:N"):
         run_tiny(tmp_path, device="gpu0")
     with pytest.raises(GenerateError, match="seed must be a non-negative integer"):
         run_tiny(tmp_path, seed=-1)
@@ -240,3 +250,187 @@ def test_paper_recipe_follows_the_paper_and_smoke_is_small():
     assert smoke.max_env_steps // (2 * smoke.max_episode_steps) >= 8  # many medrep snapshots
     with pytest.raises(ValueError, match="preset"):
         collection_recipe("cheetah_run", "huge")
+
+
+# -- the sac-state behaviour ---------------------------------------------------------------------
+
+
+def tiny_state_recipe():
+    """The sac-state smoke recipe cut down: 10-step episodes, 2x2 random, 6 training episodes."""
+    from collectors.state_recipe import state_recipe
+
+    smoke = state_recipe(TASK, "smoke")
+    sac = dataclasses.replace(smoke.sac, random_steps=40, learning_starts=20, eval_every=40,
+                              total_steps=120)
+    return dataclasses.replace(smoke, sac=sac, random_policies=2, random_episodes_per_policy=2,
+                               medium_episodes=3, max_episode_steps=10, num_video_frames=40)
+
+
+def run_state(root, seed=1, **options):
+    """generate(behaviour sac-state) with the tiny recipe (also run in a child process)."""
+    from collectors.generate import generate
+
+    return generate(TASK, root=root, seed=seed, recipe=tiny_state_recipe(), progress=False,
+                    max_shard_bytes=60_000, **options)
+
+
+@pytest.fixture(scope="module")
+def state_generated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("state")
+    return root, run_state(root)
+
+
+def test_the_state_recipe_writes_three_datasets_with_its_policy_structure(state_generated):
+    root, result = state_generated
+    data = {level: load_dataset(folder) for level, folder in result.folders.items()}
+    for level, level_data in data.items():
+        assert verify_dataset(result.folders[level], require_complete=True) == []
+        assert set(level_data.episode_lengths.tolist()) == {11}
+        assert level_data.states.shape == (level_data.num_steps, 24)
+        assert level_data.physics.shape == (level_data.num_steps, 18)
+        manifest = read_manifest(result.folders[level])
+        assert manifest["spaces"]["state"]["fields"] == [["orientations", 14], ["height", 1],
+                                                         ["velocity", 9]]
+        assert manifest["spaces"]["physics"]["fields"] == [["qpos", 9], ["qvel", 9], ["act", 0]]
+        assert manifest["provenance"]["behaviour"] == "sac-state"
+    assert data["random"].policies() == ["sac-init00-seed1", "sac-init01-seed1"]
+    assert (data["random"].policy_steps == -1).all()
+    medrep = data["medrep"]
+    assert len(medrep) == 6  # 120 env steps of 20: two prefill episodes, then four snapshots
+    assert medrep.policies() == ["sac-seed1-prefill"] + [
+        f"sac-seed1-step{s:06d}" for s in (40, 60, 80, 100)]
+    assert medrep.policy_steps.tolist() == [0, 0, 40, 60, 80, 100]
+    medium = data["medium"]
+    run = read_manifest(result.folders["medium"])["provenance"]["training_run"]
+    assert medium.policies() == [run["medium_policy"]["policy_id"]] == \
+        [run["evaluations"][-1]["policy_id"]]  # smoke: the last evaluated snapshot
+    work_dir = root / ".work" / f"{TASK}-sac-state-seed1"
+    for evaluation in run["evaluations"]:  # every evaluated snapshot is kept, with its return
+        assert (work_dir / evaluation["snapshot"]).is_file()
+        assert evaluation["mean_return"] == pytest.approx(np.mean(evaluation["returns"]))
+    assert [e["env_steps"] for e in run["evaluations"]] == [40, 80, 120]
+    for level in ("random", "medrep"):  # distinct episodes
+        assert len(set(data[level].returns.tolist())) == len(data[level])
+
+
+@pytest.mark.slow
+def test_a_killed_state_recipe_run_resumes_to_the_same_bytes(state_generated, tmp_path):
+    reference_root, _ = state_generated
+    root = tmp_path / "interrupted"
+    code = ("import collectors.sac as sac, time\n"
+            "update = sac.SACAgent.update\n"
+            "def slow(self, batch):\n    time.sleep(0.05)\n    return update(self, batch)\n"
+            "sac.SACAgent.update = slow\n"
+            f"from test_generate import run_state; run_state({str(root)!r})")
+    # killed mid-training: random done, medrep and medium not
+    kill_when_written(code, root / ".work" / f"{TASK}-sac-state-seed1" / "state.json", tmp_path)
+    assert read_manifest(root / f"{TASK}-random")["complete"]
+    assert not (root / f"{TASK}-medrep").exists()
+    run_state(root)
+    assert shard_hashes(root) == shard_hashes(reference_root)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt_after(monkeypatch, episodes):
+    """Make the state recipe's episode player raise after ``episodes`` episodes."""
+    import collectors.state_recipe as state_recipe
+
+    original = state_recipe.simulate_episode
+    played = []
+
+    def play_then_stop(*args, **kwargs):
+        if len(played) == episodes:
+            raise _Interrupted()
+        played.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(state_recipe, "simulate_episode", play_then_stop)
+    return original
+
+
+def _finished_episodes(root):
+    return {folder.name: read_manifest(folder)["num_episodes"]
+            for folder in sorted(Path(root).glob(f"{TASK}-*"))}
+
+
+def _check_interruption(state_generated, tmp_path, monkeypatch, episodes):
+    import collectors.state_recipe as state_recipe
+
+    reference_root, _ = state_generated
+    original = _interrupt_after(monkeypatch, episodes)
+    with pytest.raises(_Interrupted):
+        run_state(tmp_path)
+    finished = _finished_episodes(tmp_path)
+    monkeypatch.setattr(state_recipe, "simulate_episode", original)
+    run_state(tmp_path)
+    reference = {name: read_manifest(reference_root / name)["num_episodes"] for name in finished}
+    for name, count in finished.items():  # nothing finished before the interruption was lost
+        assert count <= reference[name]
+    assert shard_hashes(tmp_path) == shard_hashes(reference_root)
+
+
+def test_a_state_recipe_run_interrupted_while_recording_medium_loses_nothing(
+        state_generated, tmp_path, monkeypatch):
+    # 4 random + 6 training + 3 evaluation episodes, then 1 of the 3 medium ones
+    _check_interruption(state_generated, tmp_path, monkeypatch, episodes=14)
+    assert read_manifest(tmp_path / f"{TASK}-medium")["num_episodes"] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("episodes", [0, 1, 3, 4, 6, 8, 11, 13, 15])
+def test_a_state_recipe_run_interrupted_anywhere_resumes_to_the_same_bytes(
+        state_generated, tmp_path, monkeypatch, episodes):
+    _check_interruption(state_generated, tmp_path, monkeypatch, episodes)
+
+
+def test_behaviours_and_presets_are_checked_before_anything_is_written(tmp_path):
+    from collectors.generate import generate
+
+    with pytest.raises(GenerateError, match="behaviour must be one of tia, sac-state"):
+        generate(TASK, root=tmp_path, behaviour="ppo")
+    with pytest.raises(GenerateError, match="the sac-state behaviour has the presets cpu, smoke"):
+        generate(TASK, root=tmp_path, behaviour="sac-state", preset="paper")
+    with pytest.raises(GenerateError, match="needs a dm_control task"):
+        generate("car_racing", root=tmp_path, behaviour="sac-state", preset="smoke")
+    outcome = CliRunner().invoke(cli_main, ["generate", TASK, "--root", str(tmp_path),
+                                            "--behaviour", "tia", "--preset", "cpu"])
+    assert outcome.exit_code == 1 and "the tia behaviour has the presets smoke, paper" in \
+        outcome.output and "Traceback" not in outcome.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_cpu_preset_follows_v_d4rl_and_the_paper_counts():
+    from collectors.sac import SACConfig
+    from collectors.state_recipe import state_recipe
+
+    recipe = state_recipe("cheetah_run", "cpu")
+    assert (recipe.random_policies, recipe.random_episodes_per_policy) == (10, 20)
+    assert (recipe.medrep_episodes, recipe.medium_episodes) == (400, 200)
+    assert recipe.medium_band == (300.5, 403.2) and recipe.max_episode_steps is None
+    default = SACConfig()  # V-D4RL's SAC
+    assert (default.units, default.actor_layers, default.batch_size, default.gamma,
+            default.tau, default.actor_lr, default.init_alpha) == (256, 3, 256, 0.99, 0.005,
+                                                                   1e-4, 1.0)
+    assert recipe.sac.units == 256 and recipe.sac.batch_size == 256
+
+
+def test_the_every_episode_medium_rule_waits_for_a_snapshot_that_no_longer_falls(tmp_path):
+    from collectors.generate import MediumPolicyTracker
+    from collectors.online import Evaluation
+    from collectors.sac import SACAgent, SACConfig
+    from collectors.state_recipe import _ActorSaver
+
+    agent = _ActorSaver(SACAgent(SACConfig.smoke(), 24, 6))
+    tracker = MediumPolicyTracker((401.5, 598.0), tmp_path, rule="every_episode")
+    assert not tracker(Evaluation(5000, "a", [500.0, 380.0]), agent)  # mean 440: falls once
+    assert tracker.load_info()["distance"] == pytest.approx(21.5)
+    assert tracker(Evaluation(10000, "b", [450.0, 420.0]), agent)
+    assert tracker.load_info()["policy_id"] == "b" and tracker.load_info()["in_band"]
+    by_mean = MediumPolicyTracker((401.5, 598.0), tmp_path / "mean")
+    (tmp_path / "mean").mkdir()
+    assert by_mean(Evaluation(5000, "a", [500.0, 380.0]), agent)
+    with pytest.raises(ValueError, match="rule must be one of"):
+        MediumPolicyTracker((0, 1), tmp_path, rule="median")

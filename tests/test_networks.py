@@ -7,6 +7,7 @@ import torch
 import torch.distributions as td
 
 from lqv_d4rl.networks import (
+    MLP,
     RSSM,
     ActionHead,
     ActorCritic,
@@ -207,6 +208,33 @@ def test_gaussian_std_stays_above_min_std(std_activation):
     assert bool((post["std"] >= 0.1).all()) and bool((prior["std"] >= 0.1).all())
     if std_activation == "sigmoid2":
         assert bool((post["std"] <= 2.1).all())
+
+
+def standard_gru_step(cell, inputs, state):
+    """The standard GRU (Keras GRUCell with reset_after, torch.nn.GRUCell) written out."""
+    w_r, w_z, w_n = cell.weight_ih.chunk(3)
+    u_r, u_z, u_n = cell.weight_hh.chunk(3)
+    b_r, b_z, b_n = cell.bias_ih.chunk(3)
+    c_r, c_z, c_n = cell.bias_hh.chunk(3)
+    reset = torch.sigmoid(inputs @ w_r.T + b_r + state @ u_r.T + c_r)
+    update = torch.sigmoid(inputs @ w_z.T + b_z + state @ u_z.T + c_z)
+    candidate = torch.tanh(inputs @ w_n.T + b_n + reset * (state @ u_n.T + c_n))
+    return (1 - update) * candidate + update * state
+
+
+def test_gru_cell_option_is_the_standard_gru_initialized_like_keras():
+    torch.manual_seed(0)
+    rssm = RSSM(embed_dim=8, action_dim=2, deter=12, stoch=4, classes=None, hidden=10, cell="gru")
+    cell = rssm.cell
+    assert all(torch.count_nonzero(b) == 0 for b in (cell.bias_ih, cell.bias_hh))
+    assert torch.allclose(cell.weight_hh.T @ cell.weight_hh, torch.eye(12), atol=1e-5)
+    with torch.no_grad():  # random biases, so the check covers them too
+        cell.bias_ih.normal_()
+        cell.bias_hh.normal_()
+    inputs, state = torch.randn(5, 10), torch.randn(5, 12)
+    assert torch.allclose(cell(inputs, state), standard_gru_step(cell, inputs, state), atol=1e-6)
+    with pytest.raises(ValueError, match="cell"):
+        RSSM(embed_dim=8, action_dim=2, cell="lstm")
 
 
 def test_action_conditioned_rssm_depends_on_actions():
@@ -599,6 +627,47 @@ def test_world_model_training_lowers_the_loss(classes):
     after = mean_loss() - constant
     assert after < 0.6 * before, (before, after)
     assert post["deter"].shape == (4, 6, 16) and not post["deter"].requires_grad
+
+
+def _moving_point_states(generator, batch=4, length=8):
+    """State sequences (position, velocity) of a point pushed by the action; reward = position."""
+    batch_data = _moving_square_batch(generator, batch, length)
+    position = batch_data["reward"]
+    velocity = torch.cat([torch.zeros(batch, 1), position.diff(dim=1)], 1)
+    return {**{k: v for k, v in batch_data.items() if k != "image"},
+            "state": torch.stack([position, velocity], -1)}
+
+
+def test_state_world_model_likelihood_is_unit_normal_over_the_state_entries():
+    model = WorldModel(1, WorldModelConfig(**TINY_MODEL, state_dim=2))
+    features = torch.randn(3, model.rssm.feature_dim)
+    target = torch.tensor([[0.0, 1.0], [2.0, -1.0], [0.5, 0.5]])
+    mean = model.decoder(features)
+    expected = (-0.5 * (target - mean).pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    assert torch.allclose(model.observation_log_prob(features, target), expected)
+    assert isinstance(model.encoder, MLP) and model.encoder.output_dim == TINY_MODEL["units"]
+
+
+def test_state_world_model_training_lowers_the_loss_and_needs_the_state_key():
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    batches = [_moving_point_states(generator) for _ in range(2)]
+    model = WorldModel(1, WorldModelConfig(**TINY_MODEL, state_dim=2, lr=3e-3))
+
+    def state_log_prob():
+        with torch.no_grad():
+            torch.manual_seed(1)
+            return sum(model.loss(b)[2]["state_log_prob"].item() for b in batches) / 2
+
+    # -log(2 pi) per step is the best possible; start and end are measured against it
+    best = -math.log(2 * math.pi)
+    before = best - state_log_prob()
+    for step in range(40):
+        post, metrics = model.train_step(batches[step % 2])
+    assert best - state_log_prob() < 0.3 * before
+    assert model.decode(post).shape == (4, 8, 2)
+    with pytest.raises(KeyError, match="state"):
+        model.loss(_moving_square_batch(generator))
 
 
 def test_world_model_rejects_batches_without_required_keys():

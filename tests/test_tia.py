@@ -297,6 +297,34 @@ def test_reconstruct_returns_uint8_previews_of_every_part():
     np.testing.assert_array_equal(images["truth"], scene_batch()["image"])
 
 
+# ------------------------------------------------------------------------ faithful to TIA's code
+
+
+def test_both_rssms_use_the_standard_gru_cell_of_dreamer_v1():
+    # Dreamer-v1 / TIA step their RSSMs with Keras' GRUCell, whose equations are torch's GRUCell
+    # (tests/test_networks.py writes them out); DreamerV2's cell gates differently.
+    model = TIAAgent(TINY, ACTION_DIM, seed=0).world_model
+    generator = torch.Generator().manual_seed(0)
+    for rssm in (model.task_rssm, model.distractor_rssm):
+        reference = torch.nn.GRUCell(TINY.hidden, TINY.deter)
+        reference.load_state_dict(rssm.cell.state_dict())
+        inputs = torch.randn(4, TINY.hidden, generator=generator)
+        state = torch.randn(4, TINY.deter, generator=generator)
+        with torch.no_grad():
+            assert torch.allclose(rssm.cell(inputs, state), reference(inputs, state), atol=1e-6)
+
+
+def test_checkpoints_from_before_the_cell_option_load_with_dreamerv2s_cell(tmp_path):
+    old = TIAAgent(dataclasses.replace(TINY, cell="dreamerv2"), ACTION_DIM, seed=0)
+    path = old.save(tmp_path / "old.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["config"]["cell"]
+    torch.save(checkpoint, path)
+    loaded = TIAAgent.load(path)
+    assert loaded.config.cell == "dreamerv2"
+    torch.testing.assert_close(loaded.state_dict(), old.state_dict())
+
+
 # ------------------------------------------------------------------------ configs
 
 
@@ -316,6 +344,7 @@ def test_paper_config_uses_the_published_adversarial_weights():
     ({"kl_balance": 1.5}, "kl_balance"),
     ({"free_nats": -1.0}, "free_nats"),
     ({"cnn_activation": "tanh"}, "cnn_activation"),
+    ({"cell": "lstm"}, "cell"),
     ({"batch_size": 2.5}, "batch_size"),
 ])
 def test_config_rejects_settings_that_cannot_work(changes, field):

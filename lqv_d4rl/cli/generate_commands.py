@@ -1,53 +1,91 @@
-"""CLI verb: ``lqv-d4rl generate TASK`` (train TIA behaviour policies, record the three levels)."""
+"""CLI verbs that make datasets: ``lqv-d4rl generate TASK`` (behaviour policies, the three levels)
+and ``lqv-d4rl rerender ID`` (the same episodes over other backgrounds)."""
 
 import click
 
 from ..tasks import LEVELS
 from .hints import TaskChoice
+from .options import ROOT_DEFAULT, ROOT_HELP, check_device_name, check_levels
 
 
 @click.command()
 @click.argument("task", type=TaskChoice())
-@click.option("--levels", default=",".join(LEVELS), show_default=True,
+@click.option("--levels", default=",".join(LEVELS), show_default=True, callback=check_levels,
               help="Comma-separated levels to generate: random, medrep, medium.")
-@click.option("--root", type=click.Path(file_okay=False), default=None,
-              help="Dataset root (default: $LQV_D4RL_ROOT or ~/.lqv_d4rl).")
+@click.option("--root", type=click.Path(file_okay=False), default=None, help=ROOT_HELP)
 @click.option("--video-dir", default=None,
               help="Folder or glob of real driving videos for the background "
                    "(default: the built-in procedural driving video).")
-@click.option("--preset", type=click.Choice(["smoke", "paper"]), default="smoke",
+@click.option("--behaviour", type=click.Choice(["tia", "sac-state"]), default="tia",
               show_default=True,
-              help="smoke: tiny pipeline check in minutes on a CPU (tiny datasets, NOT the "
-                   "benchmark); paper: the published sizes, schedule and episode counts (GPU).")
-@click.option("--device", default="cpu", show_default=True,
+              help="tia: TIA trained on the distracted images (the paper's recipe); sac-state: "
+                   "SAC trained on states (V-D4RL's way), frames rendered afterwards (a CPU "
+                   "recipe).")
+@click.option("--preset", type=click.Choice(["smoke", "paper", "cpu"]), default=None,
+              help="tia: smoke (default; tiny pipeline check, NOT the benchmark) or paper (the "
+                   "published sizes and schedule, a GPU job); sac-state: cpu (default; the "
+                   "published episode counts on a CPU) or smoke.")
+@click.option("--device", default="cpu", show_default=True, callback=check_device_name,
               help="Torch device of the TIA agents: cpu or cuda (cuda:N).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Environment worker processes (also the number of episodes played at once).")
+              help="tia: environment worker processes (also the number of episodes played at "
+                   "once); sac-state: render processes (the bytes do not depend on it).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of everything; same seed, preset and workers give the same bytes.")
 @click.option("--overwrite", is_flag=True,
               help="Replace finished datasets and restart the training run.")
-def generate(task, levels, root, video_dir, preset, device, workers, seed, overwrite):
-    """Train TIA behaviour policies on TASK and record its datasets.
+def generate(task, levels, root, video_dir, behaviour, preset, device, workers, seed, overwrite):
+    """Make the datasets of TASK with behaviour policies trained on it.
 
-    TASK is walker_walk, cheetah_run, hopper_hop, humanoid_walk or car_racing.
+    TASK is walker_walk, cheetah_run, hopper_hop, humanoid_walk or car_racing (tia only).
 
-    Rerunning an interrupted command resumes it (training checkpoint under
-    <root>/.work/<task>-seed<S>/, finished shards kept); a finished dataset is left alone unless
-    --overwrite is given. Prints the return statistics next to the paper's Table 3 at the end.
+    Rerunning an interrupted command resumes it (training checkpoint under <root>/.work/,
+    finished shards kept); a finished dataset is left alone unless --overwrite is given. Prints
+    the return statistics next to the paper's Table 3 at the end.
     """
-    from ..errors import LQVError
+    from collectors.generate import generate as run_generate
 
-    try:
-        from collectors.generate import generate as run_generate
-
-        result = run_generate(task, levels=levels, root=root, video_dir=video_dir,
-                              preset=preset, device=device, workers=workers, seed=seed,
-                              overwrite=overwrite)
-    except LQVError as err:
-        raise click.ClickException(str(err)) from err
+    result = run_generate(task, levels=levels, root=root, video_dir=video_dir,
+                          behaviour=behaviour, preset=preset, device=device, workers=workers,
+                          seed=seed, overwrite=overwrite)
     for level, folder in result.folders.items():
         click.echo(f"{task}-{level}: {folder}")
 
 
-COMMANDS = [generate]
+@click.command()
+@click.argument("dataset_id")
+@click.option("--video-dir", required=True,
+              help="Folder or glob of driving videos for the new background (e.g. Kinetics-400 "
+                   "train/driving_car), or 'procedural'.")
+@click.option("--id", "new_id", required=True,
+              help="Id of the new dataset (the source's id works with another --to-root).")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help=f"Dataset root of the source ({ROOT_DEFAULT}).")
+@click.option("--to-root", type=click.Path(file_okay=False), default=None,
+              help="Dataset root of the new dataset (default: the source's root).")
+@click.option("--composite", type=click.Choice(["segmentation", "color"]), default=None,
+              help="How the background is put behind the agent (default: as in the source).")
+@click.option("--rgb-background", is_flag=True, default=None,
+              help="Colour backgrounds (the paper's Table 2 variant) instead of grayscale.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Render processes (the bytes do not depend on it).")
+@click.option("--overwrite", is_flag=True, help="Replace a finished dataset of that id.")
+def rerender(dataset_id, video_dir, new_id, root, to_root, composite, rgb_background, workers,
+             overwrite):
+    """Render every frame of DATASET_ID again over other background videos.
+
+    Replays the stored physics states (format version 2, dm_control tasks) and writes a complete
+    dataset NEW_ID with the same actions, rewards, states and agent pixels. Rerunning an
+    interrupted command resumes it. For the sac-state recipe the result equals, byte for byte,
+    `lqv-d4rl generate TASK --behaviour sac-state --video-dir DIR` with the same seed.
+    """
+    from ..rerender import rerender as run_rerender
+
+    video_dir = None if video_dir == "procedural" else video_dir
+    folder = run_rerender(dataset_id, new_id, video_dir=video_dir, root=root, to_root=to_root,
+                          composite=composite, rgb_background=rgb_background, workers=workers,
+                          overwrite=overwrite)
+    click.echo(f"{new_id}: {folder}")
+
+
+COMMANDS = [generate, rerender]

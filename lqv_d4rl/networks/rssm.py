@@ -10,7 +10,7 @@ A latent state is a plain dict of tensors:
 One step of the prior (``img_step``)::
 
     x = ELU(Linear([stoch_{t-1}, a_{t-1}]))        # action-free mode: x = ELU(Linear(stoch_{t-1}))
-    deter_t = LayerNormGRU(x, deter_{t-1})
+    deter_t = GRU(x, deter_{t-1})                  # cell="dreamerv2": LayerNormGRUCell; "gru": standard
     stats = head_k(deter_t), head_k = Linear(hidden) -> ELU -> Linear(stats)   k in 0..ensemble-1
 
 and of the posterior (``obs_step``): ``stats = Linear(ELU(Linear([deter_t, embed_t])))``.
@@ -32,6 +32,9 @@ from torch import nn
 from lqv_d4rl.networks.distributions import categorical_latent, gaussian_latent
 
 ENSEMBLE_SIZE = 7  # prior heads of the ensemble RSSMs of Offline DV2, SeMOPO and LOMPO
+
+
+CELLS = ("dreamerv2", "gru")
 
 
 class LayerNormGRUCell(nn.Module):
@@ -56,6 +59,35 @@ class LayerNormGRUCell(nn.Module):
         candidate = torch.tanh(reset * candidate)
         update = torch.sigmoid(update + self.update_bias)
         return update * candidate + (1 - update) * state
+
+
+class StandardGRUCell(nn.GRUCell):
+    """The standard GRU cell of Dreamer-v1 and TIA (Keras ``GRUCell``, ``reset_after=True``; the
+    same equations as ``torch.nn.GRUCell``)::
+
+        r = sigmoid(W_r x + U_r h + b_r),  z = sigmoid(W_z x + U_z h + b_z)
+        n = tanh(W_n x + b_n + r * (U_n h + b'_n)),  h' = (1 - z) * n + z * h
+
+    It differs from :class:`LayerNormGRUCell` in where the reset gate acts (on the recurrent part
+    only) and in its update gate (no -1 bias: a fresh cell keeps half of its state, not 73 %).
+    Initialized as Keras does: Glorot-uniform input weights, orthogonal recurrent weights, zero
+    biases. Takes and returns states like :class:`LayerNormGRUCell`.
+    """
+
+    def __init__(self, input_dim, hidden_dim):
+        super().__init__(input_dim, hidden_dim)
+        self.hidden_dim = hidden_dim
+        with torch.no_grad():
+            # Keras initializes each kernel as one matrix over the three gates
+            bound = (6.0 / (input_dim + 3 * hidden_dim)) ** 0.5
+            self.weight_ih.uniform_(-bound, bound)
+            nn.init.orthogonal_(self.weight_hh)
+            self.bias_ih.zero_()
+            self.bias_hh.zero_()
+
+    def forward(self, inputs, state):
+        """One step: ``inputs (N, input_dim)``, ``state (N, hidden)`` -> new state ``(N, hidden)``."""
+        return super().forward(inputs, state.to(inputs.dtype))
 
 
 @dataclass
@@ -93,6 +125,9 @@ class RSSM(nn.Module):
         ensemble: number K of prior heads (1: no ensemble; ``ENSEMBLE_SIZE`` = 7 for Offline DV2,
             SeMOPO, LOMPO).
         min_std: lower bound of the Gaussian std (0.1, Dreamer-v1 / TIA).
+        cell: ``"dreamerv2"`` (:class:`LayerNormGRUCell`, layer norm per ``layer_norm``: DreamerV2,
+            SeMOPO, Offline DV2) or ``"gru"`` (:class:`StandardGRUCell`: Dreamer-v1, TIA).
+        layer_norm: layer-normalize the gates of the ``"dreamerv2"`` cell.
         std_activation: Gaussian std as ``softplus(x) + min_std`` (Dreamer-v1 / TIA) or
             ``"sigmoid2"``: ``2 * sigmoid(x / 2) + min_std`` (DreamerV2's Gaussian option).
         action_free: the prior ignores actions entirely (SeMOPO's exogenous branch).
@@ -101,10 +136,12 @@ class RSSM(nn.Module):
 
     def __init__(self, embed_dim, action_dim, deter=200, stoch=30, classes=None, hidden=200,
                  ensemble=1, min_std=0.1, action_free=False, layer_norm=True, seed=None,
-                 std_activation="softplus"):
+                 std_activation="softplus", cell="dreamerv2"):
         super().__init__()
         if ensemble < 1:
             raise ValueError(f"ensemble must be at least 1 (got {ensemble})")
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
         if std_activation not in ("softplus", "sigmoid2"):
             raise ValueError(f"std_activation must be 'softplus' or 'sigmoid2', got {std_activation!r}")
         self.std_activation = std_activation
@@ -116,7 +153,10 @@ class RSSM(nn.Module):
         stats_dim = self.stoch_flat_dim if classes else 2 * stoch
         input_dim = self.stoch_flat_dim + (0 if action_free else action_dim)
         self.img_in = nn.Sequential(nn.Linear(input_dim, hidden), nn.ELU())
-        self.cell = LayerNormGRUCell(hidden, deter, layer_norm=layer_norm)
+        if cell == "gru":
+            self.cell = StandardGRUCell(hidden, deter)
+        else:
+            self.cell = LayerNormGRUCell(hidden, deter, layer_norm=layer_norm)
         self.img_heads = nn.ModuleList(
             nn.Sequential(nn.Linear(deter, hidden), nn.ELU(), nn.Linear(hidden, stats_dim))
             for _ in range(ensemble)

@@ -8,6 +8,11 @@ second branch (see :mod:`lqv_d4rl.networks.mask`). Its loss is the negative ELBO
 
 averaged over batch and time. A batch is a dict of ``(B, T, ...)`` arrays or tensors with the keys
 ``image`` (uint8, channels last), ``action``, ``reward`` and ``is_first`` (the sampler's output).
+
+With ``WorldModelConfig(state_dim=D)`` the observations are instead vectors of D low-dimensional
+states under the key ``state``, and MLPs replace the conv encoder and decoder (DreamerV2's
+proprioceptive setting); the likelihood is then a unit-variance Normal over the D entries. The
+learning check of this core (``benchmarks/learning.py``) trains such a model online.
 """
 
 from dataclasses import dataclass
@@ -17,31 +22,33 @@ import torch
 from torch import nn
 
 from lqv_d4rl.networks.conv import ConvDecoder, ConvEncoder, preprocess_image
-from lqv_d4rl.networks.distributions import image_log_likelihood
-from lqv_d4rl.networks.heads import DenseHead
+from lqv_d4rl.networks.distributions import image_log_likelihood, unit_normal
+from lqv_d4rl.networks.heads import MLP, DenseHead
 from lqv_d4rl.networks.losses import kl_balanced
 from lqv_d4rl.networks.optim import Optimizer, autocast
 from lqv_d4rl.networks.rssm import RSSM, detach_states
 
 BATCH_KEYS = ("image", "action", "reward", "is_first")
+STATE_BATCH_KEYS = ("state", "action", "reward", "is_first")
 
 
-def batch_to_tensors(batch, device):
-    """The keys a world model needs (``BATCH_KEYS``) as tensors on ``device``.
+def batch_to_tensors(batch, device, keys=BATCH_KEYS):
+    """The keys a world model needs (``BATCH_KEYS``, or ``STATE_BATCH_KEYS``) as tensors on ``device``.
 
-    ``batch`` holds numpy arrays or tensors ``(B, T, ...)``; images stay uint8, actions and rewards
-    become float32, ``is_first`` bool. A missing key raises a ``KeyError`` that names it.
+    ``batch`` holds numpy arrays or tensors ``(B, T, ...)``; images stay uint8, states, actions and
+    rewards become float32, ``is_first`` bool. A missing key raises a ``KeyError`` that names it.
     """
-    missing = [key for key in BATCH_KEYS if key not in batch]
+    missing = [key for key in keys if key not in batch]
     if missing:
-        raise KeyError(f"world-model batch lacks {missing}; it needs {list(BATCH_KEYS)}")
+        raise KeyError(f"world-model batch lacks {missing}; it needs {list(keys)}")
     tensors = {}
-    for key in BATCH_KEYS:
+    for key in keys:
         value = batch[key]
         value = value if torch.is_tensor(value) else torch.from_numpy(np.asarray(value))
         tensors[key] = value.to(device, non_blocking=True)
-    tensors["action"] = tensors["action"].float()
-    tensors["reward"] = tensors["reward"].float()
+    for key in ("state", "action", "reward"):
+        if key in tensors:
+            tensors[key] = tensors[key].float()
     tensors["is_first"] = tensors["is_first"].bool()
     return tensors
 
@@ -61,10 +68,15 @@ class WorldModelConfig:
         units, reward_layers: reward MLP (4 x 400).
         reward_stop_grad: the reward head sees stop-gradient features (SeMOPO).
         kl_balance, free_nats, free_average: see :func:`lqv_d4rl.networks.losses.kl_balanced`.
-        kl_scale, image_scale, reward_scale: loss weights.
+        kl_scale, image_scale, reward_scale: loss weights (``image_scale`` weighs the observation
+            likelihood, images or states).
         lr, eps, clip: Adam settings (model lr 3e-4 in the released SeMOPO config, 6e-5 in its paper).
         precision: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (mixed precision on CUDA only).
         seed: seeds the ensemble-head generator (``None``: global torch RNG).
+        state_dim: ``None`` for 64x64 images (batch key ``image``, conv encoder and decoder); an
+            integer for low-dimensional state vectors of that size (batch key ``state``, MLP
+            encoder and decoder of ``state_layers`` x ``units``, as DreamerV2 on proprioception).
+        state_layers: hidden layers of the MLP encoder and decoder (DreamerV2: 4).
     """
 
     depth: int = 48
@@ -90,6 +102,8 @@ class WorldModelConfig:
     clip: float = 100.0
     precision: str = "float32"
     seed: int | None = None
+    state_dim: int | None = None
+    state_layers: int = 4
 
 
 class WorldModel(nn.Module):
@@ -107,11 +121,18 @@ class WorldModel(nn.Module):
         if cfg.ensemble_kl not in ("sampled", "all"):
             raise ValueError(f"ensemble_kl must be 'sampled' or 'all', got {cfg.ensemble_kl!r}")
         self.device = torch.device(device)
-        self.encoder = ConvEncoder(cfg.depth)
+        self.observation_key = "image" if cfg.state_dim is None else "state"
+        if cfg.state_dim is None:
+            self.encoder = ConvEncoder(cfg.depth)
+        else:
+            self.encoder = MLP(cfg.state_dim, None, cfg.state_layers, cfg.units)
         self.rssm = RSSM(self.encoder.output_dim, action_dim, cfg.deter, cfg.stoch, cfg.classes,
                          cfg.hidden, cfg.ensemble, cfg.min_std, seed=cfg.seed,
                          std_activation=cfg.std_activation)
-        self.decoder = ConvDecoder(self.rssm.feature_dim, cfg.depth)
+        if cfg.state_dim is None:
+            self.decoder = ConvDecoder(self.rssm.feature_dim, cfg.depth)
+        else:
+            self.decoder = MLP(self.rssm.feature_dim, cfg.state_dim, cfg.state_layers, cfg.units)
         self.reward_head = DenseHead(self.rssm.feature_dim, (), "normal", cfg.reward_layers, cfg.units)
         self.to(self.device)
         self.optimizer = Optimizer("model", self, cfg.lr, cfg.eps, cfg.clip,
@@ -119,28 +140,37 @@ class WorldModel(nn.Module):
 
     def to_tensors(self, batch):
         """Move the batch keys the model needs onto its device (see :func:`batch_to_tensors`)."""
-        return batch_to_tensors(batch, self.device)
+        keys = BATCH_KEYS if self.observation_key == "image" else STATE_BATCH_KEYS
+        return batch_to_tensors(batch, self.device, keys)
 
     def observe(self, batch, state=None):
         """Posterior and prior states ``(B, T, ...)`` of a batch (no loss)."""
         data = self.to_tensors(batch)
-        return self.rssm.observe(self.encoder(data["image"]), data["action"], data["is_first"], state)
+        embed = self.encoder(data[self.observation_key])
+        return self.rssm.observe(embed, data["action"], data["is_first"], state)
+
+    def observation_log_prob(self, features, observation):
+        """Log-likelihood of the observations under the decoder, one value per ``(B, T)`` step:
+        unit-variance Normal over all pixels (images) or over the state entries (states)."""
+        if self.observation_key == "image":
+            return image_log_likelihood(self.decoder(features), preprocess_image(observation))
+        return unit_normal(self.decoder(features), 1).log_prob(observation)
 
     def loss(self, batch, state=None):
         """Negative ELBO of a batch; returns ``(loss, posterior, metrics)``."""
         cfg = self.config
         data = self.to_tensors(batch)
-        embed = self.encoder(data["image"])
-        post, prior = self.rssm.observe(embed, data["action"], data["is_first"], state)
+        observation = data[self.observation_key]
+        post, prior = self.rssm.observe(self.encoder(observation), data["action"], data["is_first"], state)
         if cfg.ensemble_kl == "all" and cfg.ensemble > 1:
             prior = self.rssm.head_stats(post["deter"])
         kl_loss, kl = kl_balanced(post, prior, cfg.kl_balance, cfg.free_nats, cfg.free_average)
         features = self.rssm.features(post)
-        image_ll = image_log_likelihood(self.decoder(features), preprocess_image(data["image"])).mean()
+        observation_ll = self.observation_log_prob(features, observation).mean()
         reward_input = features.detach() if cfg.reward_stop_grad else features
         reward_ll = self.reward_head(reward_input).log_prob(data["reward"]).mean()
-        loss = cfg.kl_scale * kl_loss - cfg.image_scale * image_ll - cfg.reward_scale * reward_ll
-        metrics = {"kl": kl.mean(), "image_log_prob": image_ll.detach(),
+        loss = cfg.kl_scale * kl_loss - cfg.image_scale * observation_ll - cfg.reward_scale * reward_ll
+        metrics = {"kl": kl.mean(), f"{self.observation_key}_log_prob": observation_ll.detach(),
                    "reward_log_prob": reward_ll.detach()}
         return loss, post, metrics
 
@@ -163,5 +193,6 @@ class WorldModel(nn.Module):
         return self.reward_head(imagination.features[1:]).mean
 
     def decode(self, state):
-        """Image means ``(..., 64, 64, 3)`` of latent states, in normalized pixel space."""
+        """Image means ``(..., 64, 64, 3)`` of latent states, in normalized pixel space (state
+        vectors ``(..., state_dim)`` for a state model)."""
         return self.decoder(self.rssm.features(state))

@@ -1,0 +1,576 @@
+"""The ``sac-state`` behaviour recipe: SAC on states makes the behaviour policies, on a CPU.
+
+V-D4RL made its behaviour policies with SAC trained on dm_control's proprioceptive states
+(:mod:`collectors.sac`). Policies that never look at the images let the expensive part, rendering,
+happen once per recorded frame: every episode is first played on the physics alone
+(:class:`lqv_d4rl.physics.StateSimulator`, thousands of steps per second), and the episodes that
+make the datasets are then rendered from their stored physics states with the distractor video
+(:class:`lqv_d4rl.physics.FrameRenderer`, exactly the frames the live environment would have
+shown). The levels:
+
+* ``random``: ``random_policies`` randomly initialized SAC actors (distinct seeds), each playing
+  ``random_episodes_per_policy`` episodes with sampled actions (paper: 10 x 20 = 200). Policy ids
+  ``sac-init00-seed0``, ..., policy_step -1.
+* ``medrep``: one SAC training run from scratch until its evaluation return first reaches the
+  task's medium band (the ``min`` of Table 3's medium row); its training episodes make the dataset
+  (evenly spaced down to ``medrep_episodes`` when there are more, as for TIA). Training runs
+  between episodes, so each episode is played by one fixed snapshot: ``sac-seed0-prefill`` for
+  the uniformly random start (policy_step 0), else ``sac-seed0-step012000``, the learner after
+  12,000 environment steps (its policy_step).
+* ``medium``: the first evaluated snapshot whose every evaluation episode reached the band (if none
+  did, the closest, and the manifest says so) plays ``medium_episodes`` episodes (paper: 200).
+
+Every evaluated snapshot is kept under ``<work_dir>/snapshots/`` with its evaluation return
+(``state.json`` lists them). Presets: ``cpu`` (the published episode counts, full episodes,
+the V-D4RL SAC with evaluations every 5000 environment steps over 10 episodes) and ``smoke`` (tiny,
+for tests).
+
+Resuming and bytes: episode ``k`` of a level is reset with ``derived_seed(seed, level, k)`` and
+draws its action noise from its own generator, so any episode comes out the same wherever a run
+was interrupted; the training run checkpoints its agent, episodes and sampling generator (the
+commit point is ``state.json``, written last) and continues exactly. Rendering is per episode, so
+the number of render ``workers`` does not change the bytes either.
+"""
+
+import collections
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lqv_d4rl.format import write_json_atomically
+from lqv_d4rl.registry import get_recipe
+from lqv_d4rl.tasks import get_task
+
+from .generate import MEDIUM_POLICY_FILE, GenerateError, GenerateJob, MediumPolicyTracker
+from .recorders import (
+    STREAMS, EpisodeBuilder, RecordedEpisode, derived_seed, select_medrep_episodes,
+)
+from .sac import SACAgent, SACConfig, SACPolicy, TransitionReplay
+
+STATE_PRESETS = ("cpu", "smoke")
+STATE_NAME = "state.json"
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StateRecipe:
+    """How ``generate --behaviour sac-state`` makes the three datasets of one task."""
+
+    preset: str
+    """``"cpu"`` or ``"smoke"`` (or a name of your own)."""
+    sac: SACConfig
+    """SAC settings and training schedule (:class:`collectors.sac.SACConfig`)."""
+    random_policies: int = 10
+    """Randomly initialized SAC actors of the random level (the paper's 10)."""
+    random_episodes_per_policy: int = 20
+    """Episodes each random actor plays (the paper's 20)."""
+    random_explore: bool = True
+    """Random actors sample their (wide, untrained) Gaussian; False: tanh(mean), which barely
+    moves."""
+    medrep_episodes: int = 400
+    """Most training episodes kept in medrep (evenly spaced when the run made more)."""
+    medium_episodes: int = 200
+    """Episodes the medium snapshot plays."""
+    medium_explore: bool = False
+    """The medium snapshot acts with tanh(mean), the behaviour its evaluation measured (V-D4RL
+    sampled actions for its medium data: set True for that)."""
+    medium_band: tuple | None = None
+    """(min, max) evaluation return of the medium level; None: train the whole budget and take
+    the last evaluated snapshot (smoke)."""
+    medium_rule: str = "every_episode"
+    """Which evaluation return must reach the band's min for the run to stop there: every
+    episode's (a snapshot that still falls now and then is not medium yet) or the mean (the TIA
+    recipe's rule). See collectors.generate.MediumPolicyTracker."""
+    max_episode_steps: int | None = None
+    """Cut episodes after this many agent steps; None: the task's full episodes."""
+    num_video_frames: int = 1000
+    """Frames in the distractor pool."""
+    checkpoint_every: int = 20
+    """Training episodes between checkpoints of the training run."""
+
+    def describe(self):
+        """The recipe as a JSON-able dict (provenance), the SAC config included."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name != "sac"}
+        fields["medium_band"] = None if self.medium_band is None else list(self.medium_band)
+        return {**fields, "behaviour": "sac-state", "sac": dataclasses.asdict(self.sac)}
+
+
+def state_recipe(task, preset="cpu"):
+    """The :class:`StateRecipe` of ``task`` for ``preset`` (``"cpu"`` or ``"smoke"``)."""
+    get_task(task)
+    if preset == "cpu":
+        medium = get_recipe(f"{task}-medium").paper_returns
+        return StateRecipe(preset="cpu", sac=SACConfig.cpu(),
+                           medium_band=(medium["min"], medium["max"]),
+                           medrep_episodes=get_recipe(f"{task}-medrep").episodes,
+                           medium_episodes=get_recipe(f"{task}-medium").episodes)
+    if preset == "smoke":
+        return StateRecipe(preset="smoke", sac=SACConfig.smoke(), random_policies=3,
+                           random_episodes_per_policy=2, medium_episodes=4, medium_band=None,
+                           max_episode_steps=50, num_video_frames=200, checkpoint_every=1)
+    raise ValueError(f"the sac-state behaviour has the presets {', '.join(STATE_PRESETS)}; "
+                     f"got {preset!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Playing episodes on the physics alone
+# ----------------------------------------------------------------------------------------------
+
+
+class UniformPolicy:
+    """Uniformly random actions in [-1, 1] (the start of a training run), SACPolicy's interface."""
+
+    def __init__(self, action_dim):
+        self.action_dim = int(action_dim)
+
+    def act(self, state, *, deterministic=False, generator=None):
+        """One uniform action (the generator's draws)."""
+        return (torch.rand(self.action_dim, generator=generator) * 2 - 1).numpy()
+
+
+def simulate_episode(simulator, policy, seed, *, explore, noise_seed, max_episode_steps=None):
+    """Play one episode on the physics alone; a RecordedEpisode without images.
+
+    ``policy.act(state, deterministic=, generator=)`` picks the actions (noise from a generator
+    seeded with ``noise_seed``); the steps carry ``state`` and ``physics`` for every entry.
+    """
+    generator = torch.Generator().manual_seed(int(noise_seed))
+    state, info = simulator.reset(seed=int(seed))
+    builder = EpisodeBuilder(None, simulator.action_space.shape[0], info=info)
+    while True:
+        action = policy.act(state, deterministic=not explore, generator=generator)
+        state, reward, terminated, truncated, info = simulator.step(action)
+        builder.add(action, None, reward, discount=info["discount"], terminated=terminated,
+                    info=info)
+        cut = max_episode_steps is not None and len(builder) - 1 >= max_episode_steps
+        if terminated or truncated or cut:
+            return RecordedEpisode(builder.finish(), int(seed), [], builder.finish_states())
+
+
+def simulate_level(simulator, policy, first, count, *, seed, stream, explore,
+                   max_episode_steps=None, index_offset=0):
+    """Yield ``(k, RecordedEpisode)`` for episodes ``first .. count - 1`` of one policy; episode
+    ``k`` is reset with ``derived_seed(seed, stream, index_offset + k)`` and has its own noise."""
+    for k in range(first, count):
+        index = index_offset + k
+        yield k, simulate_episode(
+            simulator, policy, derived_seed(seed, stream, index), explore=explore,
+            noise_seed=derived_seed(seed, "noise", STREAMS[stream], index),
+            max_episode_steps=max_episode_steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# The SAC training run
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunState:
+    """Counters of a SAC training run (saved in ``state.json``)."""
+
+    env_steps: int = 0
+    episodes: int = 0
+    update_credit: float = 0.0
+    """Updates due but not yet made (a fraction when updates_per_step is not whole)."""
+    next_eval: int = 0
+    finished: bool = False
+    stop_reason: str = ""
+    agent_file: str = ""
+    evaluations: list = dataclasses.field(default_factory=list)
+    replay_rng: dict = dataclasses.field(default_factory=dict)
+
+
+class SACRun:
+    """One SAC training run on states with checkpoints in ``work_dir`` (see the module docstring).
+
+    ``on_evaluation(evaluation, agent) -> bool`` decides when to stop (True), as for TIA
+    (:class:`collectors.generate.MediumPolicyTracker`). After :meth:`run`, :attr:`episodes` holds
+    every training episode (RecordedEpisode without images) with its policy id and step.
+    """
+
+    def __init__(self, config, task, *, work_dir, seed=0, max_episode_steps=None,
+                 checkpoint_every=20, on_evaluation=None, progress=True, settings=None):
+        from lqv_d4rl.physics import StateSimulator
+
+        self.config, self.task = config, task
+        self.work_dir = Path(work_dir)
+        self.seed = int(seed)
+        self.max_episode_steps = max_episode_steps
+        self.checkpoint_every = int(checkpoint_every)
+        self.on_evaluation = on_evaluation
+        self.progress = progress
+        self.settings = settings or {}
+        self.simulator = StateSimulator(task)
+        self.action_repeat = get_task(task).action_repeat
+        self.action_dim = get_task(task).action_dim
+        self.run_name = f"sac-seed{self.seed}"
+        self.episodes = []  # (RecordedEpisode, policy_id, policy_step)
+        self.agent = self.replay = self.state = None
+        self._saved_episodes = 0
+
+    def snapshot_id(self, env_steps):
+        """Policy id of the learner after ``env_steps`` environment steps."""
+        return f"{self.run_name}-step{env_steps:06d}"
+
+    def run(self):
+        """Train until ``on_evaluation`` says stop or the budget is spent; return the state."""
+        self._restore_or_start()
+        bar = self._progress_bar()
+        try:
+            while not self.state.finished:
+                before = self.state.env_steps
+                self._play_training_episode()
+                self._train()
+                self._evaluate_if_due()
+                if bar is not None:
+                    self._show_status(bar, self.state.env_steps - before)
+                if self.state.finished or self.state.episodes % self.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.state
+
+    # -- one episode ---------------------------------------------------------------------------
+
+    def _play_training_episode(self):
+        state, config = self.state, self.config
+        if state.env_steps < config.random_steps:
+            policy, policy_id, policy_step = UniformPolicy(self.action_dim), \
+                f"{self.run_name}-prefill", 0
+        else:
+            policy, policy_id, policy_step = SACPolicy.of(self.agent), \
+                self.snapshot_id(state.env_steps), state.env_steps
+        index = state.episodes
+        episode = simulate_episode(
+            self.simulator, policy, derived_seed(self.seed, "medrep", index), explore=True,
+            noise_seed=derived_seed(self.seed, "noise", STREAMS["medrep"], index),
+            max_episode_steps=self.max_episode_steps)
+        self._add_episode(episode, policy_id, policy_step)
+        agent_steps = episode.num_agent_steps
+        state.env_steps += agent_steps * self.action_repeat
+        state.episodes += 1
+        # Updates are due for the agent steps collected after the first learning_starts env steps.
+        due = min(agent_steps, (state.env_steps - config.learning_starts) // self.action_repeat)
+        state.update_credit += max(due, 0) * config.updates_per_step
+
+    def _add_episode(self, episode, policy_id, policy_step):
+        self.episodes.append((episode, policy_id, int(policy_step)))
+        self.replay.add_episode(episode.all_steps)
+
+    def _train(self):
+        count = int(self.state.update_credit)
+        self.state.update_credit -= count
+        for _ in range(count):
+            self.agent.update(self.replay.sample(self.config.batch_size))
+
+    def _evaluate_if_due(self):
+        from .online import Evaluation
+
+        state, config = self.state, self.config
+        out_of_budget = state.env_steps >= config.total_steps
+        learning = state.env_steps > config.learning_starts
+        if learning and (state.env_steps >= state.next_eval or out_of_budget):
+            offset = len(state.evaluations) * config.eval_episodes
+            returns = [episode.episode_return for _, episode in simulate_level(
+                self.simulator, SACPolicy.of(self.agent), 0, config.eval_episodes,
+                seed=self.seed, stream="eval", explore=False,
+                max_episode_steps=self.max_episode_steps, index_offset=offset)]
+            evaluation = Evaluation(state.env_steps, self.snapshot_id(state.env_steps), returns)
+            snapshot = self.work_dir / "snapshots" / f"{evaluation.policy_id}.pt"
+            snapshot.parent.mkdir(parents=True, exist_ok=True)
+            self.agent.save_actor(snapshot)
+            state.evaluations.append({**dataclasses.asdict(evaluation),
+                                      "mean_return": evaluation.mean_return,
+                                      "snapshot": str(snapshot.relative_to(self.work_dir))})
+            while state.next_eval <= state.env_steps:
+                state.next_eval += config.eval_every
+            if self.on_evaluation is not None and \
+                    self.on_evaluation(evaluation, _ActorSaver(self.agent)):
+                state.finished, state.stop_reason = True, "on_evaluation"
+        if out_of_budget and not state.finished:
+            state.finished, state.stop_reason = True, "max_env_steps"
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _run_settings(self):
+        return json.loads(json.dumps({
+            "task": self.task, "seed": self.seed, "max_episode_steps": self.max_episode_steps,
+            "config": dataclasses.asdict(self.config), "settings": self.settings}))
+
+    def _restore_or_start(self):
+        from .online import CheckpointError
+
+        state_path = self.work_dir / STATE_NAME
+        state_dim = len(self.simulator.reset(seed=0)[0])
+        self.replay = TransitionReplay(state_dim, self.action_dim, self._replay_capacity(),
+                                       seed=derived_seed(self.seed, "agent", 1))
+        if not state_path.is_file():
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            self.state = RunState()
+            self.agent = SACAgent(self.config, state_dim, self.action_dim,
+                                  seed=derived_seed(self.seed, "agent"))
+            return
+        try:
+            saved = json.loads(state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"cannot read {state_path} ({err}); delete {self.work_dir} to "
+                                  "restart the training run from scratch") from err
+        if saved.get("version") != STATE_VERSION or saved.get("run") != self._run_settings():
+            raise CheckpointError(
+                f"the checkpoint in {self.work_dir} belongs to a run with other settings (stored "
+                f"{saved.get('run')}, asked for {self._run_settings()}); resume with the same "
+                f"preset and options, or delete {self.work_dir} (or pass overwrite) to start over")
+        self.state = RunState(**saved["state"])
+        self.agent = SACAgent.load(self.work_dir / self.state.agent_file)
+        for episode, policy_id, policy_step in load_episode_chunks(
+                self.work_dir / "episodes", self.state.episodes):
+            self._add_episode(episode, policy_id, policy_step)
+        self.replay.rng.bit_generator.state = self.state.replay_rng
+        self._saved_episodes = len(self.episodes)
+
+    def _replay_capacity(self):
+        steps = self.max_episode_steps or get_task(self.task).episode_steps
+        episodes = -(-self.config.total_steps // (self.action_repeat * steps)) + 1
+        return episodes * steps
+
+    def save_checkpoint(self):
+        """Write the agent, the new episodes and the counters; ``state.json`` last (the commit)."""
+        state = self.state
+        previous = state.agent_file
+        state.agent_file = f"agent-{state.episodes:07d}.pt"
+        self.agent.save(self.work_dir / state.agent_file)
+        save_episode_chunk(self.episodes[self._saved_episodes:], self._saved_episodes,
+                           self.work_dir / "episodes")
+        state.replay_rng = self.replay.rng.bit_generator.state
+        write_json_atomically(self.work_dir / STATE_NAME, {
+            "version": STATE_VERSION, "run": self._run_settings(),
+            "state": dataclasses.asdict(state)})
+        if previous and previous != state.agent_file:
+            (self.work_dir / previous).unlink(missing_ok=True)
+        self._saved_episodes = len(self.episodes)
+
+    # -- display -------------------------------------------------------------------------------
+
+    def _progress_bar(self):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.config.total_steps, initial=self.state.env_steps,
+                    unit="env step", desc=f"train SAC {self.task}", dynamic_ncols=True)
+
+    def _show_status(self, bar, steps):
+        postfix = {"episodes": self.state.episodes, "updates": self.agent.updates}
+        if self.state.evaluations:
+            postfix["eval return"] = f"{self.state.evaluations[-1]['mean_return']:.1f}"
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(steps)
+
+
+class _ActorSaver:
+    """What MediumPolicyTracker needs of an agent: ``save(path)``, here the actor alone."""
+
+    def __init__(self, agent):
+        self.save = agent.save_actor
+
+
+_EPISODE_ARRAYS = ("action", "reward", "discount", "is_terminal", "state", "physics")
+
+
+def save_episode_chunk(entries, first, folder):
+    """Write training episodes ``first, first + 1, ...`` (RecordedEpisode, policy id, step) as one
+    npz file, atomically; nothing when ``entries`` is empty."""
+    if not entries:
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = [{**episode.steps, **episode.states} for episode, _, _ in entries]
+    arrays = {key: np.concatenate([s[key] for s in steps]) for key in _EPISODE_ARRAYS}
+    arrays["lengths"] = np.array([len(s["reward"]) for s in steps], np.int64)
+    arrays["seeds"] = np.array([episode.seed for episode, _, _ in entries], np.int64)
+    arrays["policy_ids"] = np.array([policy_id for _, policy_id, _ in entries])
+    arrays["policy_steps"] = np.array([step for _, _, step in entries], np.int64)
+    path = folder / f"episodes-{first:07d}.npz"
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_episode_chunks(folder, count):
+    """The first ``count`` training episodes saved by :func:`save_episode_chunk`, as
+    (RecordedEpisode, policy id, policy step); chunks past them (written after the last commit)
+    are removed."""
+    from .online import CheckpointError
+
+    entries = []
+    for path in sorted(Path(folder).glob("episodes-*.npz")):
+        first = int(path.name.split("-")[1].split(".")[0])
+        if first >= count:
+            path.unlink()
+            continue
+        if first != len(entries):
+            raise CheckpointError(f"the episode chunks in {folder} have a gap before "
+                                  f"{path.name}; delete {Path(folder).parent} to restart the run")
+        with np.load(path) as data:
+            arrays = {key: data[key] for key in data.files}
+        bounds = np.concatenate([[0], np.cumsum(arrays["lengths"])])
+        for row in range(min(len(arrays["lengths"]), count - first)):
+            rows = slice(bounds[row], bounds[row + 1])
+            steps = {key: arrays[key][rows] for key in _EPISODE_ARRAYS}
+            length = len(steps["reward"])
+            steps["is_first"] = np.arange(length) == 0
+            steps["is_last"] = np.arange(length) == length - 1
+            states = {key: steps.pop(key) for key in ("state", "physics")}
+            episode = RecordedEpisode(steps, int(arrays["seeds"][row]), [], states)
+            entries.append((episode, str(arrays["policy_ids"][row]),
+                            int(arrays["policy_steps"][row])))
+    if len(entries) != count:
+        raise CheckpointError(f"{folder} holds {len(entries)} episodes but the checkpoint needs "
+                              f"{count}; delete {Path(folder).parent} to restart the run")
+    return entries
+
+
+# ----------------------------------------------------------------------------------------------
+# The three levels
+# ----------------------------------------------------------------------------------------------
+
+
+class StateJob(GenerateJob):
+    """The ``sac-state`` behaviour of ``generate`` (see the module docstring)."""
+
+    level_policies = {
+        "random": "randomly initialized SAC actors on states (policy ids sac-initPP-seedS), "
+                  "sampled actions",
+        "medrep": "SAC training run on states from scratch until the medium band; policy id "
+                  "= snapshot (sac-seedS-stepNNNNNN, env steps) or sac-seedS-prefill "
+                  "(uniform random actions)",
+        "medium": "one fixed SAC snapshot (every evaluation episode in the medium band), "
+                  "actions tanh(mean)",
+    }
+
+    def __init__(self, task, spec, recipe, workers, root, work_dir, seed, overwrite,
+                 progress, provenance, max_shard_bytes, video_pool):
+        super().__init__(task, spec, recipe, root, work_dir, seed, overwrite, progress,
+                         provenance, max_shard_bytes)
+        self.workers, self.video_pool = workers, video_pool
+        self.simulator = self.renderer = None  # made by run()
+
+    def run(self, folders, levels):
+        """Write the pending ``levels`` into ``folders`` (level -> folder)."""
+        from lqv_d4rl.physics import StateSimulator
+        from lqv_d4rl.rerender import EpisodeRenderer
+
+        self.simulator = StateSimulator(self.task)
+        with EpisodeRenderer(self.task, video_pool=self.video_pool,
+                             workers=self.workers) as self.renderer:
+            if "random" in levels:
+                self.record_random(folders["random"])
+            if {"medrep", "medium"} & set(levels):
+                self.train_and_record(folders, levels)
+        self.simulator.close()
+
+    def write_rendered(self, writer, entries, total, description):
+        """Render and write ``entries`` (RecordedEpisode without images, policy id, policy
+        step), in order; ``total`` sizes the progress bar."""
+        bar = self.bar(total, writer.num_episodes, description)
+        entries = iter(entries)
+        pending = collections.deque()  # the entries being rendered, in order
+
+        def items():
+            for entry in entries:
+                pending.append(entry)
+                yield entry[0].states["physics"], entry[0].seed
+
+        for images, video_ids in self.renderer.render(items()):
+            episode, policy_id, policy_step = pending.popleft()
+            writer.add_episode({"image": images, **episode.all_steps}, policy_id=policy_id,
+                               policy_step=policy_step, seed=episode.seed,
+                               video_ids=video_ids)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+
+    def record_random(self, folder):
+        """The random level: randomly initialized actors, in turn."""
+        recipe, spec = self.recipe, self.spec
+        per_policy = recipe.random_episodes_per_policy
+        total = recipe.random_policies * per_policy
+        state_dim = len(self.simulator.reset(seed=0)[0])
+
+        def entries(done):
+            for p in range(done // per_policy, recipe.random_policies):
+                actor = SACPolicy.of(SACAgent(recipe.sac, state_dim, spec.action_dim,
+                                              seed=derived_seed(self.seed, "random_policy",
+                                                                p)))
+                for _, episode in simulate_level(
+                        self.simulator, actor, max(done - p * per_policy, 0), per_policy,
+                        seed=self.seed, stream="random", explore=recipe.random_explore,
+                        max_episode_steps=recipe.max_episode_steps,
+                        index_offset=p * per_policy):
+                    yield episode, f"sac-init{p:02d}-seed{self.seed}", -1
+
+        with self.writer(folder, "random") as writer:
+            self.write_rendered(writer, entries(writer.num_episodes), total,
+                                f"record {self.task}-random")
+
+    def train_and_record(self, folders, levels):
+        """Run (or resume) the SAC training run, then write medrep and/or medium."""
+        recipe = self.recipe
+        tracker = MediumPolicyTracker(recipe.medium_band, self.work_dir, recipe.medium_rule)
+        run = SACRun(recipe.sac, self.task, work_dir=self.work_dir, seed=self.seed,
+                     max_episode_steps=recipe.max_episode_steps,
+                     checkpoint_every=recipe.checkpoint_every, on_evaluation=tracker,
+                     progress=self.progress,
+                     settings={"torch_threads": self.provenance["torch_threads"]})
+        state = run.run()
+        medium = tracker.load_info()
+        if medium is None:
+            raise GenerateError(
+                f"the training run ended after {state.env_steps} env steps without an "
+                f"evaluation (its budget total_steps={recipe.sac.total_steps} does not exceed "
+                f"learning_starts={recipe.sac.learning_starts}); raise the budget")
+        run_info = {"training_run": {
+            "env_steps": state.env_steps, "episodes": state.episodes,
+            "updates": run.agent.updates, "stop_reason": state.stop_reason,
+            "evaluations": [{key: e[key] for key in ("env_steps", "policy_id", "mean_return",
+                                                     "returns", "snapshot")}
+                            for e in state.evaluations],
+            "medium_policy": medium}}
+        if "medrep" in levels:
+            self.write_medrep(folders["medrep"], run, run_info)
+        if "medium" in levels:
+            self.record_medium(folders["medium"], medium, run_info)
+
+    def write_medrep(self, folder, run, run_info):
+        """The training episodes (evenly spaced down to medrep_episodes), rendered."""
+        selected = select_medrep_episodes(range(len(run.episodes)), self.recipe.medrep_episodes)
+        extra = dict(run_info, medrep_selection={
+            "training_episodes": len(run.episodes), "kept": len(selected),
+            "rule": "evenly spaced over the run (all when fewer than medrep_episodes)"})
+        with self.writer(folder, "medrep", extra) as writer:
+            self.write_rendered(writer, (run.episodes[i] for i in
+                                         selected[writer.num_episodes:]),
+                                len(selected), f"render {self.task}-medrep")
+
+    def record_medium(self, folder, medium, run_info):
+        """The medium level: the tracked snapshot plays medium_episodes episodes."""
+        recipe = self.recipe
+        policy = SACPolicy.load(self.work_dir / MEDIUM_POLICY_FILE)
+
+        def entries(done):
+            for _, episode in simulate_level(
+                    self.simulator, policy, done, recipe.medium_episodes, seed=self.seed,
+                    stream="medium", explore=recipe.medium_explore,
+                    max_episode_steps=recipe.max_episode_steps):
+                yield episode, medium["policy_id"], medium["policy_step"]
+
+        with self.writer(folder, "medium", run_info) as writer:
+            self.write_rendered(writer, entries(writer.num_episodes), recipe.medium_episodes,
+                                f"record {self.task}-medium")

@@ -1,0 +1,100 @@
+"""The learning check of the shared world-model core (collectors.state_dreamer): its environment,
+replay and loop, and (slow) that it really learns."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from collectors.state_dreamer import (
+    StateDreamer,
+    StateDreamerConfig,
+    StateEnv,
+    StateReplay,
+    run_episode,
+    train_state_dreamer,
+)
+
+TINY = StateDreamerConfig(
+    deter=16, stoch=4, classes=4, hidden=16, units=16, state_layers=1, reward_layers=1,
+    actor_layers=1, critic_layers=1, horizon=3, batch_size=2, seq_len=5, imagine_starts=4,
+    prefill_steps=20, pretrain_steps=2, train_every=5, total_steps=60, eval_every=20,
+    eval_episodes=1, max_episode_steps=20)
+
+
+def test_state_env_flattens_observations_and_sums_repeated_rewards():
+    single = StateEnv("walker_walk", seed=3, action_repeat=1)
+    double = StateEnv("walker_walk", seed=3, action_repeat=2)
+    assert (double.state_dim, double.action_dim) == (24, 6)  # 14 orientations, height, 9 velocities
+    first_single, first_double = single.reset(), double.reset()
+    np.testing.assert_array_equal(first_single, first_double)
+    action = np.full(6, 0.3)
+    _, reward_a, _ = single.step(action)
+    state_b, reward_b, _ = single.step(action)
+    state, reward, done = double.step(action)
+    assert state.dtype == np.float32 and state.shape == (24,) and not done
+    np.testing.assert_array_equal(state, state_b)
+    assert math.isclose(reward, reward_a + reward_b)
+
+
+def test_episodes_follow_the_entry_convention():
+    env = StateEnv("cartpole_swingup", seed=0, action_repeat=4)
+    episode, episode_return = run_episode(env, lambda observation, is_first: np.ones(1), 7)
+    assert len(episode["reward"]) == 8 and episode["state"].shape == (8, env.state_dim)
+    assert episode["is_first"].tolist() == [True] + [False] * 7
+    assert episode["action"][0].tolist() == [0.0] and episode["reward"][0] == 0.0
+    assert math.isclose(episode_return, float(episode["reward"].sum()))
+
+
+def test_replay_windows_never_cross_an_episode():
+    replay = StateReplay(seed=0)
+    for index, length in enumerate((9, 4, 12)):  # the 4-step episode has no window of 5
+        replay.add({"state": np.full((length, 1), index, np.float32),
+                    "action": np.zeros((length, 1), np.float32),
+                    "reward": np.arange(length, dtype=np.float32),
+                    "is_first": np.arange(length) == 0})
+    batch = replay.sample(64, 5)
+    assert batch["state"].shape == (64, 5, 1)
+    assert set(np.unique(batch["state"])) == {0.0, 2.0}
+    assert np.all(batch["state"] == batch["state"][:, :1])        # one episode per window
+    assert np.all(np.diff(batch["reward"], axis=1) == 1)          # consecutive entries
+    assert not batch["is_first"][:, 1:].any()
+    with pytest.raises(ValueError, match="no stored episode"):
+        replay.sample(2, 13)
+
+
+def test_update_returns_every_metric_and_actions_stay_in_bounds():
+    env = StateEnv("walker_walk", seed=0)
+    agent = StateDreamer(TINY, env.state_dim, env.action_dim)
+    replay = StateReplay()
+    replay.add(run_episode(env, lambda observation, is_first: np.zeros(6), 10)[0])
+    metrics = agent.update(replay.sample(TINY.batch_size, TINY.seq_len))
+    expected = {"model_loss", "kl", "state_log_prob", "reward_log_prob", "actor_loss",
+                "critic_loss", "actor_entropy", "imagined_return"}
+    assert expected <= set(metrics) and all(math.isfinite(v) for v in metrics.values())
+    action, _ = agent.act(env.reset(), agent.initial_state(), True, explore=True)
+    assert action.shape == (6,) and np.all(np.abs(action) <= 1)
+
+
+def test_same_seed_same_run_and_the_run_stops_at_its_target():
+    first = train_state_dreamer(TINY, seed=1, progress=False, log=lambda line: None)
+    second = train_state_dreamer(TINY, seed=1, progress=False, log=lambda line: None)
+    assert [e["agent_steps"] for e in first.evaluations] == [20, 40, 60]
+    assert [e["returns"] for e in first.evaluations] == [e["returns"] for e in second.evaluations]
+    assert first.train_returns == second.train_returns and first.metrics == second.metrics
+    stopped = train_state_dreamer(dataclasses.replace(TINY, target_return=-1.0), seed=1,
+                                  progress=False, log=lambda line: None)
+    assert [e["agent_steps"] for e in stopped.evaluations] == [20]
+
+
+@pytest.mark.slow
+def test_the_shared_core_learns_walker_walk_from_states():
+    """The benchmark's check at a smaller budget (``python benchmarks/learning.py state`` is the
+    full one): the return must rise clearly above the random policy's."""
+    config = dataclasses.replace(
+        StateDreamerConfig(), stoch=16, classes=16, model_lr=6e-4, actor_lr=2e-4, critic_lr=2e-4,
+        eval_every=2500, cpu_budget_s=1500.0, target_return=120.0)
+    curve = train_state_dreamer(config, seed=0, progress=False, log=lambda line: None)
+    assert curve.random_return < 60
+    assert curve.best_return >= 120, curve.evaluations
