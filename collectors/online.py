@@ -59,6 +59,24 @@ class CheckpointError(LQVError, RuntimeError):
     """A training checkpoint that does not match the run asked for, or is unreadable."""
 
 
+def read_checkpoint_state(state_path, version, run_settings):
+    """The saved ``state.json`` of a training run, checked against the ``version`` of its layout
+    and the ``run_settings`` of the run that wants to resume it (:class:`CheckpointError` if
+    unreadable or another run's)."""
+    work_dir = Path(state_path).parent
+    try:
+        saved = json.loads(Path(state_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read {state_path} ({err}); delete {work_dir} to "
+                              "restart the training run from scratch") from err
+    if saved.get("version") != version or saved.get("run") != run_settings:
+        raise CheckpointError(
+            f"the checkpoint in {work_dir} belongs to a run with other settings (stored "
+            f"{saved.get('run')}, asked for {run_settings}); resume with the same "
+            f"preset and options, or delete {work_dir} (or pass overwrite) to start over")
+    return saved
+
+
 @dataclass
 class Evaluation:
     """One evaluation of the training policy (no exploration noise)."""
@@ -279,16 +297,7 @@ class OnlineTrainer:
                                   seed=derived_seed(self.seed, "agent"))
             self.replay = EpisodeReplay(self.venv.action_dim, seed=self.seed)
             return
-        try:
-            saved = json.loads(state_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"cannot read {state_path} ({err}); delete {self.work_dir} to "
-                                  "restart the training run from scratch") from err
-        if saved.get("version") != STATE_VERSION or saved.get("run") != self._run_settings():
-            raise CheckpointError(
-                f"the checkpoint in {self.work_dir} belongs to a run with other settings (stored "
-                f"{saved.get('run')}, asked for {self._run_settings()}); resume with the same "
-                f"preset and options, or delete {self.work_dir} (or pass overwrite) to start over")
+        saved = read_checkpoint_state(state_path, STATE_VERSION, self._run_settings())
         self.state = TrainerState(**saved["state"])
         self.agent = TIAAgent.load(self.work_dir / self.state.agent_file, device=self.device)
         self.replay = load_replay_chunks(self.work_dir / "replay", self.venv.action_dim,

@@ -11,9 +11,10 @@ shown). The levels:
 * ``random``: ``random_policies`` randomly initialized SAC actors (distinct seeds), each playing
   ``random_episodes_per_policy`` episodes with sampled actions (paper: 10 x 20 = 200). Policy ids
   ``sac-init00-seed0``, ..., policy_step -1.
-* ``medrep``: one SAC training run from scratch until its evaluation return first reaches the
-  task's medium band (the ``min`` of Table 3's medium row); its training episodes make the dataset
-  (evenly spaced down to ``medrep_episodes`` when there are more, as for TIA). Training runs
+* ``medrep``: one SAC training run from scratch; its training episodes until its mean evaluation
+  return first reaches the task's medium band (the ``min`` of Table 3's medium row) make the
+  dataset (evenly spaced down to ``medrep_episodes`` when there are more, as for TIA), also when
+  the ``every_episode`` medium rule trains on past that point. Training runs
   between episodes, so each episode is played by one fixed snapshot: ``sac-seed0-prefill`` for
   the uniformly random start (policy_step 0), else ``sac-seed0-step012000``, the learner after
   12,000 environment steps (its policy_step).
@@ -304,7 +305,7 @@ class SACRun:
             "config": dataclasses.asdict(self.config), "settings": self.settings}))
 
     def _restore_or_start(self):
-        from .online import CheckpointError
+        from .online import read_checkpoint_state
 
         state_path = self.work_dir / STATE_NAME
         state_dim = len(self.simulator.reset(seed=0)[0])
@@ -316,16 +317,7 @@ class SACRun:
             self.agent = SACAgent(self.config, state_dim, self.action_dim,
                                   seed=derived_seed(self.seed, "agent"))
             return
-        try:
-            saved = json.loads(state_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"cannot read {state_path} ({err}); delete {self.work_dir} to "
-                                  "restart the training run from scratch") from err
-        if saved.get("version") != STATE_VERSION or saved.get("run") != self._run_settings():
-            raise CheckpointError(
-                f"the checkpoint in {self.work_dir} belongs to a run with other settings (stored "
-                f"{saved.get('run')}, asked for {self._run_settings()}); resume with the same "
-                f"preset and options, or delete {self.work_dir} (or pass overwrite) to start over")
+        saved = read_checkpoint_state(state_path, STATE_VERSION, self._run_settings())
         self.state = RunState(**saved["state"])
         self.agent = SACAgent.load(self.work_dir / self.state.agent_file)
         for episode, policy_id, policy_step in load_episode_chunks(
@@ -549,11 +541,18 @@ class StateJob(GenerateJob):
             self.record_medium(folders["medium"], medium, run_info)
 
     def write_medrep(self, folder, run, run_info):
-        """The training episodes (evenly spaced down to medrep_episodes), rendered."""
-        selected = select_medrep_episodes(range(len(run.episodes)), self.recipe.medrep_episodes)
+        """The training episodes until the first evaluation whose mean return reached the band
+        (evenly spaced down to medrep_episodes), rendered."""
+        reached = first_band_evaluation(run_info["training_run"]["evaluations"],
+                                        self.recipe.medium_band)
+        before = [index for index, (_, _, policy_step) in enumerate(run.episodes)
+                  if reached is None or policy_step < reached]
+        selected = select_medrep_episodes(before, self.recipe.medrep_episodes)
         extra = dict(run_info, medrep_selection={
-            "training_episodes": len(run.episodes), "kept": len(selected),
-            "rule": "evenly spaced over the run (all when fewer than medrep_episodes)"})
+            "training_episodes": len(run.episodes), "until_env_steps": reached,
+            "before_band": len(before), "kept": len(selected),
+            "rule": "the episodes played before the first evaluation whose mean return reached "
+                    "the band's min, evenly spaced (all when fewer than medrep_episodes)"})
         with self.writer(folder, "medrep", extra) as writer:
             self.write_rendered(writer, (run.episodes[i] for i in
                                          selected[writer.num_episodes:]),
@@ -574,3 +573,12 @@ class StateJob(GenerateJob):
         with self.writer(folder, "medium", run_info) as writer:
             self.write_rendered(writer, entries(writer.num_episodes), recipe.medium_episodes,
                                 f"record {self.task}-medium")
+
+
+def first_band_evaluation(evaluations, band):
+    """Environment steps of the first evaluation whose mean return reached the band's min: where
+    medrep ends ("until the policy first reaches the medium level"), even when the ``every_episode``
+    medium rule keeps training longer. ``None`` without a band (smoke) or if none reached it."""
+    if band is None:
+        return None
+    return next((e["env_steps"] for e in evaluations if e["mean_return"] >= band[0]), None)

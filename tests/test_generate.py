@@ -280,6 +280,29 @@ def state_generated(tmp_path_factory):
     return root, run_state(root)
 
 
+def test_medrep_ends_at_the_first_evaluation_whose_mean_reaches_the_band():
+    from collectors.state_recipe import first_band_evaluation
+
+    evaluations = [{"env_steps": 40, "mean_return": 350.0}, {"env_steps": 80, "mean_return": 420.0},
+                   {"env_steps": 120, "mean_return": 380.0}, {"env_steps": 160, "mean_return": 700.0}]
+    assert first_band_evaluation(evaluations, (401.5, 598.0)) == 80  # not 160, where the run stopped
+    assert first_band_evaluation(evaluations, (800.0, 900.0)) is None
+    assert first_band_evaluation(evaluations, None) is None
+
+
+def test_a_state_recipe_medrep_keeps_only_the_episodes_before_the_band(tmp_path):
+    from collectors.generate import generate
+
+    recipe = dataclasses.replace(tiny_state_recipe(), medium_band=(-1.0, 1e9),
+                                 medium_rule="every_episode")
+    result = generate(TASK, root=tmp_path, seed=1, recipe=recipe, progress=False,
+                      levels=["medrep"], max_shard_bytes=60_000)
+    provenance = read_manifest(result.folders["medrep"])["provenance"]
+    assert provenance["medrep_selection"]["until_env_steps"] == 40  # the first evaluation
+    medrep = load_dataset(result.folders["medrep"])
+    assert medrep.policies() == ["sac-seed1-prefill"] and len(medrep) == 2
+
+
 def test_the_state_recipe_writes_three_datasets_with_its_policy_structure(state_generated):
     root, result = state_generated
     data = {level: load_dataset(folder) for level, folder in result.folders.items()}

@@ -11,6 +11,7 @@ from collectors import TIAAgent, TIAConfig, TIAInputError
 from collectors.tia_model import dreamer_v1_kl
 from lqv_d4rl.errors import UnknownTaskError
 from lqv_d4rl.networks import Optimizer, image_log_likelihood, kl_balanced, preprocess_image
+from lqv_d4rl.synthetic import moving_block_batch
 
 torch.set_num_threads(1)
 
@@ -19,28 +20,9 @@ TINY = dataclasses.replace(TIAConfig.smoke(), batch_size=3, seq_len=6, horizon=2
 
 
 def scene_batch(batch=3, length=6, action_dim=ACTION_DIM, seed=0):
-    """Sequences that look like the real thing: an orange block (the agent) that the first action
-    component moves sideways, in front of moving gray stripes (the distractor video). The reward is
-    the block's horizontal position, so it is visible to the task branch and not in the stripes."""
-    rng = np.random.default_rng(seed)
-    images = np.empty((batch, length, 64, 64, 3), np.uint8)
-    actions = rng.uniform(-1, 1, (batch, length, action_dim)).astype(np.float32)
-    actions[:, 0] = 0.0
-    rewards = np.zeros((batch, length), np.float32)
-    columns = np.arange(64)
-    for b in range(batch):
-        x, phase = rng.uniform(12, 52), rng.uniform(0, 2 * np.pi)
-        for t in range(length):
-            x = float(np.clip(x + 4 * actions[b, t, 0], 6, 58))
-            stripes = (110 + 80 * np.sin(columns / 4.0 + phase + 0.8 * t)).astype(np.uint8)
-            frame = np.repeat(np.repeat(stripes[None, :, None], 64, 0), 3, 2)
-            frame[40:52, int(x) - 5:int(x) + 5] = (230, 120, 40)
-            images[b, t] = frame
-            rewards[b, t] = x / 64.0
-    is_first = np.zeros((batch, length), bool)
-    is_first[:, 0] = True
-    return {"image": images, "action": actions, "reward": rewards,
-            "discount": np.ones((batch, length), np.float32), "is_first": is_first}
+    """Sequences that look like the real thing (``lqv_d4rl.synthetic.moving_block_batch``): the
+    reward is visible to the task branch and not in the distractor stripes."""
+    return moving_block_batch(batch, length, action_dim, seed)
 
 
 def observations(count=3, seed=1):
