@@ -39,7 +39,7 @@ THRESHOLDS = {"state": {"walker_walk": 200.0},
 
 
 def state_config(args):
-    """The StateDreamerConfig of the ``state`` check (``--small`` for the slow test's size)."""
+    """The StateDreamerConfig of the ``state`` check."""
     from collectors.state_dreamer import StateDreamerConfig
 
     config = StateDreamerConfig(task=args.task, cpu_budget_s=args.cpu_budget, threads=args.threads,

@@ -42,7 +42,7 @@ STEP_CHUNK_ROWS = 4096
 GZIP_LEVEL = 4
 DEFAULT_MAX_SHARD_BYTES = 256 * 2**20
 """Rotate to a new shard once the buffered episodes reach this many uncompressed bytes
-(about 40 full DMC episodes; a shard is then ~30-60 MB on disk)."""
+(about 40 full DMC episodes; a shard is then ~60-75 MB on disk)."""
 
 STEP_KEYS = ("image", "action", "reward", "discount", "is_first", "is_last", "is_terminal")
 """The step arrays every dataset has."""

@@ -94,7 +94,7 @@ def test_the_shared_core_learns_walker_walk_from_states():
     full one): the return must rise clearly above the random policy's."""
     config = dataclasses.replace(
         StateDreamerConfig(), stoch=16, classes=16, model_lr=6e-4, actor_lr=2e-4, critic_lr=2e-4,
-        eval_every=2500, cpu_budget_s=1500.0, target_return=120.0)
+        train_every=10, eval_every=2500, eval_episodes=5, cpu_budget_s=1500.0, target_return=120.0)
     curve = train_state_dreamer(config, seed=0, progress=False, log=lambda line: None)
     assert curve.random_return < 60
     assert curve.best_return >= 120, curve.evaluations

@@ -54,7 +54,8 @@ def upload(datasets, repo_id, root, revision, private, tag):
     """Verify local datasets and publish them to a Hub dataset repo in one commit.
 
     Uploads each dataset's manifest and shards under <dataset_id>/, rewrites the dataset card
-    README.md with a return-statistics table, and tags the commit format-v1 (plus --tag).
+    README.md with a return-statistics table, and tags the commit format-v<N> (N: the current
+    format version) plus --tag.
     """
     from ..errors import LQVError
     from ..hub import upload_dataset
