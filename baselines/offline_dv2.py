@@ -212,14 +212,8 @@ class DV2WorldModel(WorldModel):
     plus the ensemble disagreement of the config's penalty."""
 
     def __init__(self, action_dim, config, device="cpu", seed=0):
-        super().__init__(action_dim, WorldModelConfig(
-            depth=config.depth, deter=config.deter, stoch=config.stoch, classes=config.classes,
-            hidden=config.hidden, ensemble=config.ensemble, units=config.units,
-            reward_layers=config.reward_layers, reward_stop_grad=False,
-            kl_balance=config.kl_balance, free_nats=config.free_nats, kl_scale=config.kl_scale,
-            image_scale=config.image_scale, reward_scale=config.reward_scale, lr=config.model_lr,
-            eps=config.eps, clip=config.clip, precision=config.precision, seed=seed,
-        ), device=device)
+        super().__init__(action_dim, WorldModelConfig.from_config(
+            config, reward_stop_grad=False, seed=seed), device=device)
         self.penalty_kind = PENALTIES[config.penalty]
 
     def disagreement(self, imagination):

@@ -192,14 +192,8 @@ class JointWorldModel(WorldModel):
     separated = False
 
     def __init__(self, action_dim, config, device="cpu", seed=0):
-        super().__init__(action_dim, WorldModelConfig(
-            depth=config.depth, deter=config.deter, stoch=config.stoch, classes=config.classes,
-            hidden=config.hidden, ensemble=config.ensemble, units=config.units,
-            reward_layers=config.reward_layers, reward_stop_grad=True,
-            kl_balance=config.kl_balance, free_nats=config.free_nats, kl_scale=config.kl_scale,
-            image_scale=config.image_scale, reward_scale=config.reward_scale, lr=config.model_lr,
-            eps=config.eps, clip=config.clip, precision=config.precision, seed=seed,
-        ), device=device)
+        super().__init__(action_dim, WorldModelConfig.from_config(
+            config, reward_stop_grad=True, seed=seed), device=device)
 
     def disagreement(self, imagination, kind):
         """Ensemble disagreement ``u`` ``(H, N)`` of the prior heads along an imagination."""

@@ -105,6 +105,18 @@ class WorldModelConfig:
     state_dim: int | None = None
     state_layers: int = 4
 
+    ALGORITHM_FIELDS = ("depth", "deter", "stoch", "classes", "hidden", "ensemble", "units",
+                        "reward_layers", "kl_balance", "free_nats", "kl_scale", "image_scale",
+                        "reward_scale", "eps", "clip", "precision")
+    """The fields an image-based algorithm's config (SeMOPO, Offline DV2) spells the same way."""
+
+    @classmethod
+    def from_config(cls, config, **overrides):
+        """The world-model settings of an algorithm's config: its ``ALGORITHM_FIELDS``, ``lr`` from
+        its ``model_lr``, then ``overrides`` (e.g. ``reward_stop_grad``, ``seed``)."""
+        values = {name: getattr(config, name) for name in cls.ALGORITHM_FIELDS}
+        return cls(**values, lr=config.model_lr, **overrides)
+
 
 class WorldModel(nn.Module):
     """Encoder + RSSM + image decoder + reward head, trained on sequences of the offline dataset.
