@@ -17,7 +17,11 @@ when other work shares the machine. Wall time is printed too.
 
 Each check prints its learning curve, writes ``<out>/<name>.json`` and ``<out>/<name>.png``, and
 exits with status 1 and a line that says so when the best evaluation return stays below
-``--threshold``.
+``--threshold``. The ``tia`` check also rewrites ``<out>/<name>-decomposition.png`` at every
+evaluation: what the world model makes of the newest training episode (each branch's part of the
+reconstruction, the mask, and how well each branch's reward head reads the reward), which tells a
+representation that has not found the agent yet from a behaviour that has not learned yet.
+``--background none`` runs the ``tia`` check without the driving video, as a control.
 """
 
 import argparse
@@ -111,13 +115,14 @@ class CheckVectorEnv:
         self.close()
 
 
-def make_check_venv(task, seed):
-    """The vector env of the TIA check: a benchmark task, or the check's own cartpole_swingup."""
+def make_check_venv(task, seed, background="procedural"):
+    """The vector env of the TIA check: a benchmark task, or the check's own cartpole_swingup;
+    ``background="none"`` leaves the plain dm_control scene (a control run without the video)."""
     import distractors
     from collectors.vector_env import make_vector_env
     from lqv_d4rl.tasks import TaskSpec
 
-    pool = distractors.make_video_pool(None, num_frames=1000, seed=seed)
+    pool = distractors.make_video_pool(None, num_frames=1000, seed=seed) if background == "procedural" else None
     if task == "cartpole_swingup":
         spec = TaskSpec("cartpole_swingup", "dmc", "cartpole", "swingup", action_dim=1,
                         action_repeat=8, episode_steps=125)
@@ -149,6 +154,10 @@ class TIAProgress:
         self.wall = time.perf_counter() - done["wall_s"]
         self.cpu = time.process_time() - done["cpu_s"]
 
+    trainer = None
+    """The OnlineTrainer (set by ``run_tia_check``): the newest episode of its replay feeds the
+    decomposition figure written at each evaluation."""
+
     def __call__(self, evaluation, agent):
         cpu = time.process_time() - self.cpu
         row = {"env_steps": evaluation.env_steps, "updates": agent.updates,
@@ -160,6 +169,11 @@ class TIAProgress:
               f"wall {row['wall_s']:6.0f} s  cpu {cpu:6.0f} s  "
               f"eval return {row['mean_return']:6.1f}", flush=True)
         write_report(self.args, tia_summary(self.args, self.config, self.work_dir, self.rows))
+        replay = self.trainer.replay if self.trainer is not None else None
+        if replay is not None and len(replay):
+            plot_decomposition(agent, replay.episode(len(replay) - 1),
+                               f"{report_name(self.args)}-decomposition.png",
+                               f"{self.args.task}: newest training episode, {evaluation.env_steps} env steps")
         return cpu >= self.args.cpu_budget or evaluation.mean_return >= (self.target or math.inf)
 
 
@@ -175,7 +189,8 @@ def tia_summary(args, config, work_dir, evaluations):
     prefill = episode_returns[episode_steps <= config.prefill_steps]
     updates_per_second = metric_series(rows, "train", "updates_per_second")[1][1:]  # not pretrain
     return {
-        "check": "tia", "task": args.task, "config": dataclasses.asdict(config),
+        "check": "tia", "task": args.task, "background": args.background,
+        "config": dataclasses.asdict(config),
         "evaluations": evaluations,
         "train_returns": list(zip(episode_steps.tolist(), episode_returns.tolist())),
         "metrics": metrics,
@@ -193,17 +208,18 @@ def run_tia_check(args):
     from collectors.online import OnlineTrainer
 
     config = tia_config(args)
-    work_dir = Path(args.out) / f"tia-{args.task}-seed{args.seed}"
+    work_dir = report_name(args)
     if work_dir.exists() and not args.resume:
         raise SystemExit(f"{work_dir} exists; pass --resume to continue it or remove it")
     work_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     progress = TIAProgress(args, config, work_dir, None if args.full else args.threshold)
-    with make_check_venv(args.task, args.seed) as venv:
+    with make_check_venv(args.task, args.seed, args.background) as venv:
         trainer = OnlineTrainer(config, venv, work_dir=work_dir, seed=args.seed,
                                 max_env_steps=10**9, on_evaluation=progress,
                                 progress=not args.quiet,
                                 action_repeat=getattr(venv, "action_repeat", None))
+        progress.trainer = trainer
         trainer.run()
     return tia_summary(args, config, work_dir, progress.rows)
 
@@ -239,8 +255,10 @@ def plot_curve(summary, threshold, path, diagnostics=()):
               color="C0", label="evaluation (mean)")
     axis.axhline(summary["random_return"], color="C3", linestyle=":", label="random policy")
     axis.axhline(threshold, color="C2", linestyle="--", label=f"threshold {threshold:g}")
-    what = {"state": "shared core (DreamerV2) from states",
-            "tia": "TIA from pixels with the driving-video background"}[summary["check"]]
+    what = "shared core (DreamerV2) from states"
+    if summary["check"] == "tia":
+        what = ("TIA from pixels, no background" if summary.get("background") == "none"
+                else "TIA from pixels with the driving-video background")
     axis.set(xlabel="environment steps", ylabel="episode return",
              title=f"{summary['task']}: {what}")
     axis.legend(loc="upper left", fontsize=8)
@@ -258,12 +276,66 @@ def plot_curve(summary, threshold, path, diagnostics=()):
     plt.close(figure)
 
 
+def report_name(args):
+    """``<out>/<check>-<task>[-nobackground]-seed<k>``, the stem of every file a check writes."""
+    plain = "-nobackground" if getattr(args, "background", "procedural") == "none" else ""
+    return Path(args.out) / f"{args.check}-{args.task}{plain}-seed{args.seed}"
+
+
+def plot_decomposition(agent, episode, path, title, frames=8, length=48):
+    """Save what the TIA world model makes of the first ``length`` steps of ``episode``: per frame
+    the input, the joint reconstruction, each branch's part of it, the distractor's own
+    reconstruction and the mask; beside it, the reward and what each branch's reward head reads.
+
+    A working decomposition draws the agent in the task row and the video in the distractor rows,
+    and the task head's reward follows the true reward while the distractor head's stays flat.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    length = min(length, len(episode["reward"]))
+    batch = {key: np.asarray(episode[key][:length])[None] for key in ("image", "action", "reward", "is_first")}
+    images = agent.reconstruct(batch)
+    with torch.no_grad():
+        observed = agent.world_model.observe(agent.to_tensors(batch))
+        task_reward = agent.world_model.reward_head(observed["task_features"]).mean[0].cpu().numpy()
+        distractor_reward = agent.world_model.fixed_head_reward(observed["distractor_features"]).mean[0]
+    rows = {"input": "truth", "joint": "joint", "task part": "task", "distractor\npart": "distractor",
+            "distractor\nalone": "distractor_only", "mask": "mask"}
+    steps = np.linspace(0, length - 1, frames).astype(int)
+    figure = plt.figure(figsize=(14, 6.5))
+    grid = figure.add_gridspec(len(rows), frames + 6, left=0.03, right=0.98, top=0.9, bottom=0.08,
+                               wspace=0.05, hspace=0.08)
+    for row, (label, key) in enumerate(rows.items()):
+        for column, step in enumerate(steps):
+            axis = figure.add_subplot(grid[row, column])
+            axis.imshow(images[key][0, step])
+            axis.set_xticks([]), axis.set_yticks([])
+            if column == 0:
+                axis.set_ylabel(label, fontsize=8)
+            if row == 0:
+                axis.set_title(f"step {step}", fontsize=8)
+    axis = figure.add_subplot(grid[1:-1, frames + 2:])
+    axis.plot(batch["reward"][0], "k-", label="true reward")
+    axis.plot(task_reward, "C0-", label="task reward head")
+    axis.plot(distractor_reward.cpu().numpy(), "C3--", label="distractor reward head (adversary)")
+    axis.set(xlabel="step of the episode", ylabel="reward per agent step",
+             title="what each branch reads of the reward")
+    axis.legend(fontsize=8)
+    figure.suptitle(f"TIA decomposition (mask: white = task branch), {title}")
+    figure.savefig(path, dpi=72)
+    plt.close(figure)
+
+
 def write_report(args, summary):
     """Write ``<out>/<check>-<task>-seed<k>.json`` and ``.png``; return the best evaluation return."""
     summary["threshold"] = args.threshold
     summary["best_return"] = max((row["mean_return"] for row in summary["evaluations"]),
                                  default=math.nan)
-    name = Path(args.out) / f"{args.check}-{args.task}-seed{args.seed}"
+    name = report_name(args)
     Path(f"{name}.json").write_text(json.dumps(summary, indent=1))
     plot_curve(summary, args.threshold, f"{name}.png",
                TIA_DIAGNOSTICS if args.check == "tia" else ())
@@ -271,7 +343,8 @@ def write_report(args, summary):
 
 
 TIA_DIAGNOSTICS = ("task_kl", "distractor_kl", "actor_entropy", "actor_grad_norm",
-                   "distractor_grad_norm", "imagined_return", "mask_mean")
+                   "distractor_grad_norm", "imagined_return", "mask_mean", "reward_explained_variance",
+                   "adversarial_reward_explained_variance")
 
 
 def main(argv=None):
@@ -288,6 +361,9 @@ def main(argv=None):
     parser.add_argument("--full", action="store_true",
                         help="spend the whole budget instead of stopping at the threshold")
     parser.add_argument("--resume", action="store_true", help="tia: continue the run in --out")
+    parser.add_argument("--background", choices=("procedural", "none"), default="procedural",
+                        help="tia: the driving video behind the agent (default), or none: a control "
+                             "run that tells the video's cost from the learner's")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     args.task = args.task or "walker_walk"
@@ -302,7 +378,7 @@ def main(argv=None):
     summary = run_state_check(args) if args.check == "state" else run_tia_check(args)
     best = write_report(args, summary)
     print_curve(summary)
-    name = out / f"{args.check}-{args.task}-seed{args.seed}"
+    name = report_name(args)
     print(f"curve: {name}.png, data: {name}.json")
     if not best >= threshold:
         print(f"FAILED: the best evaluation return {best:.1f} stayed below the threshold "

@@ -58,6 +58,18 @@ def dreamer_v1_kl(posterior, prior, free_nats, balance=None):
     return kl.mean().clamp_min(free_nats), kl.detach()
 
 
+def explained_variance(prediction, target):
+    """``1 - mean((target - prediction)**2) / var(target)`` over all elements, a detached scalar.
+
+    1 is a perfect prediction, 0 is no better than predicting the batch mean, below 0 is worse. For
+    TIA's reward heads it says what a likelihood cannot: whether a branch reads the reward from the
+    image at all (the task head should approach 1, the fixed distractor head stay near 0).
+    """
+    target, prediction = target.detach().float(), prediction.detach().float()
+    error = (target - prediction).pow(2).mean()
+    return 1.0 - error / target.var(unbiased=False).clamp_min(1e-8)
+
+
 def half_gradient(tensor):
     """``tensor`` in the forward pass, half of the incoming gradient in the backward pass."""
     return 0.5 * tensor + 0.5 * tensor.detach()
@@ -161,16 +173,19 @@ class TIAWorldModel(nn.Module):
             optimizer.step(loss)
         return loss.detach() if loss is not None else torch.zeros(())
 
-    def fixed_head_reward_log_prob(self, distractor_features, reward):
-        """Mean log-likelihood of ``reward`` under the distractor reward head, the head held fixed.
+    def fixed_head_reward(self, distractor_features):
+        """The distractor reward head's prediction with the head held fixed.
 
         The head is evaluated with detached copies of its parameters, so the gradient reaches the
         distractor features (and through them the distractor encoder and RSSM) but never the head.
         """
         head = self.distractor_reward_head
         fixed = {name: value.detach() for name, value in head.named_parameters()}
-        dist = torch.func.functional_call(head, fixed, (distractor_features,))
-        return dist.log_prob(reward).mean()
+        return torch.func.functional_call(head, fixed, (distractor_features,))
+
+    def fixed_head_reward_log_prob(self, distractor_features, reward):
+        """Mean log-likelihood of ``reward`` under :meth:`fixed_head_reward`."""
+        return self.fixed_head_reward(distractor_features).log_prob(reward).mean()
 
     def adversarial_term(self, distractor_features, reward):
         """``lambda_adv * ll(reward | distractor features)``, exactly as added to the distractor loss.
@@ -208,10 +223,12 @@ class TIAWorldModel(nn.Module):
         joint = self.decode_joint(half_gradient(task_features), half_gradient(distractor_features))
         joint_ll = joint.log_prob(target).mean()
         distractor_only_ll = image_log_likelihood(self.distractor_decoder(distractor_features), target).mean()
-        reward_ll = self.reward_head(task_features).log_prob(data["reward"]).mean()
+        reward_prediction = self.reward_head(task_features)
+        reward_ll = reward_prediction.log_prob(data["reward"]).mean()
         adversarial = self.adversarial_term(distractor_features, data["reward"])
         with torch.no_grad():
-            adversarial_ll = self.fixed_head_reward_log_prob(distractor_features, data["reward"])
+            adversarial_prediction = self.fixed_head_reward(distractor_features)
+            adversarial_ll = adversarial_prediction.log_prob(data["reward"]).mean()
 
         task_rest = cfg.kl_scale * task_kl_loss - cfg.reward_scale * reward_ll
         distractor_rest = (cfg.distractor_kl_scale * distractor_kl_loss
@@ -230,6 +247,9 @@ class TIAWorldModel(nn.Module):
             "distractor_only_image_log_prob": distractor_only_ll.detach(),
             "reward_log_prob": reward_ll.detach(),
             "adversarial_reward_log_prob": adversarial_ll.detach(),
+            "reward_explained_variance": explained_variance(reward_prediction.mean.detach(), data["reward"]),
+            "adversarial_reward_explained_variance": explained_variance(
+                adversarial_prediction.mean, data["reward"]),
             "mask_mean": joint.mask.detach().mean(),
         }
         return objective, metrics

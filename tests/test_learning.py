@@ -98,3 +98,53 @@ def test_the_shared_core_learns_walker_walk_from_states():
     curve = train_state_dreamer(config, seed=0, progress=False, log=lambda line: None)
     assert curve.random_return < 60
     assert curve.best_return >= 120, curve.evaluations
+
+
+def load_learning_script():
+    """``benchmarks/learning.py`` as a module (benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learning.py"
+    spec = importlib.util.spec_from_file_location("learning_check", path)
+    learning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(learning)
+    return learning
+
+
+def test_tia_check_cartpole_renders_with_and_without_the_video():
+    learning = load_learning_script()
+    frames = {}
+    for background in ("procedural", "none"):
+        with learning.make_check_venv("cartpole_swingup", 0, background) as venv:
+            obs, _ = venv.reset([5])
+            frames[background] = obs[0]
+            assert obs.shape == (1, 64, 64, 3) and venv.action_repeat == 8
+    # the same cartpole state, so the frames differ only where the video replaces the scene
+    assert np.abs(frames["procedural"].astype(int) - frames["none"]).mean() > 10
+
+
+def test_tia_check_writes_curve_and_decomposition_and_fails_loudly_below_its_threshold(tmp_path, capsys):
+    """``benchmarks/learning.py tia`` end to end at smoke size on its own cartpole task: it stops once
+    the CPU budget is spent, writes the curve, its data and the decomposition figure, and exits with
+    status 1 and a FAILED line when the threshold is not reached."""
+    import json
+    from pathlib import Path
+
+    learning = load_learning_script()
+    smoke = {"cnn_depth": 4, "distractor_cnn_depth": 4, "deter": 16, "stoch": 4, "distractor_deter": 16,
+             "distractor_stoch": 4, "hidden": 16, "units": 16, "actor_layers": 2, "critic_layers": 2,
+             "distractor_reward_steps": 2, "horizon": 3, "batch_size": 2, "seq_len": 8,
+             "prefill_steps": 1000, "pretrain_steps": 2, "train_every": 1000, "train_steps": 2,
+             "eval_every": 2000, "eval_episodes": 1}
+    status = learning.main(["tia", "--task", "cartpole_swingup", "--cpu-budget", "0.01", "--threshold", "1e9",
+                            "--set", json.dumps(smoke), "--out", str(tmp_path), "--quiet"])
+    assert status == 1
+    assert "FAILED: the best evaluation return" in capsys.readouterr().err
+    stem = tmp_path / "tia-cartpole_swingup-seed0"
+    summary = json.loads(Path(f"{stem}.json").read_text())
+    assert len(summary["evaluations"]) == 1  # the budget is spent at the first evaluation
+    assert summary["best_return"] == summary["evaluations"][0]["mean_return"] < 1e9
+    assert "reward_explained_variance" in summary["metrics"]
+    for figure in (f"{stem}.png", f"{stem}-decomposition.png"):
+        assert Path(figure).stat().st_size > 10_000

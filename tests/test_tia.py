@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from collectors import TIAAgent, TIAConfig, TIAInputError
-from collectors.tia_model import dreamer_v1_kl
+from collectors.tia_model import dreamer_v1_kl, explained_variance
 from lqv_d4rl.errors import UnknownTaskError
 from lqv_d4rl.networks import Optimizer, image_log_likelihood, kl_balanced, preprocess_image
 from lqv_d4rl.synthetic import moving_block_batch
@@ -231,6 +231,16 @@ def test_act_rejects_observations_of_the_wrong_shape():
 # ------------------------------------------------------------------------ learning and checkpoints
 
 
+def test_explained_variance_matches_the_hand_computed_value():
+    target = torch.tensor([0.0, 2.0, 4.0])  # variance 8/3
+    # squared errors 1, 0, 1: mean 2/3, so 1 - (2/3) / (8/3) = 0.75
+    assert explained_variance(torch.tensor([1.0, 2.0, 3.0]), target).item() == pytest.approx(0.75)
+    assert explained_variance(torch.full((3,), 2.0), target).item() == pytest.approx(0.0)  # the mean
+    assert explained_variance(target, target).item() == pytest.approx(1.0)
+    # reversed: squared errors 16, 0, 16, so 1 - (32/3) / (8/3) = -3
+    assert explained_variance(torch.tensor([4.0, 2.0, 0.0]), target).item() == pytest.approx(-3.0)
+
+
 def test_updates_return_finite_metrics_and_lower_the_world_model_loss():
     config = dataclasses.replace(TINY, adversarial_scale=100.0)
     agent = TIAAgent(config, ACTION_DIM, seed=0)
@@ -238,7 +248,8 @@ def test_updates_return_finite_metrics_and_lower_the_world_model_loss():
     history = [agent.update(batch) for _ in range(12)]
     for metrics in history:
         assert all(math.isfinite(value) for value in metrics.values()), metrics
-    assert {"task_loss", "distractor_loss", "model_loss", "actor_loss", "critic_loss"} <= set(history[0])
+    assert {"task_loss", "distractor_loss", "model_loss", "actor_loss", "critic_loss",
+            "reward_explained_variance", "adversarial_reward_explained_variance"} <= set(history[0])
     assert history[-1]["model_loss"] < history[0]["model_loss"]
     assert history[-1]["joint_image_log_prob"] > history[0]["joint_image_log_prob"]
 
