@@ -296,10 +296,12 @@ def plot_decomposition(agent, episode, path, title, frames=8, length=48):
     import matplotlib.pyplot as plt
     import torch
 
+    from collectors.tia import forked_torch_rng
+
     length = min(length, len(episode["reward"]))
     batch = {key: np.asarray(episode[key][:length])[None] for key in ("image", "action", "reward", "is_first")}
     images = agent.reconstruct(batch)
-    with torch.no_grad():
+    with torch.no_grad(), forked_torch_rng(0, agent.device):  # the training run's RNG stays untouched
         observed = agent.world_model.observe(agent.to_tensors(batch))
         task_reward = agent.world_model.reward_head(observed["task_features"]).mean[0].cpu().numpy()
         distractor_reward = agent.world_model.fixed_head_reward(observed["distractor_features"]).mean[0]
