@@ -215,7 +215,7 @@ def run_tia_check(args):
     torch.set_num_threads(args.threads)
     progress = TIAProgress(args, config, work_dir, None if args.full else args.threshold)
     with make_check_venv(args.task, args.seed, args.background) as venv:
-        trainer = OnlineTrainer(config, venv, work_dir=work_dir, seed=args.seed,
+        trainer = OnlineTrainer(config, venv, work_dir=work_dir, seed=args.seed, device=args.device,
                                 max_env_steps=10**9, on_evaluation=progress,
                                 progress=not args.quiet,
                                 action_repeat=getattr(venv, "action_repeat", None))
@@ -366,6 +366,9 @@ def main(argv=None):
     parser.add_argument("--background", choices=("procedural", "none"), default="procedural",
                         help="tia: the driving video behind the agent (default), or none: a control "
                              "run that tells the video's cost from the learner's")
+    parser.add_argument("--device", default="cpu",
+                        help="tia: torch device of the agent, e.g. cuda (the budget stays CPU seconds "
+                             "of this process; give a large one for a long run)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     args.task = args.task or "walker_walk"
