@@ -278,7 +278,7 @@ def plot_curve(summary, threshold, path, diagnostics=()):
 
 def report_name(args):
     """``<out>/<check>-<task>[-nobackground]-seed<k>``, the stem of every file a check writes."""
-    plain = "-nobackground" if getattr(args, "background", "procedural") == "none" else ""
+    plain = "-nobackground" if args.background == "none" else ""
     return Path(args.out) / f"{args.check}-{args.task}{plain}-seed{args.seed}"
 
 
@@ -294,17 +294,9 @@ def plot_decomposition(agent, episode, path, title, frames=8, length=48):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
-
-    from collectors.tia import forked_torch_rng
-
     length = min(length, len(episode["reward"]))
     batch = {key: np.asarray(episode[key][:length])[None] for key in ("image", "action", "reward", "is_first")}
-    images = agent.reconstruct(batch)
-    with torch.no_grad(), forked_torch_rng(0, agent.device):  # the training run's RNG stays untouched
-        observed = agent.world_model.observe(agent.to_tensors(batch))
-        task_reward = agent.world_model.reward_head(observed["task_features"]).mean[0].cpu().numpy()
-        distractor_reward = agent.world_model.fixed_head_reward(observed["distractor_features"]).mean[0]
+    images, rewards = agent.decompose(batch)
     rows = {"input": "truth", "joint": "joint", "task part": "task", "distractor\npart": "distractor",
             "distractor\nalone": "distractor_only", "mask": "mask"}
     steps = np.linspace(0, length - 1, frames).astype(int)
@@ -322,8 +314,8 @@ def plot_decomposition(agent, episode, path, title, frames=8, length=48):
                 axis.set_title(f"step {step}", fontsize=8)
     axis = figure.add_subplot(grid[1:-1, frames + 2:])
     axis.plot(batch["reward"][0], "k-", label="true reward")
-    axis.plot(task_reward, "C0-", label="task reward head")
-    axis.plot(distractor_reward.cpu().numpy(), "C3--", label="distractor reward head (adversary)")
+    axis.plot(rewards["task"][0], "C0-", label="task reward head")
+    axis.plot(rewards["distractor"][0], "C3--", label="distractor reward head (adversary)")
     axis.set(xlabel="step of the episode", ylabel="reward per agent step",
              title="what each branch reads of the reward")
     axis.legend(fontsize=8)

@@ -445,7 +445,6 @@ class TIAAgent(nn.Module):
 
     # ------------------------------------------------------------------------------ previews
 
-    @torch.no_grad()
     def reconstruct(self, batch):
         """Posterior reconstructions of a batch, as uint8 images ``(B, T, 64, 64, 3)`` for previews.
 
@@ -453,12 +452,24 @@ class TIAAgent(nn.Module):
         branch's mean in the joint decoding), ``distractor_only`` (the distractor's own decoder) and
         ``mask`` (the task-branch weight m, gray). Uses a fixed seed, not the agent's generators.
         """
+        return self.decompose(batch)[0]
+
+    @torch.no_grad()
+    def decompose(self, batch):
+        """What the world model makes of a batch, from one posterior pass: ``(images, rewards)``.
+
+        ``images`` is :meth:`reconstruct`'s dict; ``rewards`` holds float32 ``(B, T)`` arrays of the
+        reward each branch reads: ``task`` (the reward head) and ``distractor`` (the adversary's
+        distractor reward head). Uses a fixed seed, not the agent's generators.
+        """
         data = self.to_tensors(batch)
         model = self.world_model
         with forked_torch_rng(0, self.device), autocast(self.device, self.config.precision):
             observed = model.observe(data)
             joint = model.decode_joint(observed["task_features"], observed["distractor_features"])
             distractor_only = model.distractor_decoder(observed["distractor_features"])
+            rewards = {"task": model.reward_head(observed["task_features"]).mean,
+                       "distractor": model.fixed_head_reward(observed["distractor_features"]).mean}
         images = {
             "truth": preprocess_image(data["image"]),
             "joint": joint.mean,
@@ -467,7 +478,8 @@ class TIAAgent(nn.Module):
             "distractor_only": distractor_only,
             "mask": joint.mask.expand(*joint.mask.shape[:-1], 3) - 0.5,
         }
-        return {name: _to_pixels(image) for name, image in images.items()}
+        return ({name: _to_pixels(image) for name, image in images.items()},
+                {name: reward.float().cpu().numpy() for name, reward in rewards.items()})
 
     # ------------------------------------------------------------------------------ checkpoints
 

@@ -247,7 +247,7 @@ class TIAWorldModel(nn.Module):
             "distractor_only_image_log_prob": distractor_only_ll.detach(),
             "reward_log_prob": reward_ll.detach(),
             "adversarial_reward_log_prob": adversarial_ll.detach(),
-            "reward_explained_variance": explained_variance(reward_prediction.mean.detach(), data["reward"]),
+            "reward_explained_variance": explained_variance(reward_prediction.mean, data["reward"]),
             "adversarial_reward_explained_variance": explained_variance(
                 adversarial_prediction.mean, data["reward"]),
             "mask_mean": joint.mask.detach().mean(),

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from collectors import TIAAgent, TIAConfig, TIAInputError
+from collectors.tia import forked_torch_rng
 from collectors.tia_model import dreamer_v1_kl, explained_variance
 from lqv_d4rl.errors import UnknownTaskError
 from lqv_d4rl.networks import Optimizer, image_log_likelihood, kl_balanced, preprocess_image
@@ -288,6 +289,22 @@ def test_reconstruct_returns_uint8_previews_of_every_part():
     for image in images.values():
         assert image.shape == (3, 6, 64, 64, 3) and image.dtype == np.uint8
     np.testing.assert_array_equal(images["truth"], scene_batch()["image"])
+
+
+def test_decompose_reads_both_reward_heads_from_the_same_posteriors_as_the_images():
+    agent = TIAAgent(TINY, ACTION_DIM, seed=0)
+    images, rewards = agent.decompose(scene_batch())
+    for name, image in agent.reconstruct(scene_batch()).items():
+        np.testing.assert_array_equal(images[name], image)
+    model = agent.world_model
+    with torch.no_grad(), forked_torch_rng(0, "cpu"):  # the seed decompose draws its latents with
+        observed = model.observe(agent.to_tensors(scene_batch()))
+        task = model.reward_head(observed["task_features"]).mean.numpy()
+        distractor = model.distractor_reward_head(observed["distractor_features"]).mean.numpy()
+    assert set(rewards) == {"task", "distractor"}
+    for name, expected in (("task", task), ("distractor", distractor)):
+        assert rewards[name].shape == (3, 6) and rewards[name].dtype == np.float32
+        np.testing.assert_allclose(rewards[name], expected, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------ faithful to TIA's code
