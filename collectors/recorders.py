@@ -36,7 +36,7 @@ from lqv_d4rl.format import STATE_DTYPES
 
 # Independent random streams of one generation seed (see episode_seed).
 STREAMS = {"random": 11, "medrep": 12, "medium": 13, "eval": 14, "random_policy": 15,
-           "noise": 16, "agent": 17}
+           "noise": 16, "agent": 17, "probe": 18}
 
 
 _STATE_INFO_KEYS = {"state": "state", "physics": "physics_state"}

@@ -6,47 +6,58 @@ happen once per recorded frame: every episode is first played on the physics alo
 (:class:`lqv_d4rl.physics.StateSimulator`, thousands of steps per second), and the episodes that
 make the datasets are then rendered from their stored physics states with the distractor video
 (:class:`lqv_d4rl.physics.FrameRenderer`, exactly the frames the live environment would have
-shown). The levels:
+shown). The levels, all from one SAC training run from scratch (the run comes first):
 
-* ``random``: ``random_policies`` randomly initialized SAC actors (distinct seeds), each playing
-  ``random_episodes_per_policy`` episodes with sampled actions (paper: 10 x 20 = 200). Policy ids
-  ``sac-init00-seed0``, ..., policy_step -1.
-* ``medrep``: one SAC training run from scratch; its training episodes until its mean evaluation
-  return first reaches the task's medium band (the ``min`` of Table 3's medium row) make the
-  dataset (evenly spaced down to ``medrep_episodes`` when there are more, as for TIA), also when
-  the ``every_episode`` medium rule trains on past that point. Training runs
-  between episodes, so each episode is played by one fixed snapshot: ``sac-seed0-prefill`` for
-  the uniformly random start (policy_step 0), else ``sac-seed0-step012000``, the learner after
-  12,000 environment steps (its policy_step).
-* ``medium``: the first evaluated snapshot whose every evaluation episode reached the band (if none
-  did, the closest, and the manifest says so) plays ``medium_episodes`` episodes (paper: 200).
+* ``random``: ``random_policies`` (paper: 10) snapshots from the start of the run, the untrained
+  actor included, one per quantile (p + 0.5) / 10 of Table 3's random row (the evaluated
+  snapshot before the band whose mean return is closest), each playing
+  ``random_episodes_per_policy`` (20) episodes with tanh(mean). The paper's random returns
+  (walker_walk mean 87 and max 199, cheetah_run 78 and 198) are out of reach of untrained
+  policies (randomly initialized SAC actors: walker_walk 45, cheetah_run 8; uniform, bang-bang and
+  TIA-like actors at most 69 and 13; DATASETS.md), so the level is made of barely trained ones.
+  ``random_behaviour="untrained"`` keeps the randomly initialized actors (policy ids
+  ``sac-init00-seed0``, ..., policy_step -1).
+* ``medrep``: the run's training episodes until its mean evaluation return first reaches the
+  task's medium band (the ``min`` of Table 3's medium row), evenly spaced down to
+  ``medrep_episodes`` (400) when there are more, as for TIA. Training runs between episodes, so
+  each episode is played by one fixed snapshot: ``sac-seed0-prefill`` for the uniformly random
+  start (policy_step 0), else ``sac-seed0-step012000``, the learner after 12,000 environment steps
+  (its policy_step).
+* ``medium``: the first snapshot whose returns match Table 3's medium row (:class:`MediumSearch`:
+  at least 95 % of its episodes in the band and its mean within 7 % of the paper's, confirmed on
+  30 more episodes; acting with tanh(mean), or with sampled actions when those match) plays
+  ``medium_episodes`` (200) episodes as it was judged; the run trains on past the band until it
+  finds one (if none, the closest, and the fidelity checks say how far off it is).
 
-Every evaluated snapshot is kept under ``<work_dir>/snapshots/`` with its evaluation return
+Every evaluated snapshot is kept under ``<work_dir>/snapshots/`` with its evaluation returns
 (``state.json`` lists them). Presets: ``cpu`` (the published episode counts, full episodes,
-the V-D4RL SAC with evaluations every 5000 environment steps over 10 episodes) and ``smoke`` (tiny,
-for tests).
+:meth:`SACConfig.cpu`) and ``smoke`` (tiny, for tests).
 
 Resuming and bytes: episode ``k`` of a level is reset with ``derived_seed(seed, level, k)`` and
 draws its action noise from its own generator, so any episode comes out the same wherever a run
 was interrupted; the training run checkpoints its agent, episodes and sampling generator (the
 commit point is ``state.json``, written last) and continues exactly. Rendering is per episode, so
-the number of render ``workers`` does not change the bytes either.
+the number of render ``workers`` does not change the bytes either; and the CPU kernels are pinned
+(:mod:`lqv_d4rl.cpu_kernels`), so another x86-64 machine gives the same bytes too.
 """
 
 import collections
+import contextlib
 import dataclasses
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lqv_d4rl.fidelity import share_in_band
 from lqv_d4rl.format import write_json_atomically
 from lqv_d4rl.registry import get_recipe
 from lqv_d4rl.tasks import get_task
 
-from .generate import MEDIUM_POLICY_FILE, GenerateError, GenerateJob, MediumPolicyTracker
+from .generate import MEDIUM_POLICY_FILE, MEDIUM_POLICY_INFO, GenerateError, GenerateJob
 from .recorders import (
     STREAMS, EpisodeBuilder, RecordedEpisode, derived_seed, select_medrep_episodes,
 )
@@ -54,7 +65,10 @@ from .sac import SACAgent, SACConfig, SACPolicy, TransitionReplay
 
 STATE_PRESETS = ("cpu", "smoke")
 STATE_NAME = "state.json"
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""2: the untrained actor is evaluated too, and medium candidates play probe episodes."""
+PROBES_PER_EVALUATION = 1000
+"""Probe episodes numbered per evaluation (each evaluation's probes get their own seeds)."""
 
 
 @dataclass(frozen=True)
@@ -66,26 +80,34 @@ class StateRecipe:
     sac: SACConfig
     """SAC settings and training schedule (:class:`collectors.sac.SACConfig`)."""
     random_policies: int = 10
-    """Randomly initialized SAC actors of the random level (the paper's 10)."""
+    """Behaviour policies of the random level (the paper's 10)."""
     random_episodes_per_policy: int = 20
-    """Episodes each random actor plays (the paper's 20)."""
+    """Episodes each random-level policy plays (the paper's 20)."""
+    random_behaviour: str = "early_snapshots"
+    """``early_snapshots``: the random level's policies are snapshots from the start of the
+    training run (the untrained actor included), one per quantile of Table 3's random row, each
+    acting with tanh(mean) as its evaluation did; the paper's random returns (cheetah_run mean
+    78, max 198) are out of reach of any untrained policy we measured (DATASETS.md).
+    ``untrained``: ``random_policies`` randomly initialized actors with distinct seeds, sampling
+    their wide Gaussian (the earlier recipe; walker_walk mean 45, cheetah_run 8)."""
     random_explore: bool = True
-    """Random actors sample their (wide, untrained) Gaussian; False: tanh(mean), which barely
-    moves."""
+    """``untrained`` only: sample the actors' Gaussian; False: tanh(mean), which barely moves."""
     medrep_episodes: int = 400
     """Most training episodes kept in medrep (evenly spaced when the run made more)."""
     medium_episodes: int = 200
     """Episodes the medium snapshot plays."""
-    medium_explore: bool = False
-    """The medium snapshot acts with tanh(mean), the behaviour its evaluation measured (V-D4RL
-    sampled actions for its medium data: set True for that)."""
     medium_band: tuple | None = None
-    """(min, max) evaluation return of the medium level; None: train the whole budget and take
-    the last evaluated snapshot (smoke)."""
-    medium_rule: str = "every_episode"
-    """Which evaluation return must reach the band's min for the run to stop there: every
-    episode's (a snapshot that still falls now and then is not medium yet) or the mean (the TIA
-    recipe's rule). See collectors.generate.MediumPolicyTracker."""
+    """(min, max) return of the medium level (Table 3's medium row); None: train the whole
+    budget and take the last evaluated snapshot (smoke)."""
+    medium_mean: float | None = None
+    """Table 3's mean return of the medium level, which the medium snapshot must match."""
+    medium_min_share: float = 0.95
+    """A medium candidate has at least this share of its evaluation episodes in the band (the
+    dataset must reach 90 %: a margin for the 200 recorded episodes)."""
+    medium_mean_tolerance: float = 0.07
+    """... and its mean within this relative distance of ``medium_mean`` (the dataset: 10 %)."""
+    medium_confirm_episodes: int = 30
+    """Evaluation episodes added to a promising candidate before the run stops there."""
     max_episode_steps: int | None = None
     """Cut episodes after this many agent steps; None: the task's full episodes."""
     num_video_frames: int = 1000
@@ -108,6 +130,7 @@ def state_recipe(task, preset="cpu"):
         medium = get_recipe(f"{task}-medium").paper_returns
         return StateRecipe(preset="cpu", sac=SACConfig.cpu(),
                            medium_band=(medium["min"], medium["max"]),
+                           medium_mean=medium["mean"],
                            medrep_episodes=get_recipe(f"{task}-medrep").episodes,
                            medium_episodes=get_recipe(f"{task}-medium").episodes)
     if preset == "smoke":
@@ -221,6 +244,8 @@ class SACRun:
     def run(self):
         """Train until ``on_evaluation`` says stop or the budget is spent; return the state."""
         self._restore_or_start()
+        if not self.state.evaluations:
+            self._evaluate(0)  # the randomly initialized actor: a candidate of the random level
         bar = self._progress_bar()
         try:
             while not self.state.finished:
@@ -271,31 +296,50 @@ class SACRun:
             self.agent.update(self.replay.sample(self.config.batch_size))
 
     def _evaluate_if_due(self):
-        from .online import Evaluation
-
         state, config = self.state, self.config
         out_of_budget = state.env_steps >= config.total_steps
         learning = state.env_steps > config.learning_starts
         if learning and (state.env_steps >= state.next_eval or out_of_budget):
-            offset = len(state.evaluations) * config.eval_episodes
-            returns = [episode.episode_return for _, episode in simulate_level(
-                self.simulator, SACPolicy.of(self.agent), 0, config.eval_episodes,
-                seed=self.seed, stream="eval", explore=False,
-                max_episode_steps=self.max_episode_steps, index_offset=offset)]
-            evaluation = Evaluation(state.env_steps, self.snapshot_id(state.env_steps), returns)
-            snapshot = self.work_dir / "snapshots" / f"{evaluation.policy_id}.pt"
-            snapshot.parent.mkdir(parents=True, exist_ok=True)
-            self.agent.save_actor(snapshot)
-            state.evaluations.append({**dataclasses.asdict(evaluation),
-                                      "mean_return": evaluation.mean_return,
-                                      "snapshot": str(snapshot.relative_to(self.work_dir))})
-            while state.next_eval <= state.env_steps:
-                state.next_eval += config.eval_every
-            if self.on_evaluation is not None and \
-                    self.on_evaluation(evaluation, _ActorSaver(self.agent)):
-                state.finished, state.stop_reason = True, "on_evaluation"
+            self._evaluate(state.env_steps)
         if out_of_budget and not state.finished:
             state.finished, state.stop_reason = True, "max_env_steps"
+
+    def _evaluate(self, env_steps):
+        """Evaluate the current actor (deterministic actions), keep its snapshot, and ask
+        ``on_evaluation`` whether to stop (it may play more episodes of the snapshot)."""
+        from .online import Evaluation
+
+        state, config = self.state, self.config
+        index = len(state.evaluations)
+        offset = sum(len(e["returns"]) for e in state.evaluations)
+        returns = self._returns(config.eval_episodes, explore=False, stream="eval", first=offset)
+        evaluation = Evaluation(env_steps, self.snapshot_id(env_steps), returns)
+        snapshot = self.work_dir / "snapshots" / f"{evaluation.policy_id}.pt"
+        snapshot.parent.mkdir(parents=True, exist_ok=True)
+        self.agent.save_actor(snapshot)
+        state.evaluations.append({**dataclasses.asdict(evaluation),
+                                  "mean_return": evaluation.mean_return,
+                                  "snapshot": str(snapshot.relative_to(self.work_dir))})
+        while state.next_eval <= state.env_steps:
+            state.next_eval += config.eval_every
+        played = [0]
+
+        def play(count, explore):
+            """More episodes of this snapshot, each with its own seed (stream ``probe``)."""
+            first = index * PROBES_PER_EVALUATION + played[0]
+            played[0] += count
+            return self._returns(count, explore=explore, stream="probe", first=first)
+
+        if env_steps > 0 and self.on_evaluation is not None and \
+                self.on_evaluation(evaluation, _ActorSaver(self.agent), play=play):
+            state.finished, state.stop_reason = True, "on_evaluation"
+
+    def _returns(self, count, *, explore, stream, first):
+        """Returns of ``count`` episodes of the current actor, episodes ``first ..`` of
+        ``stream`` (so each has its own seed and action noise)."""
+        return [episode.episode_return for _, episode in simulate_level(
+            self.simulator, SACPolicy.of(self.agent), 0, count, seed=self.seed, stream=stream,
+            explore=explore, max_episode_steps=self.max_episode_steps, index_offset=first)]
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -437,20 +481,26 @@ class StateJob(GenerateJob):
     """The ``sac-state`` behaviour of ``generate`` (see the module docstring)."""
 
     level_policies = {
-        "random": "randomly initialized SAC actors on states (policy ids sac-initPP-seedS), "
-                  "sampled actions",
+        "random": "snapshots from the start of the SAC training run on states (policy id = "
+                  "snapshot, sac-seedS-stepNNNNNN), one per quantile of Table 3's random row, "
+                  "actions tanh(mean)",
         "medrep": "SAC training run on states from scratch until the medium band; policy id "
                   "= snapshot (sac-seedS-stepNNNNNN, env steps) or sac-seedS-prefill "
                   "(uniform random actions)",
-        "medium": "one fixed SAC snapshot (every evaluation episode in the medium band), "
-                  "actions tanh(mean)",
+        "medium": "one fixed SAC snapshot whose evaluation returns match Table 3's medium row "
+                  "(share in band, mean), actions tanh(mean)",
     }
+    untrained_random_policies = ("randomly initialized SAC actors on states (policy ids "
+                                 "sac-initPP-seedS), sampled actions")
 
     def __init__(self, task, spec, recipe, workers, root, work_dir, seed, overwrite,
                  progress, provenance, max_shard_bytes, video_pool):
         super().__init__(task, spec, recipe, root, work_dir, seed, overwrite, progress,
                          provenance, max_shard_bytes)
         self.workers, self.video_pool = workers, video_pool
+        self.timings = {}  # phase -> wall-clock seconds (GenerateResult.timings)
+        if recipe.random_behaviour == "untrained":
+            self.level_policies = dict(self.level_policies, random=self.untrained_random_policies)
         self.simulator = self.renderer = None  # made by run()
 
     def run(self, folders, levels):
@@ -461,9 +511,11 @@ class StateJob(GenerateJob):
         self.simulator = StateSimulator(self.task)
         with EpisodeRenderer(self.task, video_pool=self.video_pool,
                              workers=self.workers) as self.renderer:
-            if "random" in levels:
-                self.record_random(folders["random"])
-            if {"medrep", "medium"} & set(levels):
+            if self.recipe.random_behaviour == "untrained" and "random" in levels:
+                with self.timed("random (record)"):
+                    self.record_untrained_random(folders["random"])
+                levels = [level for level in levels if level != "random"]
+            if levels:
                 self.train_and_record(folders, levels)
         self.simulator.close()
 
@@ -489,8 +541,9 @@ class StateJob(GenerateJob):
         if bar is not None:
             bar.close()
 
-    def record_random(self, folder):
-        """The random level: randomly initialized actors, in turn."""
+    def record_untrained_random(self, folder):
+        """The random level of ``random_behaviour="untrained"``: randomly initialized actors, in
+        turn."""
         recipe, spec = self.recipe, self.spec
         per_policy = recipe.random_episodes_per_policy
         total = recipe.random_policies * per_policy
@@ -515,13 +568,17 @@ class StateJob(GenerateJob):
     def train_and_record(self, folders, levels):
         """Run (or resume) the SAC training run, then write medrep and/or medium."""
         recipe = self.recipe
-        tracker = MediumPolicyTracker(recipe.medium_band, self.work_dir, recipe.medium_rule)
+        tracker = MediumSearch(recipe.medium_band, recipe.medium_mean, self.work_dir,
+                               min_share=recipe.medium_min_share,
+                               mean_tolerance=recipe.medium_mean_tolerance,
+                               confirm_episodes=recipe.medium_confirm_episodes)
         run = SACRun(recipe.sac, self.task, work_dir=self.work_dir, seed=self.seed,
                      max_episode_steps=recipe.max_episode_steps,
                      checkpoint_every=recipe.checkpoint_every, on_evaluation=tracker,
                      progress=self.progress,
                      settings={"torch_threads": self.provenance["torch_threads"]})
-        state = run.run()
+        with self.timed("SAC training"):
+            state = run.run()
         medium = tracker.load_info()
         if medium is None:
             raise GenerateError(
@@ -535,10 +592,62 @@ class StateJob(GenerateJob):
                                                      "returns", "snapshot")}
                             for e in state.evaluations],
             "medium_policy": medium}}
+        if "random" in levels:
+            with self.timed("random (record)"):
+                self.record_early_snapshots(folders["random"], run_info)
         if "medrep" in levels:
-            self.write_medrep(folders["medrep"], run, run_info)
+            with self.timed("medrep (render)"):
+                self.write_medrep(folders["medrep"], run, run_info)
         if "medium" in levels:
-            self.record_medium(folders["medium"], medium, run_info)
+            with self.timed("medium (record)"):
+                self.record_medium(folders["medium"], medium, run_info)
+
+    @contextlib.contextmanager
+    def timed(self, phase):
+        """Add the block's wall-clock seconds to ``timings[phase]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
+
+    def random_snapshots(self, run_info):
+        """The random level's policies (``early_snapshots``): the evaluated snapshots of the run
+        before it reached the medium band, matched one each to the quantiles of Table 3's random
+        row (:func:`quantile_targets`, :func:`match_snapshots`)."""
+        evaluations = run_info["training_run"]["evaluations"]
+        reached = first_band_evaluation(evaluations, self.recipe.medium_band)
+        early = [e for e in evaluations if reached is None or e["env_steps"] < reached]
+        paper = get_recipe(f"{self.task}-random").paper_returns
+        targets = quantile_targets(paper, self.recipe.random_policies)
+        return targets, match_snapshots(early, targets)
+
+    def record_early_snapshots(self, folder, run_info):
+        """The random level: each matched snapshot plays ``random_episodes_per_policy`` episodes
+        with tanh(mean), in order of their target return."""
+        recipe = self.recipe
+        per_policy = recipe.random_episodes_per_policy
+        targets, snapshots = self.random_snapshots(run_info)
+
+        def entries(done):
+            for p in range(done // per_policy, len(snapshots)):
+                policy = SACPolicy.load(self.work_dir / snapshots[p]["snapshot"])
+                for _, episode in simulate_level(
+                        self.simulator, policy, max(done - p * per_policy, 0), per_policy,
+                        seed=self.seed, stream="random", explore=False,
+                        max_episode_steps=recipe.max_episode_steps,
+                        index_offset=p * per_policy):
+                    yield episode, snapshots[p]["policy_id"], snapshots[p]["env_steps"]
+
+        selection = {"random_selection": {
+            "rule": "evaluated snapshots before the band, one per quantile (p + 0.5) / "
+                    f"{len(targets)} of Table 3's random row, closest evaluation mean return",
+            "targets": targets,
+            "snapshots": [{key: s[key] for key in ("policy_id", "env_steps", "mean_return")}
+                          for s in snapshots]}}
+        with self.writer(folder, "random", dict(run_info, **selection)) as writer:
+            self.write_rendered(writer, entries(writer.num_episodes), per_policy * len(snapshots),
+                                f"record {self.task}-random")
 
     def write_medrep(self, folder, run, run_info):
         """The training episodes until the first evaluation whose mean return reached the band
@@ -559,14 +668,15 @@ class StateJob(GenerateJob):
                                 len(selected), f"render {self.task}-medrep")
 
     def record_medium(self, folder, medium, run_info):
-        """The medium level: the tracked snapshot plays medium_episodes episodes."""
+        """The medium level: the snapshot the medium search kept plays medium_episodes
+        episodes, acting as it was judged (tanh(mean), or sampled actions)."""
         recipe = self.recipe
         policy = SACPolicy.load(self.work_dir / MEDIUM_POLICY_FILE)
 
         def entries(done):
             for _, episode in simulate_level(
                     self.simulator, policy, done, recipe.medium_episodes, seed=self.seed,
-                    stream="medium", explore=recipe.medium_explore,
+                    stream="medium", explore=medium.get("explore", False),
                     max_episode_steps=recipe.max_episode_steps):
                 yield episode, medium["policy_id"], medium["policy_step"]
 
@@ -575,10 +685,109 @@ class StateJob(GenerateJob):
                                 f"record {self.task}-medium")
 
 
+class MediumSearch:
+    """The ``on_evaluation`` of the sac-state run: the first snapshot whose returns look like
+    Table 3's medium row, which the dataset's fidelity checks then hold it to
+    (:mod:`lqv_d4rl.fidelity`: at least 90 % of the episodes inside the paper's [min, max] band,
+    the mean within +-10 % of the paper's).
+
+    Each evaluated snapshot is judged acting deterministically (tanh(mean), the evaluation's own
+    returns) and, once its evaluation mean has reached the band, also with sampled actions (the
+    way V-D4RL recorded its medium data): a snapshot that walks too well with its mean action may
+    be medium with its sampled ones. A mode is *promising* when at least ``min_share`` of its
+    episodes lie in the band and its mean is within ``mean_tolerance`` of the paper's mean; it
+    then plays ``confirm_episodes`` more, and the run stops when it is still promising with them.
+    The margins are stricter than the fidelity checks so that the recorded episodes pass those
+    too. The closest candidate so far is kept (``medium-policy.pt`` and ``.json``, as
+    :class:`~collectors.generate.MediumPolicyTracker` keeps TIA's), so a run that ends without a
+    match still records its best candidate, and the fidelity table says how far off it is.
+    Without a band (smoke) the last snapshot is kept, deterministic, and the run never stops.
+    """
+
+    rule = "table3"
+
+    def __init__(self, band, paper_mean, work_dir, *, min_share=0.95, mean_tolerance=0.07,
+                 confirm_episodes=30):
+        self.band, self.paper_mean = band, paper_mean
+        self.work_dir = Path(work_dir)
+        self.min_share, self.mean_tolerance = min_share, mean_tolerance
+        self.confirm_episodes = confirm_episodes
+
+    def shortfalls(self, returns):
+        """(share of episodes missing from ``min_share``, relative mean error beyond
+        ``mean_tolerance``): both 0 for a promising set of returns."""
+        share = share_in_band(returns, self.band)
+        error = abs(float(np.mean(returns)) - self.paper_mean) / abs(self.paper_mean)
+        return max(self.min_share - share, 0.0), max(error - self.mean_tolerance, 0.0)
+
+    def __call__(self, evaluation, agent, play=None):
+        """Judge one evaluation; ``play(count, explore)`` plays more episodes of the snapshot and
+        returns their returns. True: stop, the medium snapshot is found."""
+        if self.band is None:
+            self._keep(evaluation, agent, False, evaluation.returns, -float(evaluation.env_steps))
+            return False
+        candidates = [(False, list(evaluation.returns))]
+        if play is not None and evaluation.mean_return >= self.band[0]:
+            candidates.append((True, play(len(evaluation.returns), True)))
+        for explore, returns in candidates:
+            confirmed = False
+            if play is not None and sum(self.shortfalls(returns)) == 0:
+                returns = returns + play(self.confirm_episodes, explore)
+                confirmed = True
+            distance = float(sum(self.shortfalls(returns))) + (0.0 if confirmed else 1e-3)
+            self._keep(evaluation, agent, explore, returns, distance)
+            if confirmed and distance == 0.0:
+                return True
+        return False
+
+    def _keep(self, evaluation, agent, explore, returns, distance):
+        """Save the snapshot and its info when it is closer than every earlier candidate (a
+        confirmed match is distance 0; an unconfirmed one 0.001)."""
+        best = self.load_info()
+        if best is not None and distance >= best["distance"]:
+            return
+        agent.save(self.work_dir / MEDIUM_POLICY_FILE)
+        write_json_atomically(self.work_dir / MEDIUM_POLICY_INFO, {
+            "policy_id": evaluation.policy_id, "policy_step": evaluation.env_steps,
+            "explore": explore, "returns": [float(r) for r in returns],
+            "evaluation_return": float(np.mean(returns)), "rule": self.rule,
+            "distance": distance, "band": None if self.band is None else list(self.band),
+            "share_in_band": None if self.band is None else share_in_band(returns, self.band),
+            "in_band": self.band is not None and distance == 0.0})
+
+    def load_info(self):
+        """The kept snapshot's info dict, or None before the first evaluation."""
+        path = self.work_dir / MEDIUM_POLICY_INFO
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def first_band_evaluation(evaluations, band):
-    """Environment steps of the first evaluation whose mean return reached the band's min: where
-    medrep ends ("until the policy first reaches the medium level"), even when the ``every_episode``
-    medium rule keeps training longer. ``None`` without a band (smoke) or if none reached it."""
+    """Environment steps of the first evaluation of a trained actor whose mean return reached the
+    band's min: where medrep ends ("until the policy first reaches the medium level"), even when
+    the medium search keeps training longer. ``None`` without a band (smoke) or if none reached
+    it."""
     if band is None:
         return None
-    return next((e["env_steps"] for e in evaluations if e["mean_return"] >= band[0]), None)
+    return next((e["env_steps"] for e in evaluations
+                 if e["env_steps"] > 0 and e["mean_return"] >= band[0]), None)
+
+
+def quantile_targets(paper_returns, count):
+    """``count`` returns spread like a Table 3 row: the quantiles ``(p + 0.5) / count`` of the
+    piecewise-linear quantile function through its min, p25, median, p75 and max."""
+    knots = (0.0, 0.25, 0.5, 0.75, 1.0)
+    values = [paper_returns[key] for key in ("min", "p25", "median", "p75", "max")]
+    return [float(np.interp((p + 0.5) / count, knots, values)) for p in range(count)]
+
+
+def match_snapshots(evaluations, targets):
+    """For each target return in turn, the not yet chosen evaluation whose mean return is closest
+    (ties: the earlier snapshot); an evaluation is reused only when every one has been chosen."""
+    chosen, unused = [], list(range(len(evaluations)))
+    for target in targets:
+        pool = unused or list(range(len(evaluations)))
+        best = min(pool, key=lambda i: (abs(evaluations[i]["mean_return"] - target), i))
+        chosen.append(evaluations[best])
+        if best in unused:
+            unused.remove(best)
+    return chosen

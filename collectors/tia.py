@@ -48,7 +48,8 @@ from lqv_d4rl.tasks import get_task
 
 IMAGE_SHAPE = (64, 64, 3)
 CHECKPOINT_FORMAT = "lqv-d4rl-tia"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2: the ``dreamerv2`` GRU cell's linear layer has a bias (as DreamerV2's Keras ``Dense``)."""
 
 ADVERSARIAL_SCALES = {
     "walker_walk": 20000.0,
@@ -522,6 +523,11 @@ class TIAAgent(nn.Module):
             raise TIAInputError(f"{path} is not a TIA checkpoint written by TIAAgent.save")
         known = {field.name for field in dataclasses.fields(TIAConfig)}
         saved = {"cell": "dreamerv2", **checkpoint["config"]}  # older checkpoints: DreamerV2's cell
+        if saved["cell"] == "dreamerv2" and checkpoint.get("version", 1) < 2:
+            raise TIAInputError(
+                f"{path} was written before the dreamerv2 GRU cell got its bias (checkpoint "
+                f"version {checkpoint.get('version', 1)}, this lqv-d4rl reads version "
+                f"{CHECKPOINT_VERSION}); train it again (TIA's default cell 'gru' is unaffected)")
         config = TIAConfig(**{key: value for key, value in saved.items() if key in known})
         agent = cls(config, checkpoint["action_dim"], device=device, seed=checkpoint["seed"])
         agent.load_state_dict(checkpoint["networks"])

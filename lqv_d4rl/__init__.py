@@ -17,6 +17,12 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
+# The same seed must give the same bytes on every x86-64 machine: pin the CPU kernels of torch,
+# MKL, oneDNN and Mesa to their AVX2 code paths before any of them starts (lqv_d4rl.cpu_kernels).
+from .cpu_kernels import pin_cpu_kernels  # noqa: E402
+
+pin_cpu_kernels()
+
 __version__ = "0.1.0"
 
 from . import gym_registration  # noqa: E402  (registers lqv_d4rl/<task>-v0 with gymnasium)

@@ -26,6 +26,7 @@ from lqv_d4rl.cli import main as cli_main
 from lqv_d4rl.dataset import load_dataset
 from lqv_d4rl.errors import DatasetExistsError
 from lqv_d4rl.format import read_manifest, verify_dataset
+from lqv_d4rl.tasks import LEVELS
 
 TASK = "walker_walk"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -283,7 +284,8 @@ def state_generated(tmp_path_factory):
 def test_medrep_ends_at_the_first_evaluation_whose_mean_reaches_the_band():
     from collectors.state_recipe import first_band_evaluation
 
-    evaluations = [{"env_steps": 40, "mean_return": 350.0}, {"env_steps": 80, "mean_return": 420.0},
+    evaluations = [{"env_steps": 0, "mean_return": 450.0},  # the untrained actor does not count
+                   {"env_steps": 40, "mean_return": 350.0}, {"env_steps": 80, "mean_return": 420.0},
                    {"env_steps": 120, "mean_return": 380.0}, {"env_steps": 160, "mean_return": 700.0}]
     assert first_band_evaluation(evaluations, (401.5, 598.0)) == 80  # not 160, where the run stopped
     assert first_band_evaluation(evaluations, (800.0, 900.0)) is None
@@ -293,8 +295,7 @@ def test_medrep_ends_at_the_first_evaluation_whose_mean_reaches_the_band():
 def test_a_state_recipe_medrep_keeps_only_the_episodes_before_the_band(tmp_path):
     from collectors.generate import generate
 
-    recipe = dataclasses.replace(tiny_state_recipe(), medium_band=(-1.0, 1e9),
-                                 medium_rule="every_episode")
+    recipe = dataclasses.replace(tiny_state_recipe(), medium_band=(-1.0, 1e9), medium_mean=1.0)
     result = generate(TASK, root=tmp_path, seed=1, recipe=recipe, progress=False,
                       levels=["medrep"], max_shard_bytes=60_000)
     provenance = read_manifest(result.folders["medrep"])["provenance"]
@@ -316,8 +317,11 @@ def test_the_state_recipe_writes_three_datasets_with_its_policy_structure(state_
                                                          ["velocity", 9]]
         assert manifest["spaces"]["physics"]["fields"] == [["qpos", 9], ["qvel", 9], ["act", 0]]
         assert manifest["provenance"]["behaviour"] == "sac-state"
-    assert data["random"].policies() == ["sac-init00-seed1", "sac-init01-seed1"]
-    assert (data["random"].policy_steps == -1).all()
+    random_manifest = read_manifest(result.folders["random"])["provenance"]
+    chosen = random_manifest["random_selection"]["snapshots"]
+    assert data["random"].policies() == [s["policy_id"] for s in chosen]
+    assert len({s["policy_id"] for s in chosen}) == 2  # two distinct snapshots of the run
+    assert data["random"].policy_steps.tolist() == [s["env_steps"] for s in chosen for _ in "ab"]
     medrep = data["medrep"]
     assert len(medrep) == 6  # 120 env steps of 20: two prefill episodes, then four snapshots
     assert medrep.policies() == ["sac-seed1-prefill"] + [
@@ -331,9 +335,17 @@ def test_the_state_recipe_writes_three_datasets_with_its_policy_structure(state_
     for evaluation in run["evaluations"]:  # every evaluated snapshot is kept, with its return
         assert (work_dir / evaluation["snapshot"]).is_file()
         assert evaluation["mean_return"] == pytest.approx(np.mean(evaluation["returns"]))
-    assert [e["env_steps"] for e in run["evaluations"]] == [40, 80, 120]
+    assert [e["env_steps"] for e in run["evaluations"]] == [0, 40, 80, 120]  # 0: untrained
     for level in ("random", "medrep"):  # distinct episodes
         assert len(set(data[level].returns.tolist())) == len(data[level])
+
+
+def test_the_state_recipe_bytes_do_not_depend_on_the_render_workers(state_generated, tmp_path):
+    reference_root, _ = state_generated  # made with one render process
+    run_state(tmp_path, workers=2)
+    hashes = shard_hashes(tmp_path)
+    assert {name.split("/")[0] for name in hashes} == {f"{TASK}-{level}" for level in LEVELS}
+    assert hashes == shard_hashes(reference_root)
 
 
 @pytest.mark.slow
@@ -440,20 +452,49 @@ def test_the_cpu_preset_follows_v_d4rl_and_the_paper_counts():
     assert recipe.sac.units == 256 and recipe.sac.batch_size == 256
 
 
-def test_the_every_episode_medium_rule_waits_for_a_snapshot_that_no_longer_falls(tmp_path):
-    from collectors.generate import MediumPolicyTracker
+def test_the_medium_search_confirms_a_candidate_that_matches_table_3(tmp_path):
     from collectors.online import Evaluation
     from collectors.sac import SACAgent, SACConfig
-    from collectors.state_recipe import _ActorSaver
+    from collectors.state_recipe import MediumSearch, _ActorSaver
 
     agent = _ActorSaver(SACAgent(SACConfig.smoke(), 24, 6))
-    tracker = MediumPolicyTracker((401.5, 598.0), tmp_path, rule="every_episode")
-    assert not tracker(Evaluation(5000, "a", [500.0, 380.0]), agent)  # mean 440: falls once
-    assert tracker.load_info()["distance"] == pytest.approx(21.5)
-    assert tracker(Evaluation(10000, "b", [450.0, 420.0]), agent)
-    assert tracker.load_info()["policy_id"] == "b" and tracker.load_info()["in_band"]
-    by_mean = MediumPolicyTracker((401.5, 598.0), tmp_path / "mean")
-    (tmp_path / "mean").mkdir()
-    assert by_mean(Evaluation(5000, "a", [500.0, 380.0]), agent)
-    with pytest.raises(ValueError, match="rule must be one of"):
-        MediumPolicyTracker((0, 1), tmp_path, rule="median")
+    played = []
+
+    def player(deterministic, sampled):
+        def play(count, explore):
+            played.append((count, explore))
+            return ((sampled if explore else deterministic) * count)[:count]
+        return play
+
+    search = MediumSearch((401.5, 598.0), 513.1, tmp_path, confirm_episodes=3)
+    above = [650.0] * 4  # a snapshot above the band is no more medium than one below it ...
+    assert not search(Evaluation(5000, "a", above), agent, play=player([650.0], [700.0]))
+    assert played == [(4, True)]  # ... but its sampled actions are tried
+    assert search.load_info()["distance"] == pytest.approx(0.95 + (650 - 513.1) / 513.1 - 0.07
+                                                           + 1e-3)
+    falls = [520.0] * 9 + [200.0]  # 90 % in band: short of the 95 % margin
+    assert not search(Evaluation(10000, "b", falls), agent, play=player([0.0], [0.0]))
+    played.clear()  # an above-band snapshot whose sampled actions are medium:
+    assert search(Evaluation(15000, "c", above), agent, play=player([650.0], [500.0, 530.0]))
+    assert played == [(4, True), (3, True)]  # four sampled episodes, then three to confirm
+    info = search.load_info()
+    assert (info["policy_id"], info["explore"], info["distance"], info["in_band"]) == (
+        "c", True, 0.0, True)
+    assert info["returns"] == [500.0, 530.0, 500.0, 530.0, 500.0, 530.0, 500.0]
+    without_play = MediumSearch((401.5, 598.0), 513.1, tmp_path / "x")
+    (tmp_path / "x").mkdir()
+    assert not without_play(Evaluation(15000, "d", [510.0] * 4), agent)  # nothing confirmed it
+    assert without_play.load_info()["distance"] == 1e-3
+
+
+def test_random_snapshots_are_matched_to_the_quantiles_of_table_3():
+    from collectors.state_recipe import match_snapshots, quantile_targets
+
+    paper = {"min": 0.0, "p25": 40.0, "median": 60.0, "p75": 120.0, "max": 200.0}
+    assert quantile_targets(paper, 4) == pytest.approx([20.0, 50.0, 90.0, 160.0])
+    evaluations = [{"policy_id": f"s{i}", "mean_return": value}
+                   for i, value in enumerate([30.0, 10.0, 50.0, 170.0, 90.0])]
+    chosen = match_snapshots(evaluations, [20.0, 50.0, 90.0, 160.0])
+    assert [e["policy_id"] for e in chosen] == ["s0", "s2", "s4", "s3"]  # 20: a tie, the earlier
+    twice = match_snapshots(evaluations[:2], [20.0, 25.0, 30.0])
+    assert [e["policy_id"] for e in twice] == ["s0", "s1", "s0"]  # reused once all are chosen

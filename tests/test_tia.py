@@ -333,6 +333,10 @@ def test_checkpoints_from_before_the_cell_option_load_with_dreamerv2s_cell(tmp_p
     loaded = TIAAgent.load(path)
     assert loaded.config.cell == "dreamerv2"
     torch.testing.assert_close(loaded.state_dict(), old.state_dict())
+    checkpoint["version"] = 1  # written before the dreamerv2 cell had its bias
+    torch.save(checkpoint, path)
+    with pytest.raises(TIAInputError, match="before the dreamerv2 GRU cell got its bias"):
+        TIAAgent.load(path)
 
 
 # ------------------------------------------------------------------------ configs

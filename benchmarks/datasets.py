@@ -1,0 +1,101 @@
+"""Make a task's three datasets with the full-size CPU recipe and check them against Table 3.
+
+Runs ``lqv-d4rl generate TASK --behaviour sac-state --preset cpu`` (in this process, same code
+path), times each phase, prints the return statistics next to the paper's and the fidelity
+verdicts of every level (lqv_d4rl.fidelity), writes them with the command, the commit and the
+machine to ``<out>/<task>.json``, and exits with status 1 when a statistic is outside its
+tolerance. An interrupted run resumes when started again with the same arguments (the phases it
+skipped are then missing from the timings).
+
+Usage: ``python benchmarks/datasets.py walker_walk [--root R] [--render-workers 2] [--seed 0]
+[--out docs/datasets]``.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lqv_d4rl  # noqa: F401  (pins the CPU kernels before torch starts)
+from collectors.generate import generate, summarize
+from lqv_d4rl.cpu_kernels import kernel_settings
+from lqv_d4rl.dataset import load_dataset
+from lqv_d4rl.errors import DatasetExistsError
+from lqv_d4rl.registry import dataset_path
+from lqv_d4rl.stats import return_statistics
+from lqv_d4rl.tasks import LEVELS
+
+
+def commit():
+    """The checked-out commit, with ``-dirty`` when the working tree has changes."""
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain") else "")
+
+
+def machine():
+    """The CPU and load this ran on (the figures' context)."""
+    return {"cpus": os.cpu_count(), "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(),
+            "load_average_at_end": os.getloadavg(), "cpu_kernels": kernel_settings()}
+
+
+def run(task, root, render_workers, seed):
+    """Generate (or resume, or find finished) the three datasets; the GenerateResult."""
+    try:
+        return generate(task, root=root, behaviour="sac-state", preset="cpu",
+                        workers=render_workers, seed=seed)
+    except DatasetExistsError:  # all three finished: check them as they are
+        folders = {level: dataset_path(f"{task}-{level}", root) for level in LEVELS}
+        return summarize(task, folders, None, progress=True)
+
+
+def report(task, result, wall_seconds, args):
+    """The JSON record of one run."""
+    levels = {}
+    for level, folder in result.folders.items():
+        data = load_dataset(folder, lazy=True)
+        levels[level] = {
+            "statistics": return_statistics(data.returns),
+            "policies": len(data.policies()),
+            "verdicts": [{"statistic": v.statistic, "value": v.value, "paper": v.paper,
+                          "low": v.low, "high": v.high, "passed": v.passed,
+                          "verdict": v.describe()} for v in result.verdicts[level]]}
+        data.close()
+    command = (f"python benchmarks/datasets.py {task} --render-workers {args.render_workers} "
+               f"--seed {args.seed}")
+    return {"task": task, "command": command, "commit": commit(), "machine": machine(),
+            "wall_seconds_this_call": wall_seconds, "phase_seconds_this_call": result.timings,
+            "faithful": result.faithful, "levels": levels}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("task", help="walker_walk, cheetah_run, hopper_hop or humanoid_walk")
+    parser.add_argument("--root", default=None, help="dataset root (default: $LQV_D4RL_ROOT)")
+    parser.add_argument("--render-workers", type=int, default=2, help="render processes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="docs/datasets", help="folder of the JSON record")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    result = run(args.task, args.root, args.render_workers, args.seed)
+    record = report(args.task, result, time.perf_counter() - start, args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.task}.json").write_text(json.dumps(record, indent=1))
+    print(f"\nphases (s): {json.dumps({k: round(v) for k, v in result.timings.items()})}")
+    print(f"wrote {out / (args.task + '.json')}")
+    if not result.faithful:
+        print(f"FAILED: {args.task}'s datasets miss Table 3's tolerances (see the table above)")
+        return 1
+    print(f"PASSED: every level of {args.task} lies within Table 3's tolerances")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
