@@ -17,8 +17,15 @@ copied). One update on a batch of pairs (o_t, a_t, o_{t+k}), k uniform in [1, 14
 4. warm-up (the first 2,500 updates): the encoder sees the gated input detached, and the U-Net is
    trained by ``-0.1 mean(m)`` alone (the mask opens); after it, the U-Net is trained by the
    inverse loss through the gated input plus ``0.1 mean(m) + 1e-3 mean(m^2)``;
-5. a BC head (MLP 256 -> 1024 -> 1024 -> A, tanh) learns ``MSE(a_sampled, a_t)`` on the detached
-   features of o_t; the encoder is trained only by the inverse loss.
+5. the encoder and inverse model, and the U-Net, take their Adam steps; then a BC head (MLP
+   256 -> 1024 -> 1024 -> A, tanh) learns ``MSE(a_sampled, a_t)`` on the detached features of the
+   gated o_t, re-encoded by the encoder *after* its step (the author's ``update`` calls
+   ``self.encoder(mask_obs).detach()`` after ``encoder_opt.step()``); the encoder is trained only
+   by the inverse loss.
+
+The energy model's linear layers are initialized like the author's ``InfoNCE`` (``apply(
+weight_init)``: orthogonal weights with gain 1, zero biases; its BatchNorm keeps PyTorch's
+initialization).
 
 Evaluation acts on the *unmasked* observation: ``head(encoder(o))``, deterministic mean.
 
@@ -94,6 +101,11 @@ class InfoGatingConfig(ModelFreeConfig):
     mask_noise_clip: float = 0.3
     """Clip of that perturbation (0.3); the perturbed value is clamped to +-(1 - 1e-6) like a
     sampled action, with a straight-through gradient."""
+    bc_reencode: bool = True
+    """The BC head reads the gated o_t re-encoded by the encoder after the update's encoder step,
+    as the author's code does (``self.encoder(mask_obs).detach()`` after ``encoder_opt.step()``).
+    False reuses the features of the update's forward pass, from before the step (one encoder
+    pass fewer per update)."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -195,19 +207,28 @@ class InverseEnergyModel(nn.Module):
     """Energy E(z_t, z_{t+k}, a) = Linear(BatchNorm(W [z_t, z_{t+k}, a])) with ReLU, W without bias.
 
     ``W [z_t, z_{t+k}, a]`` is computed as ``W_z [z_t, z_{t+k}] + W_a a``, so the state part is
-    computed once per sample rather than once per candidate action (the same numbers; W_z and W_a
-    are initialized as the two blocks of one Linear layer would be).
+    computed once per sample rather than once per candidate action (the same numbers). W is
+    initialized as one orthogonal ``(units, 2 * feature_dim + A)`` matrix (gain 1) and split into
+    W_z and W_a; the output layer is orthogonal with a zero bias: the author's ``weight_init``.
     """
 
     def __init__(self, feature_dim, action_dim, units=256):
         super().__init__()
         self.state = nn.Linear(2 * feature_dim, units, bias=False)
         self.action = nn.Linear(action_dim, units, bias=False)
-        bound = 1 / math.sqrt(2 * feature_dim + action_dim)
-        nn.init.uniform_(self.state.weight, -bound, bound)
-        nn.init.uniform_(self.action.weight, -bound, bound)
         self.norm = nn.BatchNorm1d(units)
         self.energy = nn.Linear(units, 1)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """The author's initialization of the two linear layers (see the class docstring)."""
+        weight = torch.empty(self.state.out_features,
+                             self.state.in_features + self.action.in_features)
+        nn.init.orthogonal_(weight)
+        self.state.weight.copy_(weight[:, :self.state.in_features])
+        self.action.weight.copy_(weight[:, self.state.in_features:])
+        orthogonal_init(self.energy)
 
     def forward(self, z_t, z_future, actions):
         """Energies ``(B, N)`` of ``actions`` ``(B, N, A)``."""
@@ -272,20 +293,44 @@ class InfoGatingAgent(AgentBase):
         return F.relu(torch.tanh(logits))
 
     def update(self, batch, generator):
-        """One InfoGating update on ``batch``; returns its metrics (tensors)."""
-        losses, metrics = self.losses(batch, generator)
-        for optimizer in self.optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        for optimizer in self.optimizers.values():
-            optimizer.step()
+        """One InfoGating update on ``batch``: the representation step, then the BC step on the
+        stepped encoder's features; returns its metrics (tensors)."""
+        losses, gated, metrics = self.losses(batch, generator)
+        self._step(("encoder", "mask"), losses["inverse"] + losses["mask"])
+        bc = self.bc_loss(gated, batch, generator)
+        self._step(("actor",), bc)
+        metrics["bc_loss"] = bc.detach()
         self.updates += 1
         return metrics
 
+    def _step(self, names, loss):
+        """One step of the optimizers ``names`` on ``loss``."""
+        for name in names:
+            self.optimizers[name].zero_grad(set_to_none=True)
+        loss.backward()
+        for name in names:
+            self.optimizers[name].step()
+
+    def bc_loss(self, gated, batch, generator):
+        """``MSE(a_sampled, a_t)`` of the BC head on the gated o_t of :meth:`losses`: re-encoded by
+        the current encoder (``bc_reencode``, after the update's encoder step) or the features of
+        that forward pass. Its gradient reaches only the head."""
+        if self.config.bc_reencode:
+            with torch.no_grad(), self.autocast():
+                features = self.encoder(gated["inputs"]).float()
+        else:
+            features = gated["features"]
+        with self.autocast():
+            mean = self.actor(features).float()
+        action = sample_clipped(mean, self.noise_std(), self.config.std_clip, generator)
+        return F.mse_loss(action, batch["action"])
+
     def losses(self, batch, generator):
-        """``({"inverse", "mask", "bc"}: loss tensors, metrics)`` of one update. Gradients are
-        routed by construction: the BC loss reaches only the head, the mask penalty only the
-        U-Net, and the inverse loss reaches the U-Net only after the warm-up."""
+        """``({"inverse", "mask"}: loss tensors, gated, metrics)`` of one update's representation
+        step, with ``gated = {"inputs": the encoder's input for o_t (gated, or unmasked for half
+        the batch), "features": its features, detached}`` for :meth:`bc_loss`. Gradients are
+        routed by construction: the mask penalty reaches only the U-Net, and the inverse loss
+        reaches the U-Net only after the warm-up."""
         config = self.config
         count = len(batch["obs"])
         both = torch.cat([random_shift(batch["obs"], config.augment_pad, generator),
@@ -304,18 +349,16 @@ class InfoGatingAgent(AgentBase):
                                    generator=generator, device=frames.device) * 2 - 1
             candidates = torch.cat([batch["action"][:, None], negatives], dim=1)
             energies = self.inverse(z_t, z_future, candidates).float()
-            mean = self.actor(z_t.detach()).float()
-        action = sample_clipped(mean, self.noise_std(), config.std_clip, generator)
         losses = {
             "inverse": contrastive_inverse_loss(energies),
             "mask": (-config.mask_penalty * masks.mean() if warm else
                      mask_penalty(masks, config.mask_penalty, config.mask_square_penalty)),
-            "bc": F.mse_loss(action, batch["action"]),
         }
-        metrics = {"inverse_loss": losses["inverse"].detach(), "bc_loss": losses["bc"].detach(),
+        gated = {"inputs": inputs[:count].detach(), "features": z_t.detach()}
+        metrics = {"inverse_loss": losses["inverse"].detach(),
                    "mask_penalty": losses["mask"].detach(), "mask_mean": masks.detach().mean(),
                    "inverse_accuracy": (energies.detach().argmin(dim=1) == 0).float().mean()}
-        return losses, metrics
+        return losses, gated, metrics
 
     def acting_network(self):
         """Encoder + BC head on the unmasked observation."""

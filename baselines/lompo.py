@@ -62,7 +62,9 @@ from lqv_d4rl.networks import (
     latent_kl,
     preprocess_image,
 )
-from lqv_d4rl.networks.world_model import batch_to_tensors
+from lqv_d4rl.networks.distributions import unit_normal
+from lqv_d4rl.networks.world_model import BATCH_KEYS, STATE_BATCH_KEYS, batch_to_tensors
+from lqv_d4rl.observations import check_observation_fields, sequence_keys, state_size
 from lqv_d4rl.policies import LatentPolicy
 
 from . import config_checks as check
@@ -92,6 +94,17 @@ class LOMPOConfig:
     """Entries per sequence (``model_batch_length: 50``); each window starts from the zero state."""
 
     # ----------------------------------------------------------------------- world model
+    observation: str = "image"
+    """What the world model encodes and reconstructs: ``image`` (the 64x64 frames, LOMPO's ReLU
+    CNN encoder and decoder) or ``state`` (the dataset's stored low-dimensional ``state``
+    vectors: DreamerV2's MLP encoder and decoder of ``state_layers`` x ``state_units`` ELU with a
+    unit-variance Normal likelihood; evaluation feeds the policy the environment's
+    ``info["state"]``). Not in LOMPO or V-D4RL: a cheap setting in which to test the algorithm
+    (:mod:`lqv_d4rl.observations`)."""
+    state_layers: int = 4
+    """``observation="state"``: hidden layers of the MLP encoder and decoder (DreamerV2: 4)."""
+    state_units: int = 400
+    """``observation="state"``: width of the MLP encoder and decoder (DreamerV2: 400)."""
     depth: int = 32
     """CNN channel multiplier of the ReLU encoder and decoder (``cnn_depth: 32``,
     ``cnn_act: relu``)."""
@@ -182,6 +195,7 @@ class LOMPOConfig:
         check.optional_positive_ints(self, "buffer_capacity", "eval_max_steps")
         check.counts(self, "model_steps", "policy_steps")
         check.choice(self, "precision", ("float32", "bfloat16", "float16"))
+        check_observation_fields(self)
         check.positive(self, "model_lr", "actor_lr", "critic_lr", "eps", "clip")
         check.non_negative(self, "kl_scale", "rollout_noise", "penalty_lambda")
         check.unit_interval(self, "gamma", "tau")
@@ -224,43 +238,66 @@ class LOMPOWorldModel(nn.Module):
     """LOMPO's Dreamer-v1 world model with an ensemble prior, built from the core's parts.
 
     ``observe``, ``imagine``, ``reward`` and ``disagreement`` have the signatures of the other world
-    models of the toolkit, so the uncertainty analysis treats them alike.
+    models of the toolkit, so the uncertainty analysis treats them alike. With
+    ``config.observation == "state"`` it models state vectors of size ``state_dim`` (MLP encoder
+    and decoder, batch key ``state``).
     """
 
-    def __init__(self, action_dim, config, device="cpu", seed=0):
+    def __init__(self, action_dim, config, device="cpu", seed=0, state_dim=None):
         super().__init__()
         cfg = self.config = config
         self.device = torch.device(device)
-        self.encoder = ConvEncoder(cfg.depth, activation=nn.ReLU)
+        self.observation_key = cfg.observation
+        if cfg.observation == "state":
+            if state_dim is None:
+                raise ConfigError("observation='state' needs the size of the states (state_dim)")
+            self.encoder = MLP(int(state_dim), None, cfg.state_layers, cfg.state_units)
+        else:
+            self.encoder = ConvEncoder(cfg.depth, activation=nn.ReLU)
         # cell="gru": LOMPO's Keras GRUCell (not DreamerV2's layer-norm cell with update bias -1)
         self.rssm = RSSM(self.encoder.output_dim, action_dim, cfg.deter, cfg.stoch, None,
                          cfg.hidden, cfg.ensemble, min_std=0.1, cell="gru", seed=seed)
-        self.decoder = ConvDecoder(self.rssm.feature_dim, cfg.depth, activation=nn.ReLU)
+        if cfg.observation == "state":
+            self.decoder = MLP(self.rssm.feature_dim, int(state_dim), cfg.state_layers,
+                               cfg.state_units)
+        else:
+            self.decoder = ConvDecoder(self.rssm.feature_dim, cfg.depth, activation=nn.ReLU)
         self.reward_head = DenseHead(self.rssm.feature_dim, (), "normal", cfg.reward_layers,
                                      cfg.units)
         self.to(self.device)
         self.optimizer = Optimizer("model", self, cfg.model_lr, cfg.eps, cfg.clip,
                                    precision=cfg.precision, device=self.device)
 
+    def to_tensors(self, batch):
+        """The batch keys the model needs (images or states, actions, rewards, first flags) as
+        tensors on its device."""
+        keys = STATE_BATCH_KEYS if self.observation_key == "state" else BATCH_KEYS
+        return batch_to_tensors(batch, self.device, keys)
+
     def observe(self, batch, state=None):
         """Posterior and prior states ``(B, T, ...)`` of a sequence batch."""
-        data = batch_to_tensors(batch, self.device)
-        return self.rssm.observe(self.encoder(data["image"]), data["action"], data["is_first"],
-                                 state)
+        data = self.to_tensors(batch)
+        return self.rssm.observe(self.encoder(data[self.observation_key]), data["action"],
+                                 data["is_first"], state)
 
     def loss(self, batch):
         """KL(post || prior) - log p(o | s) - log p(r | s), batch and time means;
         returns ``(loss, posterior, metrics)``."""
-        data = batch_to_tensors(batch, self.device)
-        post, prior = self.rssm.observe(self.encoder(data["image"]), data["action"],
+        data = self.to_tensors(batch)
+        observation = data[self.observation_key]
+        post, prior = self.rssm.observe(self.encoder(observation), data["action"],
                                         data["is_first"])
         kl = latent_kl(post, prior).mean()
         features = self.rssm.features(post)
-        image_ll = image_log_likelihood(self.decoder(features),
-                                        preprocess_image(data["image"])).mean()
+        if self.observation_key == "state":
+            observation_ll = unit_normal(self.decoder(features), 1).log_prob(observation).mean()
+        else:
+            observation_ll = image_log_likelihood(self.decoder(features),
+                                                  preprocess_image(observation)).mean()
         reward_ll = self.reward_head(features).log_prob(data["reward"]).mean()
-        loss = self.config.kl_scale * kl - image_ll - reward_ll
-        return loss, post, {"kl": kl.detach(), "image_log_prob": image_ll.detach(),
+        loss = self.config.kl_scale * kl - observation_ll - reward_ll
+        return loss, post, {"kl": kl.detach(),
+                            f"{self.observation_key}_log_prob": observation_ll.detach(),
                             "reward_log_prob": reward_ll.detach()}
 
     def train_step(self, batch):
@@ -431,16 +468,21 @@ class LOMPOAgent:
         device: ``"cpu"``, ``"cuda"``, ...
         seed: seeds the ensemble-head draws and the buffer sampling (parameters come from the global
             torch RNG: seed it first, as :func:`train` does).
+        state_dim: size of the dataset's state vectors, needed with ``observation="state"``.
     """
 
-    def __init__(self, action_dim, config=None, *, capacity, task=None, device="cpu", seed=0):
+    def __init__(self, action_dim, config=None, *, capacity, task=None, device="cpu", seed=0,
+                 state_dim=None):
         self.config = config or LOMPOConfig()
         self.action_dim = int(action_dim)
         self.capacity = int(capacity)
         self.task = task
         self.device = torch.device(device)
         self.seed = int(seed)
-        self.world_model = LOMPOWorldModel(self.action_dim, self.config, self.device, self.seed)
+        self.state_dim = (int(state_dim) if self.config.observation == "state"
+                          and state_dim is not None else None)
+        self.world_model = LOMPOWorldModel(self.action_dim, self.config, self.device, self.seed,
+                                           state_dim=self.state_dim)
         feature_dim = self.world_model.rssm.feature_dim
         self.behavior = TwinQActorCritic(feature_dim, self.action_dim, self.config, self.device)
         self.real = TransitionBuffer(self.capacity, feature_dim, self.action_dim, self.device)
@@ -480,9 +522,9 @@ class LOMPOAgent:
         self.episodes_encoded += len(indices)
 
     def _encode_group(self, dataset, indices):
-        episodes = [dataset.episode(index) for index in indices]
-        batch = {key: np.stack([episode[key] for episode in episodes])
-                 for key in ("image", "action", "reward", "is_first", "is_terminal")}
+        keys = (self.world_model.observation_key, "action", "reward", "is_first", "is_terminal")
+        episodes = [_episode_arrays(dataset, index, keys) for index in indices]
+        batch = {key: np.stack([episode[key] for episode in episodes]) for key in keys}
         post, _ = self.world_model.observe(batch)
         features = self.world_model.rssm.features(post)
         data = {key: torch.as_tensor(batch[key], device=self.device).float()
@@ -563,9 +605,11 @@ class LOMPOAgent:
     # ----------------------------------------------------------------------------- acting
 
     def policy(self):
-        """A :class:`LatentPolicy` that plays the deterministic actor (no noise) on the posterior."""
+        """A :class:`LatentPolicy` that plays the deterministic actor (no noise) on the posterior
+        (of frames, or of state vectors with ``observation="state"``)."""
         model = self.world_model
-        return LatentPolicy(model.encoder, model.rssm, self.behavior.actor, self.action_dim)
+        return LatentPolicy(model.encoder, model.rssm, self.behavior.actor, self.action_dim,
+                            observation_key=model.observation_key, state_dim=self.state_dim)
 
     # ----------------------------------------------------------------------------- checkpoints
 
@@ -575,7 +619,7 @@ class LOMPOAgent:
         return {
             "version": CHECKPOINT_VERSION, "config": config_to_dict(self.config),
             "action_dim": self.action_dim, "capacity": self.capacity, "task": self.task,
-            "seed": self.seed,
+            "seed": self.seed, "state_dim": self.state_dim,
             "world_model": model.state_dict(), "model_optimizer": model.optimizer.state_dict(),
             "behavior": behavior.state_dict(), "actor_optimizer": behavior.actor_opt.state_dict(),
             "critic_optimizer": behavior.critic_opt.state_dict(),
@@ -607,9 +651,16 @@ class LOMPOAgent:
         state = agent_state(run_dir, CHECKPOINT_VERSION)
         agent = cls(state["action_dim"], config_from_dict(LOMPOConfig, state["config"]),
                     capacity=state["capacity"], task=state["task"], device=device,
-                    seed=state["seed"])
+                    seed=state["seed"], state_dim=state.get("state_dim"))
         agent.load_state_dict(state)
         return agent
+
+
+def _episode_arrays(dataset, index, keys):
+    """``{key: array}`` of episode ``index`` for ``keys`` only (a state model reads no frame)."""
+    start = int(dataset.episode_starts[index])
+    rows = slice(start, start + int(dataset.episode_lengths[index]))
+    return {key: dataset.steps[key][rows] for key in keys}
 
 
 def buffer_capacity(dataset, config):
@@ -632,10 +683,12 @@ def train(dataset, config, run, device="cpu"):
     """Train (or finish training) LOMPO on ``dataset`` in the run folder ``run``; returns the agent.
     ``ALGORITHM.train``: the run gives the seed, the metrics log and the checkpoint."""
     capacity = buffer_capacity(dataset, config)
+    state_dim = state_size(dataset, config.observation)  # a clear error for a dataset without
     torch.manual_seed(run.seed)
     agent = LOMPOAgent(dataset.action_dim, config, capacity=capacity, task=dataset.task,
-                       device=device, seed=run.seed)
-    batches = RunBatches(dataset, config, run.seed, device, uses=("model", "rounds"))
+                       device=device, seed=run.seed, state_dim=state_dim)
+    batches = RunBatches(dataset, config, run.seed, device, uses=("model", "rounds"),
+                         keys=sequence_keys(config.observation))
     state = run.load_checkpoint()
     if state is not None:
         restore(state, agent, batches)
@@ -663,8 +716,8 @@ def train(dataset, config, run, device="cpu"):
     try:
         done = run.phase("model", total=config.model_steps, done=lambda: agent.model_updates,
                          update=lambda: agent.train_model_step(batches.next("model")),
-                         description="world model", postfix=("model_loss", "image_log_prob"),
-                         **common)
+                         description="world model",
+                         postfix=("model_loss", f"{config.observation}_log_prob"), **common)
         done = done and run.phase("imagine", total=config.prefill_rounds, done=lambda: agent.rounds,
                                   update=imagine_update, description="imagined data",
                                   postfix=("penalty",), **{**common, "log_every": 1})

@@ -24,13 +24,15 @@ class RunBatches:
     gathered on the GPU when the dataset fits there), one stream open at a time.
 
     :meth:`state` is each sampler's position after the last batch training consumed, so that a
-    checkpoint resumes to the same batches.
+    checkpoint resumes to the same batches. ``keys`` narrows the step keys of the batches (e.g.
+    :data:`lqv_d4rl.observations.STATE_SEQUENCE_KEYS`: a state model never reads a frame).
     """
 
-    def __init__(self, dataset, config, seed, device, uses=("model", "policy")):
+    def __init__(self, dataset, config, seed, device, uses=("model", "policy"), keys=None):
         seeds = np.random.SeedSequence(seed).generate_state(len(uses))
         self.samplers = {use: make_sequence_sampler(dataset, "random", batch_size=config.batch_size,
-                                                    seq_len=config.seq_len, seed=int(value))
+                                                    seq_len=config.seq_len, seed=int(value),
+                                                    keys=keys)
                          for use, value in zip(uses, seeds)}
         self.positions = {use: sampler_position(sampler) for use, sampler in self.samplers.items()}
         self.device = device

@@ -20,16 +20,17 @@ The algorithm (V-D4RL ``offlinedv2/``, a DreamerV2 fork, run as its README says:
 
        r~ = r^(s_{t+1}) - lambda * u(s_{t+1}),   u = mean_k || p_k - mean_j p_j ||_F   ("meandis")
 
-   where p_k are the class probabilities head k predicts for the imagined state's latent.
+   where p_k are the class probabilities head k predicts for the imagined state's latent
+   (``imagined_reward_states="current"``: both read at s_t, as V-D4RL's DreamerV2 does).
 
 Sequence windows start from the zero state with a zero action (``is_first`` is set at the first
 entry of every window, as DreamerV2's replay does).
 
 Where this port departs from V-D4RL (each a config value or a documented choice): evaluation at
 the end of training (``eval_episodes``) instead of one episode every 200 policy updates; rewards
-and penalties of imagined states 1..H (the core's alignment) instead of DreamerV2's states 0..H-1;
-bfloat16 instead of float16 mixed precision on CUDA; weight decay applied right after each Adam
-step (DreamerV2 applies it just before; they differ by ``weight_decay`` times one step).
+and penalties of imagined states 1..H (the core's alignment; the ``released`` preset reads
+DreamerV2's states 0..H-1); bfloat16 instead of float16 mixed precision on CUDA (``released``:
+float16).
 """
 
 from dataclasses import dataclass
@@ -44,6 +45,12 @@ from lqv_d4rl.networks import (
     WorldModelConfig,
     flatten_states,
     imagination_disagreement,
+)
+from lqv_d4rl.observations import (
+    check_observation_fields,
+    sequence_keys,
+    state_size,
+    world_model_overrides,
 )
 from lqv_d4rl.policies import LatentPolicy
 from lqv_d4rl.samplers import mark_window_starts
@@ -63,7 +70,8 @@ PENALTIES = {"meandis": "semopo_code", "log_prob_ens": "lompo"}
 """V-D4RL's ``offline_penalty_type`` names -> the core's disagreement kinds
 (:func:`lqv_d4rl.networks.state_disagreement`)."""
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2: the layer-norm GRU has a bias."""
 
 
 @dataclass
@@ -78,6 +86,19 @@ class OfflineDV2Config:
     """Entries per sequence (``length: 50``); the RSSM starts each window from the zero state."""
 
     # ----------------------------------------------------------------------- world model
+    observation: str = "image"
+    """What the world model encodes and reconstructs: ``image`` (the 64x64 frames, conv encoder
+    and decoder: V-D4RL's ``dmc_vision``) or ``state`` (the dataset's stored low-dimensional
+    ``state`` vectors: MLP encoder and decoder of ``state_layers`` x ``state_units`` ELU with a
+    unit-variance Normal likelihood, DreamerV2's setting for proprioceptive inputs; evaluation
+    feeds the policy the environment's ``info["state"]``). Not in V-D4RL: a cheap setting in which
+    to test the algorithm (:mod:`lqv_d4rl.observations`)."""
+    state_layers: int = 4
+    """``observation="state"``: hidden layers of the MLP encoder and decoder (DreamerV2's
+    ``encoder.mlp_layers`` / ``decoder.mlp_layers``: 4)."""
+    state_units: int = 400
+    """``observation="state"``: width of the MLP encoder and decoder (DreamerV2's ``mlp_units``:
+    400)."""
     depth: int = 48
     """CNN channel multiplier of the encoder and decoder (``cnn_depth: 48``)."""
     deter: int = 200
@@ -114,9 +135,10 @@ class OfflineDV2Config:
     clip: float = 100.0
     """Global gradient-norm clip of every optimizer (``clip: 100``)."""
     weight_decay: float = 1e-6
-    """Decoupled weight decay of every optimizer, each parameter times (1 - weight_decay) per update
-    (``wd: 1e-6`` in ``model_opt``, ``actor_opt``, ``critic_opt``; DreamerV2's Optimizer multiplies
-    before the Adam step, this port right after it)."""
+    """DreamerV2's weight decay of every optimizer: each parameter times (1 - weight_decay) right
+    before its Adam step, not scaled by the learning rate (``wd: 1e-6`` in ``model_opt``,
+    ``actor_opt``, ``critic_opt``; ``tfutils.py`` ``Optimizer._apply_weight_decay``, pattern
+    ``.*``: every variable)."""
     model_steps: int = 25_000
     """World-model updates before the actor-critic trains (``offline_model_train_steps: 25001``;
     the released loop runs blocks of 100 while its counter is below 25,001, i.e. 25,100)."""
@@ -124,6 +146,12 @@ class OfflineDV2Config:
     # ----------------------------------------------------------------------- actor-critic
     horizon: int = 5
     """Imagination horizon from every posterior state of a batch (``imag_horizon: 5``)."""
+    imagined_reward_states: str = "next"
+    """Where imagined rewards and penalties are read: ``next`` (imagined states 1..H, the state
+    each imagined action leads to; the shared core's convention) or ``current`` (states 0..H-1,
+    each action scored by the return from the next state on: DreamerV2's ``ActorCritic.target``
+    and ``actor_loss``, which V-D4RL's ``offlinedv2`` keeps; its ``penalized_reward`` scores the
+    whole imagined sequence, of which ``target`` uses states 0..H-1)."""
     gamma: float = 0.99
     """Discount (``discount: 0.99``); no discount head (``dmc_vision`` ``pred_discount: False``)."""
     lambda_: float = 0.95
@@ -174,6 +202,10 @@ class OfflineDV2Config:
         check.counts(self, "model_steps", "policy_steps")
         check.choice(self, "penalty", tuple(PENALTIES))
         check.choice(self, "precision", ("float32", "bfloat16", "float16"))
+        check.choice(self, "imagined_reward_states", ("next", "current"))
+        check_observation_fields(self)
+        if self.imagined_reward_states == "current" and self.horizon < 2:
+            raise ConfigError("imagined_reward_states='current' needs horizon >= 2")
         check.positive(self, "model_lr", "actor_lr", "critic_lr", "eps", "clip")
         check.non_negative(self, "free_nats", "kl_scale", "image_scale", "reward_scale",
                            "actor_entropy", "penalty_lambda")
@@ -190,6 +222,10 @@ PRESETS = {
     "paper": {},
     # The same with SeMOPO's README length of the policy phase.
     "semopo_steps": {"policy_steps": 100_000},
+    # What the released code does beyond the README's settings: DreamerV2's reward alignment, its
+    # 251 blocks of 100 model updates, float16.
+    "released": {"imagined_reward_states": "current", "model_steps": 25_100,
+                 "precision": "float16"},
     # Tiny networks and few steps: a minute or two on a 2-core CPU; for tests and trying the pipeline.
     "smoke": {
         "batch_size": 8, "seq_len": 16, "depth": 8, "deter": 32, "stoch": 8, "classes": 8,
@@ -209,15 +245,18 @@ PRESETS = {
 
 class DV2WorldModel(WorldModel):
     """The core's single-branch ``WorldModel`` with K prior heads and reward gradients into the latent,
-    plus the ensemble disagreement of the config's penalty."""
+    plus the ensemble disagreement of the config's penalty. With ``config.observation == "state"``
+    it models state vectors of size ``state_dim`` (MLP encoder and decoder)."""
 
-    def __init__(self, action_dim, config, device="cpu", seed=0):
+    def __init__(self, action_dim, config, device="cpu", seed=0, state_dim=None):
         super().__init__(action_dim, WorldModelConfig.from_config(
-            config, reward_stop_grad=False, seed=seed), device=device)
+            config, reward_stop_grad=False, seed=seed,
+            **world_model_overrides(config, state_dim)), device=device)
         self.penalty_kind = PENALTIES[config.penalty]
 
     def disagreement(self, imagination):
-        """Ensemble disagreement ``u`` ``(H, N)`` at the imagined states 1..H (keeps its gradient)."""
+        """Ensemble disagreement ``u`` ``(H, N)`` at the imagination's scored states (1..H, or 0..H-1
+        with ``imagined_reward_states="current"``; keeps its gradient)."""
         return imagination_disagreement(self.rssm, imagination, self.penalty_kind)
 
 
@@ -231,15 +270,20 @@ class OfflineDV2Agent:
         device: ``"cpu"``, ``"cuda"``, ...
         seed: seeds the ensemble-head draws (parameters are initialized from the global torch RNG:
             seed it first, as :func:`train` does).
+        state_dim: size of the dataset's state vectors, needed with ``observation="state"``.
     """
 
-    def __init__(self, action_dim, config=None, *, task=None, device="cpu", seed=0):
+    def __init__(self, action_dim, config=None, *, task=None, device="cpu", seed=0,
+                 state_dim=None):
         self.config = config or OfflineDV2Config()
         self.action_dim = int(action_dim)
         self.task = task
         self.device = torch.device(device)
         self.seed = int(seed)
-        self.world_model = DV2WorldModel(self.action_dim, self.config, self.device, self.seed)
+        self.state_dim = (int(state_dim) if self.config.observation == "state"
+                          and state_dim is not None else None)
+        self.world_model = DV2WorldModel(self.action_dim, self.config, self.device, self.seed,
+                                         state_dim=self.state_dim)
         self.behavior = ActorCritic(self.world_model.rssm.feature_dim, self.action_dim,
                                     BehaviorConfig.from_config(self.config), device=self.device)
         self.model_updates = 0
@@ -251,7 +295,6 @@ class OfflineDV2Agent:
         """One world-model update on a sequence batch; returns detached scalar metric tensors."""
         self.world_model.train()
         _, metrics = self.world_model.train_step(mark_window_starts(batch))
-        decay_weights(self.world_model.optimizer.parameters, self.config.weight_decay)
         self.model_updates += 1
         return detached(metrics)
 
@@ -278,8 +321,6 @@ class OfflineDV2Agent:
             return total
 
         metrics = self.behavior.train_step(start, self.world_model.imagine, reward_fn)
-        decay_weights(self.behavior.actor_opt.parameters, self.config.weight_decay)
-        decay_weights(self.behavior.critic_opt.parameters, self.config.weight_decay)
         metrics.update(parts)
         self.policy_updates += 1
         return detached(metrics)
@@ -292,10 +333,12 @@ class OfflineDV2Agent:
     # ----------------------------------------------------------------------------- acting
 
     def policy(self, *, sample=False):
-        """A :class:`LatentPolicy` sharing this agent's networks (plays the actor's mode)."""
+        """A :class:`LatentPolicy` sharing this agent's networks (plays the actor's mode); it acts
+        on frames, or on state vectors with ``observation="state"``."""
         model = self.world_model
         return LatentPolicy(model.encoder, model.rssm, self.behavior.actor, self.action_dim,
-                            sample=sample)
+                            sample=sample, observation_key=model.observation_key,
+                            state_dim=self.state_dim)
 
     # ----------------------------------------------------------------------------- checkpoints
 
@@ -305,6 +348,7 @@ class OfflineDV2Agent:
         return {
             "version": CHECKPOINT_VERSION, "config": config_to_dict(self.config),
             "action_dim": self.action_dim, "task": self.task, "seed": self.seed,
+            "state_dim": self.state_dim,
             "world_model": model.state_dict(), "model_optimizer": model.optimizer.state_dict(),
             "behavior": behavior.state_dict(), "actor_optimizer": behavior.actor_opt.state_dict(),
             "critic_optimizer": behavior.critic_opt.state_dict(),
@@ -314,6 +358,10 @@ class OfflineDV2Agent:
 
     def load_state_dict(self, state):
         """Restore what :meth:`state_dict` returned (same config and action size)."""
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint version {state.get('version')!r} is not "
+                             f"{CHECKPOINT_VERSION}: it was written by another version of "
+                             "offline_dv2")
         model, behavior = self.world_model, self.behavior
         model.load_state_dict(state["world_model"])
         model.optimizer.load_state_dict(state["model_optimizer"])
@@ -330,16 +378,10 @@ class OfflineDV2Agent:
         """The agent of the run folder ``run_dir`` (its checkpoint, read with ``weights_only``)."""
         state = agent_state(run_dir, CHECKPOINT_VERSION)
         agent = cls(state["action_dim"], config_from_dict(OfflineDV2Config, state["config"]),
-                    task=state["task"], device=device, seed=state["seed"])
+                    task=state["task"], device=device, seed=state["seed"],
+                    state_dim=state.get("state_dim"))
         agent.load_state_dict(state)
         return agent
-
-
-@torch.no_grad()
-def decay_weights(parameters, rate):
-    """DreamerV2's decoupled weight decay: every parameter times ``1 - rate``."""
-    if rate:
-        torch._foreach_mul_(list(parameters), 1.0 - rate)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,10 +392,11 @@ def decay_weights(parameters, rate):
 def train(dataset, config, run, device="cpu"):
     """Train (or finish training) Offline DV2 on ``dataset`` in the run folder ``run``; returns the
     agent. ``ALGORITHM.train``: the run gives the seed, the metrics log and the checkpoint."""
+    state_dim = state_size(dataset, config.observation)  # a clear error for a dataset without
     torch.manual_seed(run.seed)
     agent = OfflineDV2Agent(dataset.action_dim, config, task=dataset.task, device=device,
-                            seed=run.seed)
-    batches = RunBatches(dataset, config, run.seed, device)
+                            seed=run.seed, state_dim=state_dim)
+    batches = RunBatches(dataset, config, run.seed, device, keys=sequence_keys(config.observation))
     state = run.load_checkpoint()
     if state is not None:
         restore(state, agent, batches)
@@ -369,7 +412,7 @@ def train(dataset, config, run, device="cpu"):
         model_done = run.phase("model", total=config.model_steps, done=lambda: agent.model_updates,
                                update=lambda: agent.train_model_step(batches.next("model")),
                                description="world model",
-                               postfix=("model_loss", "image_log_prob"), **common)
+                               postfix=("model_loss", f"{config.observation}_log_prob"), **common)
         if model_done:
             run.phase("policy", total=config.policy_steps, done=lambda: agent.policy_updates,
                       update=lambda: agent.train_policy_step(batches.next("policy")),

@@ -22,6 +22,11 @@ predictions are read off the state's GRU state, which all heads share):
         z_t under each head: LOMPO's penalty (a standard deviation, as LOMPO computes it; the paper's
         name says variance: square it for that).
 
+Runs trained on the dataset's stored states (``observation="state"``) are scored the same way, at
+the same windows, their posteriors filtered from the states instead of the frames; their labels
+end in ``[state]`` (``SeMOPO endogenous [state]``, ...) and the summary's ``observation`` column
+says so.
+
 The two measures are on different scales (``vlp`` grows with the latent's size), so each has its own
 panel and column. Files written: ``state_uncertainty.csv`` (one row per run, branch, measure and
 state), ``state_uncertainty_summary.csv`` / ``.md`` (mean, std, quartiles) and
@@ -37,6 +42,7 @@ import torch
 
 from lqv_d4rl.errors import LQVError
 from lqv_d4rl.networks import state_disagreement
+from lqv_d4rl.observations import STATE_SEQUENCE_KEYS
 from lqv_d4rl.runs import dataset_fingerprint, read_run_config
 from lqv_d4rl.samplers import make_sequence_sampler
 
@@ -67,28 +73,37 @@ class UncertaintyError(LQVError, ValueError):
 
 def model_branches(run_dir, device="cpu"):
     """``(algorithm name, [(branch label, rssm, observe function), ...])`` of a trained run of one of
-    the :data:`AGENTS`: one branch, or SeMOPO's endogenous and exogenous ones."""
+    the :data:`AGENTS`: one branch, or SeMOPO's endogenous and exogenous ones (labels of a run
+    trained on states end in ``[state]``)."""
     algorithm = read_run_config(run_dir)["algorithm"]
     module, class_name, display = AGENTS[algorithm]
     agent = getattr(importlib.import_module(module), class_name).load(run_dir, device=device)
     model = agent.world_model
+    mark = " [state]" if run_observation(run_dir) == "state" else ""
     if not getattr(model, "separated", False):
         suffix = " (joint)" if algorithm == "semopo" else ""
-        return algorithm, [(display + suffix, model.rssm, model.observe)]
-    return algorithm, [(f"{display} endogenous", model.rssm, model.observe),
-                       (f"{display} exogenous", model.exo_rssm, model.observe_exogenous)]
+        return algorithm, [(display + suffix + mark, model.rssm, model.observe)]
+    return algorithm, [(f"{display} endogenous{mark}", model.rssm, model.observe),
+                       (f"{display} exogenous{mark}", model.exo_rssm, model.observe_exogenous)]
 
 
-def state_windows(dataset, states, context, seed=0):
+def run_observation(run_dir):
+    """What the run's world model observed: ``"image"`` or ``"state"`` (its config's
+    ``observation``)."""
+    return read_run_config(run_dir)["config"].get("observation", "image")
+
+
+def state_windows(dataset, states, context, seed=0, keys=None):
     """The batches of windows whose last states are scored: ``states`` windows of ``context``
-    entries, in chunks of :data:`CHUNK`, the same for the same arguments."""
+    entries, in chunks of :data:`CHUNK`, the same for the same arguments (``keys``: the step keys
+    to gather, default all; the windows do not depend on them)."""
     sampler = make_sequence_sampler(dataset, "random", batch_size=CHUNK, seq_len=context,
-                                    seed=seed, recycle=False)
+                                    seed=seed, recycle=False, keys=keys)
     batches, left = [], states
     while left > 0:
         batch = sampler.sample()
         batches.append({key: value[:left] for key, value in batch.items()})
-        left -= len(batch["image"])
+        left -= len(batch["action"])
     return batches
 
 
@@ -125,7 +140,12 @@ def compare_uncertainty(run_dirs, dataset, out_dir, *, states=None, context=None
     if context > longest:
         raise UncertaintyError(f"context={context} is longer than every episode (the longest has "
                                f"{longest} entries); choose a context of at most {longest}")
-    batches = state_windows(dataset, states, context, seed)
+    observations = {run_observation(run_dir) for run_dir in run_dirs}
+    if "state" in observations and dataset.states is None:
+        raise UncertaintyError("runs trained on states (observation=state) need a dataset that "
+                               "stores states; this one stores none")
+    keys = STATE_SEQUENCE_KEYS if observations == {"state"} else None  # no frames when unneeded
+    batches = state_windows(dataset, states, context, seed, keys)
     results = []  # (label, run folder, algorithm, {measure: values})
     for run_dir in run_dirs:
         algorithm, branches = model_branches(run_dir, device)
@@ -168,6 +188,7 @@ def summarize(results):
         for measure, array in values.items():
             q25, median, q75 = np.percentile(array, [25, 50, 75])
             rows.append({"method": label, "algorithm": algorithm, "run": str(run_dir),
+                         "observation": run_observation(run_dir),
                          "measure": measure, "states": len(array), "mean": float(array.mean()),
                          "std": float(array.std()), "q25": float(q25), "median": float(median),
                          "q75": float(q75)})

@@ -13,8 +13,13 @@ rounds (medians over rounds are reported):
   prefetched in a thread or gathered on the GPU);
 * ``reference``: the update written the way V-D4RL's ``drqbc/`` writes it (float ``grid_sample``
   random shifts, NCHW convolutions, the 20,000-d features repeated 10x through the critic trunk for
-  CQL, the energy MLP run on every (state, action) row for InfoGating, ``soft_update_params``,
-  batches gathered synchronously from a V-D4RL-style numpy buffer).
+  CQL, ``soft_update_params``, batches gathered synchronously from a V-D4RL-style numpy buffer),
+  and InfoGating's as its author's code structures it (U-Net and encoder run on o_t and o_{t+k}
+  separately, the energy MLP on every (state, action) row, the BC head on features re-encoded
+  after the encoder's step).
+
+They are the same updates: ``tests/test_model_free_reference.py`` runs one update of each from the
+same weights, batch and random draws (:class:`Draws`) and compares the parameters.
 
 Two figures per implementation: ``update`` (the gradient update alone, on one batch) and ``loop``
 (sampling included, as in training). Updates per second are wall-clock medians; the speedup is the
@@ -112,62 +117,124 @@ def to_torch(batch, device):
 # ---------------------------------------------------------------------------------- reference
 
 
+class Draws:
+    """The random numbers of a reference update, from ``generator`` (None: the global RNG, as
+    V-D4RL and the InfoGating code draw them).
+
+    Each method draws what the reference draws at that point of an update, in the shape in which
+    ``baselines``' updates draw the same numbers from their generator; a reference update given a
+    generator seeded like ours therefore sees the same shifts, noise and random actions
+    (``tests/test_model_free_reference.py`` relies on it).
+    """
+
+    def __init__(self, generator=None):
+        self.generator = generator
+
+    def shifts(self, count, pad, device):
+        """Random-shift offsets ``(count, 2)``, x first (V-D4RL draws them as ``(n, 1, 1, 2)``)."""
+        return torch.randint(0, 2 * pad + 1, (count, 2), generator=self.generator, device=device)
+
+    def normal(self, shape, device):
+        """Standard normal noise (``TruncatedNormal.sample``'s ``randn_like``)."""
+        return torch.randn(shape, generator=self.generator, device=device)
+
+    def uniform(self, shape, device):
+        """U(-1, 1) actions (V-D4RL: ``uniform_(-1, 1)``; InfoGating: ``np.random.uniform``)."""
+        return torch.rand(shape, generator=self.generator, device=device) * 2 - 1
+
+    def subset(self, count, size, device):
+        """``size`` distinct indices out of ``count`` (``torch.randperm(count)[:size]``)."""
+        return torch.randperm(count, generator=self.generator, device=device)[:size]
+
+
 class RandomShiftsAug(nn.Module):
-    """DrQ-v2's augmentation: replicate pad, then ``grid_sample`` at a random integer shift."""
+    """DrQ-v2's augmentation: replicate pad, then ``grid_sample`` at the given integer shifts."""
 
     def __init__(self, pad=4):
         super().__init__()
         self.pad = pad
 
-    def forward(self, x):
+    def forward(self, x, shifts):
         n, _, h, _ = x.size()
         x = F.pad(x, (self.pad,) * 4, "replicate")
         eps = 1.0 / (h + 2 * self.pad)
         arange = torch.linspace(-1.0 + eps, 1.0 - eps, h + 2 * self.pad, device=x.device)[:h]
         arange = arange.unsqueeze(0).repeat(h, 1).unsqueeze(2)
         base_grid = torch.cat([arange, arange.transpose(1, 0)], dim=2).unsqueeze(0)
-        shift = torch.randint(0, 2 * self.pad + 1, (n, 1, 1, 2), device=x.device).float()
-        grid = base_grid.repeat(n, 1, 1, 1) + shift * 2.0 / (h + 2 * self.pad)
+        shift = shifts.reshape(n, 1, 1, 2).float() * 2.0 / (h + 2 * self.pad)
+        grid = base_grid.repeat(n, 1, 1, 1) + shift
         return F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
 
 
-def reference_sample(mean, std, clip):
-    """``TruncatedNormal(mean, std).sample(clip)`` with the global RNG."""
-    eps = (torch.randn_like(mean) * std).clamp(-clip, clip)
+def reference_sample(mean, std, clip, draws):
+    """``TruncatedNormal(mean, std).sample(clip)``."""
+    eps = (draws.normal(mean.shape, mean.device) * std).clamp(-clip, clip)
     x = mean + eps
     return x - x.detach() + x.clamp(-1 + 1e-6, 1 - 1e-6).detach()
 
 
-def reference_encoder(in_channels):
-    return nn.Sequential(nn.Conv2d(in_channels, 32, 3, stride=2), nn.ReLU(),
-                         nn.Conv2d(32, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(),
-                         nn.Conv2d(32, 32, 3), nn.ReLU(), nn.Flatten())
+def reference_schedule(config, step):
+    """V-D4RL's ``linear(start, end, duration)`` noise schedule (counted in updates)."""
+    mix = min(step / config.std_decay_updates, 1.0)
+    return (1.0 - mix) * config.std_start + mix * config.std_end
 
 
-def reference_mlp(input_dim, output_dim, units=1024):
-    return nn.Sequential(nn.Linear(input_dim, units), nn.ReLU(inplace=True),
-                         nn.Linear(units, units), nn.ReLU(inplace=True), nn.Linear(units, output_dim))
+def reference_encoder(in_channels, channels=32):
+    return nn.Sequential(nn.Conv2d(in_channels, channels, 3, stride=2), nn.ReLU(),
+                         nn.Conv2d(channels, channels, 3), nn.ReLU(),
+                         nn.Conv2d(channels, channels, 3), nn.ReLU(),
+                         nn.Conv2d(channels, channels, 3), nn.ReLU(), nn.Flatten())
+
+
+def reference_mlp(input_dim, output_dim, units=1024, layers=2):
+    modules, width = [], input_dim
+    for _ in range(layers):
+        modules += [nn.Linear(width, units), nn.ReLU(inplace=True)]
+        width = units
+    return nn.Sequential(*modules, nn.Linear(width, output_dim))
 
 
 def trunk(repr_dim, feature_dim=50):
     return nn.Sequential(nn.Linear(repr_dim, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
 
 
+def conv_shape(convnet, channels, image_size):
+    """``(C, H, W)`` of the feature maps ``convnet`` makes of one input (before flattening)."""
+    with torch.no_grad():
+        return tuple(convnet(torch.zeros(1, channels, image_size, image_size)).shape[1:])
+
+
+def chw_columns(weight, shape):
+    """A trunk weight that reads (H, W, C)-flattened features (``baselines.core``) rearranged to
+    read (C, H, W)-flattened ones (V-D4RL's ``h.view(h.shape[0], -1)``)."""
+    channels, height, width = shape
+    return weight.reshape(len(weight), height, width, channels).permute(0, 3, 1, 2).reshape(
+        len(weight), -1)
+
+
+def with_chw_trunk(state, shape, key="trunk.0.weight"):
+    """``state`` (a state dict) with its trunk weight from :func:`chw_columns`."""
+    return {**state, key: chw_columns(state[key], shape)}
+
+
 class ReferenceActor(nn.Module):
-    def __init__(self, repr_dim, feature_dim=50, with_trunk=True):
+    def __init__(self, repr_dim, action_dim, feature_dim=50, units=1024, layers=2,
+                 with_trunk=True):
         super().__init__()
         self.trunk = trunk(repr_dim, feature_dim) if with_trunk else nn.Identity()
-        self.policy = reference_mlp(feature_dim if with_trunk else repr_dim, ACTION_DIM)
+        self.policy = reference_mlp(feature_dim if with_trunk else repr_dim, action_dim, units,
+                                    layers)
 
     def forward(self, obs):
         return torch.tanh(self.policy(self.trunk(obs)))
 
 
 class ReferenceCritic(nn.Module):
-    def __init__(self, repr_dim):
+    def __init__(self, repr_dim, action_dim, feature_dim=50, units=1024, layers=2):
         super().__init__()
-        self.trunk = trunk(repr_dim)
-        self.q1, self.q2 = reference_mlp(50 + ACTION_DIM, 1), reference_mlp(50 + ACTION_DIM, 1)
+        self.trunk = trunk(repr_dim, feature_dim)
+        self.q1 = reference_mlp(feature_dim + action_dim, 1, units, layers)
+        self.q2 = reference_mlp(feature_dim + action_dim, 1, units, layers)
 
     def forward(self, obs, action):
         h = torch.cat([self.trunk(obs), action], dim=-1)
@@ -180,29 +247,60 @@ def soft_update_params(net, target_net, tau):
 
 
 class ReferenceDrQ:
-    """V-D4RL's DrQV2Agent / CQLAgent / BCAgent update, with the paper's settings."""
+    """V-D4RL's BCAgent / DrQV2Agent (with ``use_bc``) / CQLAgent update, written as V-D4RL writes
+    it (``drqbc/bcagent.py``, ``drqv2.py``, ``cql.py``) for a config of ``baselines.bc``,
+    ``drq_bc`` or ``drq_cql`` (``kind``); random numbers come from ``draws``."""
 
-    def __init__(self, kind, device):
-        self.kind, self.device, self.step = kind, device, 0
-        self.encoder = reference_encoder(9).to(device)
-        repr_dim = 32 * 25 * 25
-        self.actor = ReferenceActor(repr_dim).to(device)
-        self.aug = RandomShiftsAug(4)
-        self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), lr=3e-4)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
+    def __init__(self, kind, config, action_dim, device, draws=None):
+        self.kind, self.config, self.device, self.step = kind, config, device, 0
+        self.action_dim, self.draws = action_dim, draws or Draws()
+        channels = 3 * config.frame_stack
+        self.encoder = reference_encoder(channels, config.encoder_channels).to(device)
+        self.conv_shape = conv_shape(self.encoder[:-1], channels, config.image_size)
+        repr_dim = math.prod(self.conv_shape)
+        self.actor = ReferenceActor(repr_dim, action_dim, config.feature_dim, config.units,
+                                    config.actor_layers).to(device)
+        self.aug = RandomShiftsAug(config.augment_pad)
+        # V-D4RL: one lr for all three Adams; here the encoder takes the lr of the loss that
+        # trains it (the BC loss, or the critic's)
+        encoder_lr = config.actor_lr if kind == "bc" else config.critic_lr
+        self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), lr=encoder_lr,
+                                            eps=config.eps)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr,
+                                          eps=config.eps)
         if kind != "bc":
-            self.critic = ReferenceCritic(repr_dim).to(device)
-            self.critic_target = ReferenceCritic(repr_dim).to(device)
+            critic = lambda: ReferenceCritic(repr_dim, action_dim, config.feature_dim,  # noqa: E731
+                                             config.units, config.critic_layers).to(device)
+            self.critic, self.critic_target = critic(), critic()
             self.critic_target.load_state_dict(self.critic.state_dict())
-            self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=3e-4)
+            self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr,
+                                               eps=config.eps)
+
+    def copy_weights_from(self, agent):
+        """Take the weights of ``agent`` (a ``baselines`` agent of the same config): the same
+        modules, the trunks reading (C, H, W)-flattened features."""
+        self.encoder.load_state_dict(agent.encoder.convnet.state_dict())
+        self.actor.load_state_dict(with_chw_trunk(agent.actor.state_dict(), self.conv_shape))
+        if self.kind != "bc":
+            self.critic.load_state_dict(with_chw_trunk(agent.critic.state_dict(), self.conv_shape))
+            self.critic_target.load_state_dict(
+                with_chw_trunk(agent.critic_target.state_dict(), self.conv_shape))
 
     def std(self):
-        return 1.0 + (0.1 - 1.0) * min(self.step / 125_000, 1.0)
+        return reference_schedule(self.config, self.step)
+
+    def augment(self, frames):
+        frames = frames.float()
+        if self.config.augment_pad == 0:
+            return frames
+        return self.aug(frames, self.draws.shifts(len(frames), self.config.augment_pad,
+                                                  frames.device))
 
     def update(self, batch):
-        obs = self.encoder(self.aug(batch["obs"].float()) / 255.0 - 0.5)
+        obs = self.augment(batch["obs"])
         if self.kind == "bc":
-            action = reference_sample(self.actor(obs), self.std(), 0.3)
+            action = reference_sample(self.actor(self.encoder(obs / 255.0 - 0.5)), self.std(),
+                                      self.config.std_clip, self.draws)
             loss = F.mse_loss(action, batch["action"])
             self.encoder_opt.zero_grad(set_to_none=True)
             self.actor_opt.zero_grad(set_to_none=True)
@@ -211,17 +309,20 @@ class ReferenceDrQ:
             self.encoder_opt.step()
             self.step += 1
             return {"loss": loss}
+        next_obs = self.augment(batch["next_obs"])
+        obs = self.encoder(obs / 255.0 - 0.5)
         with torch.no_grad():
-            next_obs = self.encoder(self.aug(batch["next_obs"].float()) / 255.0 - 0.5)
+            next_obs = self.encoder(next_obs / 255.0 - 0.5)
         metrics = self.update_critic(obs, batch, next_obs)
         metrics.update(self.update_actor(obs.detach(), batch))
-        soft_update_params(self.critic, self.critic_target, 0.01)
+        soft_update_params(self.critic, self.critic_target, self.config.tau)
         self.step += 1
         return metrics
 
     def update_critic(self, obs, batch, next_obs):
         with torch.no_grad():
-            next_action = reference_sample(self.actor(next_obs), self.std(), 0.3)
+            next_action = reference_sample(self.actor(next_obs), self.std(), self.config.std_clip,
+                                           self.draws)
             target_q = torch.min(*self.critic_target(next_obs, next_action))
             target_q = batch["reward"].float()[:, None] + batch["discount"][:, None] * target_q
         q1, q2 = self.critic(obs, batch["action"])
@@ -235,27 +336,33 @@ class ReferenceDrQ:
         self.encoder_opt.step()
         return {"critic_loss": loss}
 
-    def cql_penalty(self, obs, next_obs, q1, q2, num_random=10, weight=10.0):
+    def cql_penalty(self, obs, next_obs, q1, q2):
+        config = self.config
+        num_random, weight, temp = (config.cql_random_actions, config.cql_weight,
+                                    config.cql_temperature)
         obs = obs.unsqueeze(1).repeat(1, num_random, 1)
         next_obs = next_obs.unsqueeze(1).repeat(1, num_random, 1)
-        random_actions = torch.empty(q1.shape[0], num_random, ACTION_DIM,
-                                     device=self.device).uniform_(-1, 1)
+        random_actions = self.draws.uniform((q1.shape[0], num_random, self.action_dim),
+                                            self.device)
         with torch.no_grad():
-            curr_actions = reference_sample(self.actor(obs), self.std(), 0.3)
-            next_actions = reference_sample(self.actor(next_obs), self.std(), 0.3)
+            curr_actions = reference_sample(self.actor(obs), self.std(), config.std_clip,
+                                            self.draws)
+            next_actions = reference_sample(self.actor(next_obs), self.std(), config.std_clip,
+                                            self.draws)
         q1_rand, q2_rand = self.critic(obs, random_actions)
         q1_curr, q2_curr = self.critic(obs, curr_actions)
         q1_next, q2_next = self.critic(obs, next_actions)
         cat1 = torch.cat([q1_rand, q1.unsqueeze(1), q1_next, q1_curr], 1)
         cat2 = torch.cat([q2_rand, q2.unsqueeze(1), q2_next, q2_curr], 1)
-        return (torch.logsumexp(cat1, dim=1).mean() * weight - q1.mean() * weight
-                + torch.logsumexp(cat2, dim=1).mean() * weight - q2.mean() * weight)
+        return (torch.logsumexp(cat1 / temp, dim=1).mean() * weight * temp - q1.mean() * weight
+                + torch.logsumexp(cat2 / temp, dim=1).mean() * weight * temp - q2.mean() * weight)
 
     def update_actor(self, obs, batch):
-        action = reference_sample(self.actor(obs), self.std(), 0.3)
+        action = reference_sample(self.actor(obs), self.std(), self.config.std_clip, self.draws)
         q = torch.min(*self.critic(obs, action))
         if self.kind == "drq_bc":
-            loss = -q.mean() * 2.5 / q.detach().abs().mean() + F.mse_loss(action, batch["action"])
+            loss = (-q.mean() * self.config.alpha / q.detach().abs().mean()
+                    + F.mse_loss(action, batch["action"]))
         else:
             loss = -q.mean()
         self.actor_opt.zero_grad(set_to_none=True)
@@ -265,57 +372,126 @@ class ReferenceDrQ:
 
 
 class ReferenceInfoGating:
-    """InfoGating's update written plainly: U-Net and encoder run on o_t and o_{t+k} separately,
-    the energy MLP on every (state pair, candidate action) row."""
+    """The offline InfoGating update as its author's code structures it (manantomar/
+    agent-centric-representations ``infogating.py`` ``update``, re-written from its facts): the
+    U-Net and the encoder run on o_t and o_{t+k} separately, half of each batch is left
+    unmasked, the energy MLP runs on every (state pair, candidate action) row, the encoder and
+    U-Net step first, then the BC head steps on the gated o_t re-encoded by the stepped encoder.
+    Draws that cannot change the update are left out (the code's unused third augmentation and
+    its shuffling of the candidate actions, which the cross-entropy does not see)."""
 
-    def __init__(self, device):
-        config = infogating.InfoGatingConfig()
-        self.device, self.step = device, 0
-        self.unet = infogating.GatingUNet(9, 3, 64, 32, config.blocks, 128).to(
+    def __init__(self, config, action_dim, device, draws=None):
+        self.config, self.device, self.step = config, device, 0
+        self.draws = draws or Draws()
+        channels, width = 3 * config.frame_stack, config.encoder_channels
+        self.unet = infogating.GatingUNet(channels, config.frame_stack, config.image_size,
+                                          config.mask_filters, config.blocks,
+                                          config.mask_bottleneck).to(
             device, memory_format=torch.contiguous_format)  # plain NCHW, as PyTorch modules are
+        convnet = nn.Sequential(
+            nn.Conv2d(channels, width, 6, stride=6), nn.ReLU(), nn.Conv2d(width, width, 1),
+            nn.ReLU(), nn.Conv2d(width, width, 3), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 4, stride=2), nn.ReLU())
+        self.conv_shape = conv_shape(convnet, channels, config.image_size)
         self.encoder = nn.Sequential(
-            nn.Conv2d(9, 128, 6, stride=6), nn.ReLU(), nn.Conv2d(128, 128, 1), nn.ReLU(),
-            nn.Conv2d(128, 128, 3), nn.ReLU(), nn.Conv2d(128, 256, 4, stride=2), nn.ReLU(),
-            nn.Flatten(), nn.Linear(2304, 256), nn.LayerNorm(256), nn.Tanh()).to(device)
-        self.energy = nn.Sequential(nn.Linear(2 * 256 + ACTION_DIM, 256, bias=False),
-                                    nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, 1)).to(device)
-        self.policy = ReferenceActor(256, with_trunk=False).to(device)
-        self.aug = RandomShiftsAug(4)
-        self.opt = torch.optim.Adam([*self.encoder.parameters(), *self.energy.parameters()], 3e-4)
-        self.unet_opt = torch.optim.Adam(self.unet.parameters(), lr=3e-4)
-        self.policy_opt = torch.optim.Adam(self.policy.parameters(), lr=3e-4)
+            *convnet, nn.Flatten(), nn.Linear(math.prod(self.conv_shape), config.feature_dim),
+            nn.LayerNorm(config.feature_dim), nn.Tanh()).to(device)
+        self.energy = nn.Sequential(
+            nn.Linear(2 * config.feature_dim + action_dim, config.inverse_units, bias=False),
+            nn.BatchNorm1d(config.inverse_units), nn.ReLU(),
+            nn.Linear(config.inverse_units, 1)).to(device)
+        self.policy = ReferenceActor(config.feature_dim, action_dim, units=config.units,
+                                     layers=config.actor_layers, with_trunk=False).to(device)
+        self.aug = RandomShiftsAug(config.augment_pad)
+        def adam(parameters, lr):
+            return torch.optim.Adam(parameters, lr=lr, eps=config.eps)
 
-    def gate(self, obs):
-        mask = torch.relu(torch.tanh(self.unet(obs / 255.0 - 0.5)))
-        gated = obs * mask.repeat_interleave(3, dim=1)
-        keep = torch.rand(len(obs), device=self.device) < 0.5
-        return torch.where(keep[:, None, None, None], obs, gated), mask
+        self.opt = adam([*self.encoder.parameters(), *self.energy.parameters()], config.encoder_lr)
+        self.unet_opt = adam(self.unet.parameters(), config.mask_lr)
+        self.policy_opt = adam(self.policy.parameters(), config.actor_lr)
+
+    def copy_weights_from(self, agent):
+        """Take the weights of ``agent`` (a ``baselines.infogating`` agent of the same config)."""
+        self.unet.load_state_dict(agent.gating.state_dict())
+        encoder = agent.encoder.convnet.state_dict()
+        head = len(self.encoder) - 3  # the Linear after the convolutions and the Flatten
+        encoder.update({f"{head}.weight": chw_columns(agent.encoder.trunk[0].weight,
+                                                      self.conv_shape),
+                        f"{head}.bias": agent.encoder.trunk[0].bias,
+                        f"{head + 1}.weight": agent.encoder.trunk[1].weight,
+                        f"{head + 1}.bias": agent.encoder.trunk[1].bias})
+        self.encoder.load_state_dict(encoder)
+        energy = {"0.weight": torch.cat([agent.inverse.state.weight, agent.inverse.action.weight],
+                                        dim=1)}
+        for index, module in ((1, agent.inverse.norm), (3, agent.inverse.energy)):
+            energy.update({f"{index}.{key}": value for key, value in module.state_dict().items()})
+        self.energy.load_state_dict(energy)
+        self.policy.load_state_dict(agent.actor.state_dict())
+
+    def augment(self, frames):
+        frames = frames.float()
+        if self.config.augment_pad == 0:
+            return frames
+        return self.aug(frames, self.draws.shifts(len(frames), self.config.augment_pad,
+                                                  frames.device))
+
+    def encode(self, frames):
+        return self.encoder(frames / 255.0 - 0.5)
+
+    def mask(self, frames):
+        logits = self.unet(frames / 255.0 - 0.5)
+        if self.step < self.config.mask_noise_updates:
+            logits = reference_sample(logits, self.config.mask_noise_std,
+                                      self.config.mask_noise_clip, self.draws)
+        return torch.relu(torch.tanh(logits))
+
+    def gate(self, frames):
+        """``(gated frames with part of the batch left unmasked, mask)``."""
+        mask = self.mask(frames)
+        gated = frames * mask.repeat_interleave(3, dim=1)
+        rows = self.draws.subset(len(frames), int(len(frames) * self.config.unmasked_fraction),
+                                 frames.device)
+        gated[rows] = frames[rows]
+        return gated, mask
+
+    def inverse_loss(self, z_t, z_k, action):
+        count, negatives = len(z_t), self.config.negatives
+        candidates = torch.cat([action[:, None], self.draws.uniform(
+            (count, negatives, action.shape[-1]), self.device)], dim=1)
+        rows = torch.cat([z_t[:, None].expand(-1, negatives + 1, -1),
+                          z_k[:, None].expand(-1, negatives + 1, -1), candidates], dim=-1)
+        energies = self.energy(rows.reshape(count * (negatives + 1), -1)).reshape(count, -1)
+        return F.cross_entropy(-energies, torch.zeros(count, dtype=torch.long, device=self.device))
 
     def update(self, batch):
-        obs, mask_t = self.gate(self.aug(batch["obs"].float()))
-        future, mask_k = self.gate(self.aug(batch["future_obs"].float()))
-        z_t = self.encoder(obs / 255.0 - 0.5)
-        z_k = self.encoder(future / 255.0 - 0.5)
-        count = len(z_t)
-        actions = torch.cat([batch["action"][:, None], torch.empty(
-            count, 256, ACTION_DIM, device=self.device).uniform_(-1, 1)], dim=1)
-        rows = torch.cat([z_t[:, None].expand(-1, 257, -1), z_k[:, None].expand(-1, 257, -1),
-                          actions], dim=-1)
-        energies = self.energy(rows.reshape(count * 257, -1)).reshape(count, 257)
-        inverse_loss = F.cross_entropy(-energies, torch.zeros(count, dtype=torch.long,
-                                                              device=self.device))
+        config = self.config
+        obs, future = self.augment(batch["obs"]), self.augment(batch["future_obs"])
+        gated_t, mask_t = self.gate(obs)
+        gated_k, mask_k = self.gate(future)
         masks = 0.5 * (mask_t.mean() + mask_k.mean())
         squares = 0.5 * (mask_t.pow(2).mean() + mask_k.pow(2).mean())
-        std = 1.0 + (0.1 - 1.0) * min(self.step / 125_000, 1.0)
-        action = reference_sample(self.policy(z_t.detach()), std, 0.3)
-        loss = inverse_loss + 0.1 * masks + 1e-3 * squares + F.mse_loss(action, batch["action"])
-        for optimizer in (self.opt, self.unet_opt, self.policy_opt):
-            optimizer.zero_grad(set_to_none=True)
+        if self.step < config.warmup_updates:
+            inverse = self.inverse_loss(self.encode(gated_t.detach()),
+                                        self.encode(gated_k.detach()), batch["action"])
+            loss = inverse - config.mask_penalty * masks
+        else:
+            inverse = self.inverse_loss(self.encode(gated_t), self.encode(gated_k),
+                                        batch["action"])
+            loss = inverse + config.mask_penalty * masks + config.mask_square_penalty * squares
+        self.opt.zero_grad(set_to_none=True)
+        self.unet_opt.zero_grad(set_to_none=True)
         loss.backward()
-        for optimizer in (self.opt, self.unet_opt, self.policy_opt):
-            optimizer.step()
+        self.opt.step()
+        self.unet_opt.step()
+        action = reference_sample(self.policy(self.encode(gated_t).detach()),
+                                  reference_schedule(config, self.step), config.std_clip,
+                                  self.draws)
+        bc = F.mse_loss(action, batch["action"])
+        self.policy_opt.zero_grad(set_to_none=True)
+        bc.backward()
+        self.policy_opt.step()
         self.step += 1
-        return {"loss": loss}
+        return {"loss": loss, "bc_loss": bc}
 
 
 # ---------------------------------------------------------------------------------- timing
@@ -353,7 +529,8 @@ def implementations(name, dataset, device):
     def ours_update(batch):
         return agent.update({key: value.to(device) for key, value in batch.items()}, generator)
 
-    reference = ReferenceInfoGating(device) if name == "infogating" else ReferenceDrQ(name, device)
+    reference = (ReferenceInfoGating(config, ACTION_DIM, device) if name == "infogating" else
+                 ReferenceDrQ(name, config, ACTION_DIM, device))
     replay = ReferenceReplay(dataset, 256, 3, max(options["nstep"], 1), 0.99,
                              options.get("max_gap", 0))
     def reference_next():

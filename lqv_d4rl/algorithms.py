@@ -15,8 +15,10 @@ An algorithm is an :class:`Algorithm` object that a module exposes as ``ALGORITH
 ``train`` trains in the run folder ``run`` (a :class:`lqv_d4rl.runs.Run`: metrics, checkpoints,
 resume) and returns when training is done; calling it again on a finished run returns at once.
 ``load`` returns a *policy*: ``policy.reset()`` starts an episode and ``policy(observation)``
-maps one ``make_env`` observation ((64, 64, 3) uint8) to an action; it must pickle, so that
-evaluation can play episodes in worker processes (see :mod:`lqv_d4rl.evaluation`).
+maps one ``make_env`` observation ((64, 64, 3) uint8) to an action (a policy whose
+``observation_key`` is ``"state"`` is given the environment's ``info["state"]`` instead, see
+:mod:`lqv_d4rl.observations`); it must pickle, so that evaluation can play episodes in worker
+processes (see :mod:`lqv_d4rl.evaluation`).
 
 Built-in names map to ``"module:ATTRIBUTE"`` strings (:data:`BUILTIN`); another package adds its own
 through the entry-point group ``lqv_d4rl.algorithms`` (``name = "package.module:ALGORITHM"``) or,

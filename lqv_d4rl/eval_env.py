@@ -2,7 +2,9 @@
 
 :func:`env_kwargs_from_manifest` reads a dataset's manifest: the task, the background video it was
 recorded with (the procedural video's seed and length, or the video folder and its seed), the
-compositing rule and the render quality. :func:`make_eval_env` builds that environment. Evaluating
+compositing rule and the render quality, and, for a dataset with exogenous state dimensions
+(:mod:`lqv_d4rl.exogenous`), the spec of that process (key ``exogenous``, present only then).
+:func:`make_eval_env` builds that environment. Evaluating
 elsewhere than in the data's own environment would measure something else, so there is no silent
 default: a dataset whose videos are missing asks for ``--video-dir``.
 """
@@ -71,13 +73,16 @@ def _env_of_source(manifest, video_dir, check_videos):
     else:
         described = recorded
     env = dict(provenance.get("env", {}))
-    return {
+    settings = {
         "task": task,
         "distractor": (None if described is None
                        else _distractor_of(described, name, video_dir, check_videos)),
         "composite": env.get("composite", "segmentation"),
         "render_quality": env.get("render_quality", "fast"),
     }
+    if provenance.get("exogenous") is not None:  # appended to info["state"] in evaluation too
+        settings["exogenous"] = dict(provenance["exogenous"])
+    return settings
 
 
 def _distractor_of(described, name, video_dir, check_videos):
@@ -123,4 +128,8 @@ def make_eval_env(env_kwargs, seed=0):
     if recorded and env.video_pool.description.get("files") != recorded:
         warnings.warn(f"the videos in {arguments['distractor']!r} are not the ones the dataset was "
                       "recorded with; evaluation runs over different backgrounds", stacklevel=2)
+    if env_kwargs.get("exogenous") is not None:
+        from .exogenous import ExogenousStateEnv
+
+        env = ExogenousStateEnv(env, env_kwargs["exogenous"], seed=int(seed) % 2**32)
     return env

@@ -4,13 +4,21 @@
 
     data = lqv_d4rl.load_dataset("walker_walk-medrep")
     policy = lqv_d4rl.algorithms.get("semopo").load("runs/semopo-walker")
-    result = evaluate(policy, data.eval_env_kwargs(), episodes=10, seed=10_000, workers=4)
+    result = evaluate(policy, data.eval_env_kwargs(), episodes=10, first_episode_seed=10_000,
+                      workers=4)
     result["mean_return"], result["normalized_score"]
 
 A *policy* is any picklable object with ``reset()`` (start an episode) and ``policy(observation)``
-(one ``(64, 64, 3)`` uint8 observation -> action in [-1, 1]^A). Episode ``i`` plays in an
-environment reset with seed ``seed + i``, under a torch RNG seeded with ``seed + i`` and one CPU
-thread, so its return does not depend on how many ``workers`` shared the episodes.
+(one ``(64, 64, 3)`` uint8 observation -> action in [-1, 1]^A). A policy whose
+``observation_key`` attribute is ``"state"`` (a latent model trained with ``observation="state"``)
+is given the environment's ``info["state"]`` instead of the frame: the task's low-dimensional
+state, with the dataset's exogenous dimensions appended where its manifest records an exogenous
+process (:mod:`lqv_d4rl.exogenous`). Episode ``i`` plays in an
+environment reset with seed ``first_episode_seed + i``, under a torch RNG seeded with the same and
+one CPU thread, so its return does not depend on how many ``workers`` shared the episodes. (The
+name is not ``seed``: elsewhere, as in ``lqv-d4rl train/evaluate --seed`` and
+:func:`lqv_d4rl.experiment.evaluate_run`, ``seed`` is the training seed, whose evaluation episodes
+start at :func:`lqv_d4rl.experiment.eval_seed`.)
 
 The environment settings (*env kwargs*) come from the dataset's manifest
 (:mod:`lqv_d4rl.eval_env`): evaluation happens in the environment the data was recorded in.
@@ -19,6 +27,7 @@ The environment settings (*env kwargs*) come from the dataset's manifest
 import contextlib
 import io
 import time
+import warnings
 
 import numpy as np
 
@@ -29,31 +38,37 @@ from .scores import get_normalized_score
 from .seeding import seeded_torch
 
 
-def evaluate(policy, env_kwargs, episodes=10, *, seed=0, workers=1, max_steps=None,
-             progress=False):
+def evaluate(policy, env_kwargs, episodes=10, *, first_episode_seed=0, workers=1, max_steps=None,
+             progress=False, seed=None):
     """Play ``episodes`` episodes of ``policy``; returns a JSON-able dict of returns and scores.
 
     Args:
         policy: ``reset()`` and ``policy(observation) -> action`` (see the module docstring).
         env_kwargs: the environment, from ``Dataset.eval_env_kwargs()``.
         episodes: number of episodes (the paper evaluates 10).
-        seed: episode ``i`` uses ``seed + i`` for the environment and the policy's torch RNG; keep
-            it apart from the seeds the data was collected with.
+        first_episode_seed: episode ``i`` uses ``first_episode_seed + i`` for the environment and
+            the policy's torch RNG; keep it apart from the seeds the data was collected with.
         workers: processes that play episodes in parallel (each gets a CPU copy of the policy);
             1 plays them here, on the policy's own device.
         max_steps: cap on agent steps per episode (None: the task's full episode); a capped return
             is not comparable with the paper's.
         progress: show a tqdm bar over episodes.
+        seed: deprecated name of ``first_episode_seed`` (a DeprecationWarning says so).
 
     Returns:
-        ``{"task", "env", "episodes", "seed", "max_steps", "returns", "lengths", "mean_return",
-        "std_return", "normalized_scores", "normalized_score", "normalized_score_std",
-        "normalized_score_table1", "reference", "workers", "seconds"}``; normalized scores use the
-        paper's Table 3 references (``normalized_score_table1``: the references the paper's Table 1
+        ``{"task", "env", "episodes", "first_episode_seed", "max_steps", "returns", "lengths",
+        "mean_return", "std_return", "normalized_scores", "normalized_score",
+        "normalized_score_std", "normalized_score_table1", "reference", "workers", "seconds"}``;
+        normalized scores use the paper's Table 3 references (``normalized_score_table1``: the references the paper's Table 1
         was computed with; they differ for car_racing).
     """
     from tqdm.auto import tqdm
 
+    if seed is not None:
+        warnings.warn("evaluate(seed=...) is deprecated: the argument is now first_episode_seed "
+                      "(seed means the training seed elsewhere)", DeprecationWarning, stacklevel=2)
+        first_episode_seed = seed
+    seed = first_episode_seed
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -74,7 +89,7 @@ def evaluate(policy, env_kwargs, episodes=10, *, seed=0, workers=1, max_steps=No
     scores = np.atleast_1d(get_normalized_score(task, returns, reference="paper"))
     table1 = np.atleast_1d(get_normalized_score(task, returns, reference="paper_table1"))
     return {
-        "task": task, "env": env_kwargs, "episodes": episodes, "seed": int(seed),
+        "task": task, "env": env_kwargs, "episodes": episodes, "first_episode_seed": int(seed),
         "max_steps": max_steps, "returns": returns.tolist(),
         "lengths": [int(outcome[1]) for outcome in outcomes],
         "mean_return": float(returns.mean()), "std_return": float(returns.std()),
@@ -88,12 +103,14 @@ def evaluate(policy, env_kwargs, episodes=10, *, seed=0, workers=1, max_steps=No
 def play_episode(policy, env, seed, max_steps=None):
     """One episode of ``policy`` in ``env``, reset with ``seed`` and under a torch RNG seeded with
     it (the caller's RNG state is restored); returns ``(return, agent steps)``."""
+    key = getattr(policy, "observation_key", "image")
     with seeded_torch(seed), _one_thread():
         policy.reset()
-        observation, _ = env.reset(seed=int(seed) % 2**32)
+        observation, info = env.reset(seed=int(seed) % 2**32)
         total, steps = 0.0, 0
         while max_steps is None or steps < max_steps:
-            observation, reward, terminated, truncated, _ = env.step(policy(observation))
+            action = policy(info["state"] if key == "state" else observation)
+            observation, reward, terminated, truncated, info = env.step(action)
             total += reward
             steps += 1
             if terminated or truncated:

@@ -8,10 +8,11 @@ This is what ``lqv-d4rl train`` and the leaderboard call for every run::
 
 Files in the run folder are described in :mod:`lqv_d4rl.runs`; evaluation adds ``eval.json`` (raw
 returns, their mean, normalized scores; see :func:`lqv_d4rl.evaluation.evaluate`) and, with
-``rgb_eval``, ``eval_rgb.json`` (the paper's Table 2 colour backgrounds).
+``rgb_background``, ``eval_rgb.json`` (the paper's Table 2 colour backgrounds).
 """
 
 import time
+import warnings
 from pathlib import Path
 
 from . import algorithms
@@ -45,8 +46,9 @@ def check_device(device):
 
 def run_experiment(algorithm, dataset, *, preset=None, config=None, settings=(), overrides=None,
                    out, seed=0, device="cpu", root=None, resume=False, overwrite=False,
-                   eval_episodes=None, eval_workers=1, rgb_eval=False, video_dir=None,
-                   analyse=True, stop_after=None, deterministic=False, progress=True, echo=print):
+                   eval_episodes=None, eval_workers=1, rgb_background=False, video_dir=None,
+                   analyse=True, stop_after=None, deterministic=False, progress=True, echo=print,
+                   rgb_eval=None):
     """Train ``algorithm`` on ``dataset`` in the run folder ``out``, then evaluate (and analyse).
 
     Args:
@@ -63,13 +65,14 @@ def run_experiment(algorithm, dataset, *, preset=None, config=None, settings=(),
         resume, overwrite: continue an unfinished run / replace any run in ``out``.
         eval_episodes: evaluation episodes (default: the config's ``eval_episodes``).
         eval_workers: processes for evaluation episodes.
-        rgb_eval: also evaluate over colour backgrounds (``eval_rgb.json``).
+        rgb_background: also evaluate over colour backgrounds (``eval_rgb.json``).
         video_dir: the dataset's background videos, where the manifest's path is not valid here.
         analyse: run the algorithm's analysis into the run folder (if it has one).
         stop_after: stop training after this many updates (checkpointed); continue with ``resume``.
         deterministic: on CUDA, use deterministic kernels (slower) so that the same seed gives the
             same run on the same GPU and software (on CPU runs repeat anyway).
         progress, echo: tqdm bars and the function that prints one-line messages.
+        rgb_eval: deprecated name of ``rgb_background`` (a DeprecationWarning says so).
 
     Returns:
         the evaluation dict (see :func:`lqv_d4rl.evaluation.evaluate`), or None when training stopped
@@ -77,16 +80,26 @@ def run_experiment(algorithm, dataset, *, preset=None, config=None, settings=(),
     """
     from .dataset import load_dataset
 
+    if rgb_eval is not None:
+        warnings.warn("run_experiment(rgb_eval=...) is deprecated: the argument is now "
+                      "rgb_background, as everywhere else", DeprecationWarning, stacklevel=2)
+        rgb_background = rgb_eval
     algorithm = algorithm if isinstance(algorithm, algorithms.Algorithm) else algorithms.get(algorithm)
     device = check_device(device)
     if deterministic and device.startswith("cuda"):
         make_cuda_deterministic()
     preset = preset or default_preset(device)
-    data = dataset if hasattr(dataset, "episode_lengths") else load_dataset(dataset, root=root)
+    loaded_here = not hasattr(dataset, "episode_lengths")
+    # lazily first (the images stay in the shards): the config needs the task, and a model of the
+    # stored states (observation="state") never reads a frame, so only image learners load them
+    data = load_dataset(dataset, root=root, lazy=True) if loaded_here else dataset
     if config is None:
         config = algorithm.config(preset, task=data.task, **(overrides or {}))
     if settings:
         config = algorithms.apply_settings(config, settings, algorithm.name)
+    if loaded_here and getattr(config, "observation", "image") != "state":
+        data.close()
+        data = load_dataset(dataset, root=root)
     episodes = eval_episodes or getattr(config, "eval_episodes", 10)
     env_kwargs = data.eval_env_kwargs(video_dir=video_dir)  # fails now, not after training
     run = Run.open(out, algorithm, config, data, seed=seed, device=device, resume=resume,
@@ -112,7 +125,7 @@ def run_experiment(algorithm, dataset, *, preset=None, config=None, settings=(),
     result["train_seconds"] = train_seconds
     result["session_seconds"] = time.perf_counter() - started
     _write_eval(run, result, EVAL_NAME, echo, "own background")
-    if rgb_eval:
+    if rgb_background:
         rgb = _evaluate_run(algorithm, run.path, with_rgb_background(env_kwargs), episodes, seed,
                             eval_workers, device, getattr(config, "eval_max_steps", None), progress)
         _write_eval(run, rgb, EVAL_RGB_NAME, echo, "RGB background")
@@ -124,8 +137,8 @@ def run_experiment(algorithm, dataset, *, preset=None, config=None, settings=(),
 
 def _evaluate_run(algorithm, path, env_kwargs, episodes, seed, workers, device, max_steps, progress):
     policy = algorithm.load(path, device=device)
-    return evaluate(policy, env_kwargs, episodes, seed=eval_seed(seed), workers=workers,
-                    max_steps=max_steps, progress=progress)
+    return evaluate(policy, env_kwargs, episodes, first_episode_seed=eval_seed(seed),
+                    workers=workers, max_steps=max_steps, progress=progress)
 
 
 def _write_eval(run, result, name, echo, label):

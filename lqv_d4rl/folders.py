@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 from .errors import DatasetNotFoundError, UnknownDatasetError
@@ -50,9 +51,9 @@ def find_dataset_folder(source, root=None) -> Path:
     if not looks_like_registry_id(dataset_id):
         raise DatasetNotFoundError(
             f"no dataset {dataset_id!r} in {dataset_root(root)} (and no folder of that name); "
-            "pass the folder of a custom dataset, or the root= that holds it"
+            "pass the folder of a custom dataset, or the root (--root, root=) that holds it"
         )
-    missing = DatasetNotFoundError(_not_found_message(dataset_id, folder))
+    missing = DatasetNotFoundError(_not_found_message(dataset_id, folder, root))
     missing.downloadable_id = dataset_id  # lqv_d4rl.dataset.resolve_dataset_folder can fetch it
     raise missing
 
@@ -66,12 +67,34 @@ def _folder_under_root(name: str, root) -> Path | None:
     return folder if (folder / MANIFEST_NAME).is_file() else None
 
 
-def _not_found_message(dataset_id: str, folder: Path) -> str:
+def root_argument(root) -> str:
+    """`` --root R`` to repeat the user's dataset root in a suggested command ('' without one)."""
+    return "" if root is None else f" --root {shlex.quote(os.fspath(root))}"
+
+
+def generate_hint(task: str, root=None, level: str | None = None) -> str:
+    """How to make a task's datasets under ``root``: the measured CPU recipe (``sac-state``; TIA on
+    a GPU for car_racing, which has no state recipe) and the smoke recipe for a quick try, each a
+    command with the user's ``--root`` (and ``--levels`` when one ``level`` is missing)."""
+    at = root_argument(root)
+    only = f" --levels {level}" if level else ""
+    if task == "car_racing":
+        full = (f"with `lqv-d4rl generate car_racing --preset paper --device cuda{at}` (TIA on a "
+                "GPU; car_racing has no CPU recipe)")
+    else:
+        full = (f"on a CPU with `lqv-d4rl generate {task} --behaviour sac-state --preset cpu{at}` "
+                "(the measured CPU recipe: all three levels at the paper's sizes; walker_walk's "
+                "and cheetah_run's took about an hour each on 2 cores)")
+    return (f"Make it {full}; for a quick try, `lqv-d4rl generate {task} --preset smoke{only}{at}` "
+            "makes tiny datasets in about a minute (a pipeline check, not the benchmark)")
+
+
+def _not_found_message(dataset_id: str, folder: Path, root=None) -> str:
     task, level = parse_dataset_id(dataset_id)
+    python_root = "" if root is None else f", root={os.fspath(root)!r}"
     return (
-        f"dataset {dataset_id!r} is not in {folder}. Generate it with "
-        f"`lqv-d4rl generate {task} --levels {level}`, or download it with "
-        f"`lqv-d4rl download {dataset_id}` "
-        f"(in Python: load_dataset({dataset_id!r}, download=True)). Datasets live under root= "
-        "or $LQV_D4RL_ROOT (default ~/.lqv_d4rl)."
+        f"dataset {dataset_id!r} is not in {folder}. {generate_hint(task, root, level)}; or "
+        f"download it with `lqv-d4rl download {dataset_id}{root_argument(root)}` "
+        f"(in Python: load_dataset({dataset_id!r}{python_root}, download=True)). Datasets live "
+        "under --root (root= in Python) or $LQV_D4RL_ROOT (default ~/.lqv_d4rl)."
     )

@@ -1,10 +1,13 @@
-"""Write observation frames as a preview a person can look at: an animated GIF or a PNG grid."""
+"""Write observation frames as a preview a person can look at: an animated GIF, a PNG grid, or a
+PNG grid with a caption over every row and a label under every tile
+(:func:`save_labelled_sheet`)."""
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 PREVIEW_SUFFIXES = (".gif", ".png")
 SHEET_GAP = 2
@@ -85,3 +88,82 @@ def _save_gif(frames, path, *, fps):
     images = [Image.fromarray(frame) for frame in frames]
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
                    duration=max(1, round(1000 / fps)), loop=0)
+
+
+# ------------------------------------------------------------------------- labelled sheets
+
+LABEL_BACKGROUND = (24, 24, 24)
+LABEL_COLOUR = (235, 235, 235)
+LABEL_FONT_SIZE = 12
+ROW_GAP = 8
+"""Pixels between the rows of a labelled sheet (a row: caption, frames, labels)."""
+
+
+@dataclass
+class SheetRow:
+    """One row of a labelled contact sheet: ``frames`` (n, H, W, 3) uint8, the ``caption`` written
+    above them and one entry of ``labels`` written under each frame."""
+
+    frames: np.ndarray
+    caption: str
+    labels: list
+
+
+def save_labelled_sheet(rows, path, *, scale=2) -> Path:
+    """Save :class:`SheetRow` rows as one PNG: per row a caption line, then its frames (enlarged
+    ``scale`` times, nearest neighbour) side by side with a label under each. Returns the path."""
+    if not rows:
+        raise ValueError("no rows to draw")
+    if not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise ValueError(f"scale must be a whole number >= 1, got {scale!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labelled_sheet(rows, scale=int(scale)).save(path, format="PNG")
+    return path
+
+
+def labelled_sheet(rows, *, scale=2) -> Image.Image:
+    """The image :func:`save_labelled_sheet` writes."""
+    font = _label_font()
+    line = _text_height(font) + 4
+    tiles = [upscale_nearest(_checked_frames(row.frames), scale) for row in rows]
+    tile_h, tile_w = tiles[0].shape[1:3]
+    columns = max(len(frames) for frames in tiles)
+    width = max(columns * (tile_w + SHEET_GAP) - SHEET_GAP, 1)
+    row_height = line + tile_h + line
+    sheet = Image.new("RGB", (width, len(rows) * (row_height + ROW_GAP) - ROW_GAP),
+                      LABEL_BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    for index, (row, frames) in enumerate(zip(rows, tiles)):
+        top = index * (row_height + ROW_GAP)
+        draw.text((2, top + 2), _fit(draw, row.caption, font, width - 4), fill=LABEL_COLOUR,
+                  font=font)
+        for column, frame in enumerate(frames):
+            left = column * (tile_w + SHEET_GAP)
+            sheet.paste(Image.fromarray(frame), (left, top + line))
+            label = str(row.labels[column]) if column < len(row.labels) else ""
+            draw.text((left + 2, top + line + tile_h + 2), _fit(draw, label, font, tile_w - 4),
+                      fill=LABEL_COLOUR, font=font)
+    return sheet
+
+
+def _label_font():
+    """Pillow's built-in font at :data:`LABEL_FONT_SIZE` (its bitmap font on old Pillow)."""
+    try:
+        return ImageFont.load_default(size=LABEL_FONT_SIZE)
+    except TypeError:  # Pillow < 10.1 has one fixed size
+        return ImageFont.load_default()
+
+
+def _text_height(font) -> int:
+    left, top, right, bottom = font.getbbox("Ag")
+    return int(bottom)
+
+
+def _fit(draw, text, font, width) -> str:
+    """``text`` cut (with an ellipsis) to fit in ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..." if text else ""

@@ -12,7 +12,7 @@ Sequence samplers (world models: SeMOPO, Offline DV2, LOMPO) return windows of `
     sampler = make_sequence_sampler(dataset, mode="conservative", batch_size=64, seq_len=50, seed=0)
     batch = sampler.sample()     # batch["image"]: (64, 50, 64, 64, 3) uint8, ...
 
-Four modes:
+Five modes:
 
 ``random``
     Uniform over all valid windows: every (episode, start) pair with ``start + seq_len <= length``
@@ -20,10 +20,18 @@ Four modes:
     windows. With equal-length episodes this is exactly DreamerV2's replay (episode uniform, then
     start uniform); with unequal lengths it does not over-sample the steps of short episodes.
 ``conservative``
-    SeMOPO's conservative sampling as the paper states it (Sec. 3.3): trajectories, ordered by
-    behaviour policy (earliest / weakest first) and by recording time within a policy, are the
-    unit; the batch of model update m draws from the first ``min(m * pace, n)`` of the n
-    trajectories (``pace`` 1 in the paper), then, after the n-th, from the whole dataset.
+    SeMOPO's conservative sampling over the whole model phase, as the released code schedules it
+    (Sec. 3.3): trajectories are put in order (``order="return"``: ascending return, as the
+    released code sorts them; ``order="policy"``: behaviour policy, earliest / weakest first, then
+    recording time) and each batch draws from a prefix of them that starts at
+    ``initial_trajectories`` (10) and grows every ``update_every`` (100) batches, evenly, so that
+    the last block of the ``curriculum_steps`` (the model phase) draws from all n. It is still
+    growing at 90 % of the model updates.
+``conservative_literal``
+    The paper's sentence read literally: the batch of model update m draws from the first
+    ``min(m * pace, n)`` trajectories (``pace`` 1), then from the whole dataset. With n <= 400
+    trajectories it is over after at most 400 of 25,000 model updates, so for the rest SeMOPO
+    samples uniformly: the paper's own random-sampling ablation. Kept for comparison.
 ``conservative_policy``
     A policy-level reading kept as an option: each batch from ONE behaviour policy drawn among the
     first ``min(m, n)`` policies in epoch m (``curriculum_steps / n`` batches per epoch).
@@ -42,6 +50,17 @@ your own in place.
 :class:`TransitionSampler` serves model-free algorithms (DrQ+BC, CQL, BC) with frame-stacked
 transitions, and :func:`action_entropy` measures how varied the sampled actions are (the effect of
 conservative sampling in the paper's Fig. 6).
+
+Why the two kinds of batch have different layouts (the one place this is written down): keys that
+mean the same thing have the same name in both (``action``, ``reward``, ``discount``,
+``is_terminal``), but the observations differ on purpose. A sequence batch keeps the dataset's
+channels-last frames, ``image`` (B, T, 64, 64, 3), one per time step, because the world models
+(DreamerV2-style RSSMs) read a sequence frame by frame and their encoders take one frame at a time.
+A transition batch holds channels-first frame *stacks*, ``obs`` / ``next_obs`` (B, 3 * k, 64, 64):
+the model-free conv nets (V-D4RL's DrQ+BC, CQL, BC encoders) see the last k frames at once, stacked
+along the channel axis, which is the layout ``torch.nn.Conv2d`` takes without a transpose. The
+transition's flags are those of its *next* entry (``is_terminal``: the episode truly ended there),
+where a sequence batch has one flag per step (``is_first``, ``is_last``, ``is_terminal``).
 """
 
 import inspect
@@ -64,6 +83,9 @@ STEP_ARRAYS = {
     "is_last": "is_last",
     "is_terminal": "is_terminal",
 }
+OPTIONAL_STEP_ARRAYS = {"state": "states"}
+"""Step arrays a dataset may lack (``Dataset.states`` is None for format version 1 and imported
+data): sequence batches carry them where the dataset has them."""
 EPISODE_ARRAYS = ("episode_starts", "episode_lengths", "returns", "policy_ids", "policy_steps")
 
 # Arrays whose rows are smaller than this are gathered with one fancy-indexing call; larger rows
@@ -170,18 +192,38 @@ def _gather_windows(array, first_rows, length, out=None):
     return out
 
 
-def gather_sequences(dataset, episodes, starts, seq_len, out=None):
+def sequence_arrays(dataset, keys=None):
+    """``{batch key: Dataset attribute}`` of the step arrays a sequence batch of ``dataset`` holds:
+    :data:`STEP_ARRAYS` plus the :data:`OPTIONAL_STEP_ARRAYS` the dataset has (``state``), or only
+    ``keys`` of them (e.g. no ``image`` for a model of states, which then never reads a frame)."""
+    arrays = dict(STEP_ARRAYS)
+    arrays.update({key: attribute for key, attribute in OPTIONAL_STEP_ARRAYS.items()
+                   if getattr(dataset, attribute, None) is not None})
+    if keys is None:
+        return arrays
+    missing = [key for key in keys if key not in arrays]
+    if missing:
+        lacks = [key for key in missing if key in OPTIONAL_STEP_ARRAYS]
+        hint = (f"; the dataset stores no {', '.join(lacks)} (format version 1 or imported "
+                "data)" if lacks else "")
+        raise SamplerError(f"sequence batches cannot hold {missing}: the keys are "
+                           f"{sorted(arrays)}{hint}")
+    return {key: arrays[key] for key in keys}
+
+
+def gather_sequences(dataset, episodes, starts, seq_len, out=None, keys=None):
     """The batch of windows (episode ``episodes[i]``, offset ``starts[i]``, ``seq_len`` entries).
 
-    Returns a dict with the step keys, each (B, seq_len, ...), plus ``episode`` and ``start`` (B,).
-    With ``out`` (a dict like :meth:`SequenceSampler.empty_batch` makes) the arrays are filled in
-    place and ``out`` is returned.
+    Returns a dict with the step keys (:func:`sequence_arrays`; only ``keys`` when given), each
+    (B, seq_len, ...), plus ``episode`` and ``start`` (B,). With ``out`` (a dict like
+    :meth:`SequenceSampler.empty_batch` makes) the arrays are filled in place and ``out`` is
+    returned.
     """
     episodes = np.asarray(episodes, dtype=np.int64)
     starts = np.asarray(starts, dtype=np.int64)
     first_rows = np.asarray(dataset.episode_starts, dtype=np.int64)[episodes] + starts
     batch = {} if out is None else out
-    for key, attribute in STEP_ARRAYS.items():
+    for key, attribute in sequence_arrays(dataset, keys).items():
         target = None if out is None else out[key]
         batch[key] = _gather_windows(getattr(dataset, attribute), first_rows, seq_len, target)
     if out is None:
@@ -282,6 +324,9 @@ class SequenceSampler:
     """
 
     mode = "random"
+    keys = None
+    """The step keys of a batch (None: every step array of the dataset, :func:`sequence_arrays`);
+    ``make_sequence_sampler(..., keys=...)`` narrows it."""
 
     def __init__(self, dataset, *, batch_size=64, seq_len=50, seed=0, recycle=True):
         check_dataset(dataset)
@@ -318,13 +363,19 @@ class SequenceSampler:
         episodes, starts = self.choose_windows()
         if out is None and self.recycler is not None:
             out = self.recycler.get()
-        return gather_sequences(self.dataset, episodes, starts, self.seq_len, out=out)
+        return gather_sequences(self.dataset, episodes, starts, self.seq_len, out=out,
+                                keys=self.keys)
+
+    @property
+    def arrays(self):
+        """``{batch key: Dataset attribute}`` of the step arrays this sampler's batches hold."""
+        return sequence_arrays(self.dataset, self.keys)
 
     def empty_batch(self):
         """Uninitialized arrays with the shapes and dtypes of one batch, for ``sample(out=...)``."""
         shape = (self.batch_size, self.seq_len)
         batch = {}
-        for key, attribute in STEP_ARRAYS.items():
+        for key, attribute in self.arrays.items():
             array = getattr(self.dataset, attribute)
             batch[key] = np.empty(shape + tuple(array.shape[1:]), dtype=array.dtype)
         batch["episode"] = np.empty(self.batch_size, np.int64)
@@ -399,31 +450,14 @@ def ordered_trajectories(dataset, episodes, policy_order="auto"):
     return episodes[np.argsort(keys, kind="stable")]
 
 
-class ConservativeSampler(_Curriculum, SequenceSampler):
-    """SeMOPO's conservative sampling as the paper states it (Sec. 3.3, Algorithm 1): trajectories
-    are the unit.
+class _PrefixSampler(_Curriculum, SequenceSampler):
+    """A curriculum over trajectories in a fixed order: the batch at a step draws every sequence
+    uniformly from the valid windows of the first :meth:`allowed_count` trajectories (all of them
+    once that reaches n, as mode ``random``). Subclasses set the order and the growth."""
 
-    The n eligible trajectories are put in order (:func:`ordered_trajectories`: behaviour policy,
-    then recording order). The batch of model update m (1-based: ``m = step + 1``) draws every
-    sequence uniformly from the valid windows of the first ``k_m = min(max(1, floor(m * pace)), n)``
-    trajectories; once ``k_m = n`` the whole dataset is used (as mode ``random``). With the paper's
-    ``pace = 1`` (one more trajectory per epoch, an epoch being one model update) a 200-episode
-    dataset opens after 200 updates. A one-policy dataset (``medium``) or an imported one with
-    unknown policies is therefore still sampled conservatively early on, from its first recorded
-    trajectories.
-    """
-
-    mode = "conservative"
-
-    def __init__(self, dataset, *, batch_size=64, seq_len=50, seed=0, recycle=True, pace=1.0,
-                 policy_order="auto", frozen_step=None):
-        super().__init__(dataset, batch_size=batch_size, seq_len=seq_len, seed=seed, recycle=recycle)
-        if not pace > 0:
-            raise SamplerError(f"pace must be > 0 trajectories per update, got {pace!r}")
-        self.pace = float(pace)
-        self.frozen_step = frozen_step
-        self.trajectories = ordered_trajectories(dataset, self.episodes, policy_order)
-        self.ordered_windows = WindowTable.for_length(dataset.episode_lengths, self.seq_len,
+    def _set_order(self, trajectories):
+        self.trajectories = np.asarray(trajectories, dtype=np.int64)
+        self.ordered_windows = WindowTable.for_length(self.dataset.episode_lengths, self.seq_len,
                                                       self.trajectories)
 
     @property
@@ -432,9 +466,8 @@ class ConservativeSampler(_Curriculum, SequenceSampler):
         return len(self.trajectories)
 
     def allowed_count(self, step=None):
-        """k_m: how many of the ordered trajectories the batch at ``step`` (default: next) draws from."""
-        step = self.curriculum_step if step is None else step
-        return min(max(1, math.floor((step + 1) * self.pace)), self.num_trajectories)
+        """How many of the ordered trajectories the batch at ``step`` (default: next) draws from."""
+        raise NotImplementedError
 
     @property
     def is_open(self):
@@ -454,6 +487,97 @@ class ConservativeSampler(_Curriculum, SequenceSampler):
         position = np.searchsorted(self.ordered_windows.cumulative, flat, side="right")
         before = np.where(position > 0, self.ordered_windows.cumulative[position - 1], 0)
         return self.ordered_windows.episodes[position], flat - before
+
+
+CONSERVATIVE_ORDERS = ("return", "policy")
+
+
+def returns_ascending(dataset, episodes):
+    """``episodes`` sorted by episode return, lowest first (ties: dataset order), as SeMOPO's
+    released code sorts them."""
+    returns = np.asarray(dataset.returns, dtype=np.float64)[episodes]
+    return episodes[np.argsort(returns, kind="stable")]
+
+
+class ConservativeSampler(_PrefixSampler):
+    """SeMOPO's conservative sampling spanning the model phase (the Table 1 protocol).
+
+    The n eligible trajectories are ordered by ``order``: ``"return"`` (ascending episode return,
+    as the released code sorts them) or ``"policy"`` (:func:`ordered_trajectories`: behaviour
+    policy in ``policy_order``, then recording order). Batches are counted in blocks of
+    ``update_every``; block b of the ``B = ceil(curriculum_steps / update_every)`` blocks draws
+    from the first ``initial + ceil((n - initial) * b / (B - 1))`` trajectories, so the prefix
+    grows evenly from ``initial_trajectories`` (the released code's 10) to all n in the last block
+    of the curriculum, and stays there. This is the released schedule's shape (10 episodes, a few
+    more every 100 updates, growing for the whole model phase) without its integer increment,
+    which stops at 260 of 400 episodes, and without its off-by-one cap (mode
+    ``return_curriculum`` keeps both).
+    """
+
+    mode = "conservative"
+
+    def __init__(self, dataset, *, batch_size=64, seq_len=50, seed=0, recycle=True,
+                 order="return", initial_trajectories=10, curriculum_steps=25_000,
+                 update_every=100, policy_order="auto", frozen_step=None):
+        super().__init__(dataset, batch_size=batch_size, seq_len=seq_len, seed=seed, recycle=recycle)
+        if order not in CONSERVATIVE_ORDERS:
+            raise SamplerError(f"order must be one of {CONSERVATIVE_ORDERS}, got {order!r}")
+        if policy_order not in POLICY_ORDERS:
+            raise SamplerError(f"policy_order must be one of {POLICY_ORDERS}, got {policy_order!r}")
+        self.order = order
+        self.frozen_step = frozen_step
+        self.initial_trajectories = _check_positive_int("initial_trajectories",
+                                                        initial_trajectories)
+        self.curriculum_steps = _check_positive_int("curriculum_steps", curriculum_steps)
+        self.update_every = _check_positive_int("update_every", update_every)
+        if order == "return":
+            self._set_order(returns_ascending(dataset, self.episodes))
+        else:
+            self._set_order(ordered_trajectories(dataset, self.episodes, policy_order))
+
+    @property
+    def blocks(self):
+        """B: blocks of ``update_every`` batches in the curriculum."""
+        return -(-self.curriculum_steps // self.update_every)
+
+    def allowed_count(self, step=None):
+        """The prefix size at ``step`` (default: the next batch)."""
+        step = self.curriculum_step if step is None else step
+        total = self.num_trajectories
+        initial = min(self.initial_trajectories, total)
+        last = self.blocks - 1
+        block = min(step // self.update_every, last)
+        if block == last:  # the last block of the curriculum (the only one of a short one)
+            return total
+        return initial + math.ceil((total - initial) * block / last)
+
+
+class LiteralConservativeSampler(_PrefixSampler):
+    """The paper's sentence on conservative sampling read literally (Sec. 3.3, Algorithm 1, one
+    model update per epoch): an ablation, not the Table 1 protocol.
+
+    Trajectories are ordered by :func:`ordered_trajectories` (behaviour policy, then recording
+    order). The batch of model update m (1-based: ``m = step + 1``) draws from the first
+    ``k_m = min(max(1, floor(m * pace)), n)`` trajectories; once ``k_m = n`` the whole dataset is
+    used (as mode ``random``). With ``pace = 1`` a 200-episode dataset opens after 200 of the
+    25,000 model updates, so SeMOPO then samples uniformly for more than 98 % of model training.
+    """
+
+    mode = "conservative_literal"
+
+    def __init__(self, dataset, *, batch_size=64, seq_len=50, seed=0, recycle=True, pace=1.0,
+                 policy_order="auto", frozen_step=None):
+        super().__init__(dataset, batch_size=batch_size, seq_len=seq_len, seed=seed, recycle=recycle)
+        if not pace > 0:
+            raise SamplerError(f"pace must be > 0 trajectories per update, got {pace!r}")
+        self.pace = float(pace)
+        self.frozen_step = frozen_step
+        self._set_order(ordered_trajectories(dataset, self.episodes, policy_order))
+
+    def allowed_count(self, step=None):
+        """k_m: how many of the ordered trajectories the batch at ``step`` (default: next) draws from."""
+        step = self.curriculum_step if step is None else step
+        return min(max(1, math.floor((step + 1) * self.pace)), self.num_trajectories)
 
 
 class PolicyConservativeSampler(_Curriculum, SequenceSampler):
@@ -570,12 +694,11 @@ class ReturnCurriculumSampler(_Curriculum, SequenceSampler):
         super().__init__(dataset, batch_size=batch_size, seq_len=seq_len, seed=seed, recycle=recycle)
         self.frozen_step = frozen_step
         episodes = self.episodes
-        returns = np.asarray(dataset.returns, dtype=np.float64)[episodes]
         if unique_returns:
+            returns = np.asarray(dataset.returns, dtype=np.float64)[episodes]
             last_of_each = {value: index for index, value in enumerate(returns.tolist())}
-            keep = np.array(sorted(last_of_each.values()), dtype=np.int64)
-            episodes, returns = episodes[keep], returns[keep]
-        self.sorted_episodes = episodes[np.argsort(returns, kind="stable")]
+            episodes = episodes[np.array(sorted(last_of_each.values()), dtype=np.int64)]
+        self.sorted_episodes = returns_ascending(dataset, episodes)
         lengths = np.asarray(dataset.episode_lengths, dtype=np.int64)
         self.sorted_num_windows = lengths[self.sorted_episodes] - self.seq_len + 1
         self.initial_episodes = _check_positive_int("initial_episodes", initial_episodes)
@@ -605,6 +728,7 @@ class ReturnCurriculumSampler(_Curriculum, SequenceSampler):
 SEQUENCE_SAMPLERS = {
     SequenceSampler.mode: SequenceSampler,
     ConservativeSampler.mode: ConservativeSampler,
+    LiteralConservativeSampler.mode: LiteralConservativeSampler,
     PolicyConservativeSampler.mode: PolicyConservativeSampler,
     ReturnCurriculumSampler.mode: ReturnCurriculumSampler,
 }
@@ -619,15 +743,20 @@ def mark_window_starts(batch):
 
 
 def make_sequence_sampler(dataset, mode="random", *, batch_size=64, seq_len=50, seed=0, **options):
-    """A sequence sampler of the given mode (``random``, ``conservative``, ``conservative_policy``,
-    ``return_curriculum``).
+    """A sequence sampler of the given mode (``random``, ``conservative``, ``conservative_literal``,
+    ``conservative_policy``, ``return_curriculum``).
 
     ``options`` go to the mode's class: every mode takes ``recycle``; the curriculum modes take
-    ``frozen_step``; ``conservative`` takes ``pace`` and ``policy_order``; ``conservative_policy``
+    ``frozen_step``; ``conservative`` takes ``order``, ``initial_trajectories``,
+    ``curriculum_steps``, ``update_every`` and ``policy_order``; ``conservative_literal`` takes
+    ``pace`` and ``policy_order``; ``conservative_policy``
     takes ``epoch_length``, ``curriculum_steps``, ``policy_order``; ``return_curriculum`` takes
     ``initial_episodes``, ``curriculum_steps``, ``update_every``, ``replicate_off_by_one``,
-    ``unique_returns``.
+    ``unique_returns``. Every mode also takes ``keys``: the step keys its batches hold (default:
+    all of the dataset's, ``state`` included where it has states; e.g. leave out ``image`` for a
+    model of states).
     """
+    keys = options.pop("keys", None)
     sampler_class = SEQUENCE_SAMPLERS.get(mode)
     if sampler_class is None:
         raise SamplerError(f"unknown sampling mode {mode!r}; choose one of {sorted(SEQUENCE_SAMPLERS)}")
@@ -642,7 +771,11 @@ def make_sequence_sampler(dataset, mode="random", *, batch_size=64, seq_len=50, 
         raise SamplerError(
             f"mode {mode!r} does not take option(s) {unknown}; it takes {sorted(accepted) or 'none'}"
         )
-    return sampler_class(dataset, batch_size=batch_size, seq_len=seq_len, seed=seed, **options)
+    sampler = sampler_class(dataset, batch_size=batch_size, seq_len=seq_len, seed=seed, **options)
+    if keys is not None:
+        sequence_arrays(dataset, keys)  # unknown or missing keys fail here, not at the first batch
+        sampler.keys = tuple(keys)
+    return sampler
 
 
 # ----------------------------------------------------------------------------------------------
@@ -660,6 +793,21 @@ def channels_first(images):
     return out.reshape(count, channels, height, width)
 
 
+class TransitionBatch(dict):
+    """A :class:`TransitionSampler` batch: a dict whose deprecated key ``terminal`` still reads
+    ``is_terminal`` (with a DeprecationWarning); it will be removed."""
+
+    def __missing__(self, key):
+        if key != "terminal":
+            raise KeyError(key)
+        import warnings
+
+        warnings.warn("TransitionSampler batches call the flag 'is_terminal' (as sequence "
+                      "batches and datasets do); 'terminal' is deprecated", DeprecationWarning,
+                      stacklevel=2)
+        return self["is_terminal"]
+
+
 class TransitionSampler:
     """Frame-stacked transitions for model-free algorithms (DrQ+BC, CQL, BC).
 
@@ -667,8 +815,10 @@ class TransitionSampler:
     ``obs`` (B, 3*frame_stack, H, W) uint8, channel-first frames o_{t-k+1} .. o_t, oldest first
     (frames before the episode start repeat its first frame); ``action`` (B, A), the action that
     follows o_t (stored in entry t+1); ``reward``, ``discount`` (B,) of entry t+1; ``next_obs``
-    stacked likewise ending at o_{t+1}; ``terminal`` (B,) bool, is_terminal of entry t+1;
+    stacked likewise ending at o_{t+1}; ``is_terminal`` (B,) bool, is_terminal of entry t+1;
     ``episode`` (B,) and ``index`` (B,) = t. Transitions are drawn uniformly over all of them.
+    (The module docstring says why these frames are stacked channels-first.) The old key
+    ``terminal`` still reads ``is_terminal``, with a DeprecationWarning, for a while.
     """
 
     def __init__(self, dataset, *, batch_size=256, frame_stack=3, seed=0):
@@ -695,16 +845,16 @@ class TransitionSampler:
         frames = frames.reshape(size, self.frame_stack + 1, channels, height, width)
         stacked_shape = (size, self.frame_stack * channels, height, width)
         next_rows = first_rows + t + 1
-        return {
+        return TransitionBatch({
             "obs": np.ascontiguousarray(frames[:, :-1]).reshape(stacked_shape),
             "action": np.asarray(self.dataset.actions[next_rows]),
             "reward": np.asarray(self.dataset.rewards[next_rows]),
             "discount": np.asarray(self.dataset.discounts[next_rows]),
             "next_obs": np.ascontiguousarray(frames[:, 1:]).reshape(stacked_shape),
-            "terminal": np.asarray(self.dataset.is_terminal[next_rows]),
+            "is_terminal": np.asarray(self.dataset.is_terminal[next_rows]),
             "episode": episodes,
             "index": t,
-        }
+        })
 
     def __iter__(self):
         while True:

@@ -46,7 +46,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 
 from lqv_d4rl.errors import LQVError
-from lqv_d4rl.samplers import STEP_ARRAYS, SequenceSampler, make_sequence_sampler
+from lqv_d4rl.samplers import SequenceSampler, make_sequence_sampler
 
 
 class DeviceMemoryError(LQVError, MemoryError):
@@ -333,7 +333,7 @@ class DeviceSequenceSampler:
         try:
             self.arrays = {
                 key: _upload_episodes(getattr(dataset, attribute), starts, lengths, self.device, chunk_rows)
-                for key, attribute in STEP_ARRAYS.items()
+                for key, attribute in sampler.arrays.items()
             }
         except torch.cuda.OutOfMemoryError as error:
             raise DeviceMemoryError(
@@ -347,7 +347,7 @@ class DeviceSequenceSampler:
     def _check_room(self, dataset, num_rows, memory_budget):
         row_bytes = sum(
             np.dtype(getattr(dataset, a).dtype).itemsize * int(np.prod(getattr(dataset, a).shape[1:]))
-            for a in STEP_ARRAYS.values()
+            for a in self.sampler.arrays.values()
         )
         needed = row_bytes * (num_rows + self.sampler.batch_size * self.sampler.seq_len)
         available = free_device_bytes(self.device) if memory_budget is None else memory_budget

@@ -11,7 +11,7 @@ or in Python::
     from lqv_d4rl.evaluation import evaluate
     data = lqv_d4rl.load_dataset("walker_walk-medrep")
     agent = semopo.train(data, semopo.preset("paper"), device="cuda", log_dir="runs/walker-medrep")
-    result = evaluate(agent.policy(), data.eval_env_kwargs(), episodes=10, seed=10_000)
+    result = evaluate(agent.policy(), data.eval_env_kwargs(), episodes=10, first_episode_seed=10_000)
 
 Modules, read in this order: :mod:`semopo.config` (every hyperparameter, with its source),
 :mod:`semopo.model` (the separated world model and the joint-model ablation), :mod:`semopo.agent`

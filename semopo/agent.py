@@ -6,9 +6,12 @@ one ensemble head drawn per step; the actor and critic learn from the penalized 
 
     r~ = r^(s+_{t+1}) - lambda * u(s+_t, a_t)
 
-where ``u`` is the disagreement of the K endogenous prior heads (``config.penalty``). The penalty
-keeps its gradient, so (as in the released code) the actor is also pushed, through the dynamics,
-towards actions on which the heads agree. The world model is not updated in this phase.
+where ``u`` is the disagreement of the K endogenous prior heads (``config.penalty``) about the step
+(s+_t, a_t) -> s+_{t+1}, read off s+_{t+1}'s GRU state. ``imagined_reward_states="current"`` reads
+both one state earlier, at the start state and the first H-1 imagined ones, as the released code
+does (DreamerV2's alignment, see :mod:`lqv_d4rl.networks.behavior`). The penalty keeps its
+gradient, so (as in the released code) the actor is also pushed, through the dynamics, towards
+actions on which the heads agree. The world model is not updated in this phase.
 """
 
 from pathlib import Path
@@ -23,7 +26,9 @@ from lqv_d4rl.samplers import mark_window_starts
 from .config import SeMOPOConfig
 from .model import build_world_model
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2: the layer-norm GRU has a bias, and ``optimizer="per_branch"`` checkpoints an exogenous
+optimizer."""
 
 
 def behavior_config(config):
@@ -41,15 +46,20 @@ class SeMOPOAgent:
         device: ``"cpu"``, ``"cuda"``, ...
         seed: seeds the ensemble-head draws (parameters are initialized from the global torch
             RNG: seed it first, as :func:`semopo.train` does).
+        state_dim: size of the dataset's state vectors, needed with ``observation="state"``.
     """
 
-    def __init__(self, action_dim, config=None, *, task=None, device="cpu", seed=0):
+    def __init__(self, action_dim, config=None, *, task=None, device="cpu", seed=0,
+                 state_dim=None):
         self.config = config or SeMOPOConfig()
         self.action_dim = int(action_dim)
         self.task = task
         self.device = torch.device(device)
         self.seed = int(seed)
-        self.world_model = build_world_model(self.action_dim, self.config, self.device, self.seed)
+        self.state_dim = (int(state_dim) if self.config.observation == "state"
+                          and state_dim is not None else None)
+        self.world_model = build_world_model(self.action_dim, self.config, self.device, self.seed,
+                                             state_dim=self.state_dim)
         self.behavior = ActorCritic(self.world_model.rssm.feature_dim, self.action_dim,
                                     behavior_config(self.config), device=self.device)
         self.model_updates = 0
@@ -99,10 +109,11 @@ class SeMOPOAgent:
         """A :class:`lqv_d4rl.policies.LatentPolicy` (sharing this agent's networks) that acts on
         environment observations: the endogenous encoder and posterior filter the latent state (the
         exogenous branch is not needed to act), the actor plays its mode (``sample=True``
-        samples)."""
+        samples). With ``observation="state"`` it acts on the environment's state vectors."""
         model = self.world_model
         return LatentPolicy(model.encoder, model.rssm, self.behavior.actor, self.action_dim,
-                            sample=sample)
+                            sample=sample, observation_key=model.observation_key,
+                            state_dim=self.state_dim)
 
     # ----------------------------------------------------------------------------- checkpoints
 
@@ -115,8 +126,10 @@ class SeMOPOAgent:
             "action_dim": self.action_dim,
             "task": self.task,
             "seed": self.seed,
+            "state_dim": self.state_dim,
             "world_model": model.state_dict(),
             "model_optimizer": model.optimizer.state_dict(),
+            "exo_optimizer": _state_or_none(getattr(model, "exo_optimizer", None)),
             "behavior": self.behavior.state_dict(),
             "actor_optimizer": self.behavior.actor_opt.state_dict(),
             "critic_optimizer": self.behavior.critic_opt.state_dict(),
@@ -128,9 +141,12 @@ class SeMOPOAgent:
 
     def load_state_dict(self, state):
         """Restore what :meth:`state_dict` returned (same config and action size)."""
+        _check_version(state)
         model = self.world_model
         model.load_state_dict(state["world_model"])
         model.optimizer.load_state_dict(state["model_optimizer"])
+        if getattr(model, "exo_optimizer", None) is not None:
+            model.exo_optimizer.load_state_dict(state["exo_optimizer"])
         self.behavior.load_state_dict(state["behavior"])
         self.behavior.actor_opt.load_state_dict(state["actor_optimizer"])
         self.behavior.critic_opt.load_state_dict(state["critic_optimizer"])
@@ -152,11 +168,10 @@ class SeMOPOAgent:
     @classmethod
     def from_state_dict(cls, state, device="cpu"):
         """Build an agent from a checkpoint dict."""
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"checkpoint version {state.get('version')!r} is not "
-                             f"{CHECKPOINT_VERSION}; it was written by another semopo version")
+        _check_version(state)
         agent = cls(state["action_dim"], SeMOPOConfig.from_dict(state["config"]),
-                    task=state["task"], device=device, seed=state["seed"])
+                    task=state["task"], device=device, seed=state["seed"],
+                    state_dim=state.get("state_dim"))
         agent.load_state_dict(state)
         return agent
 
@@ -171,6 +186,16 @@ class SeMOPOAgent:
         state = torch.load(path / "checkpoint.pt" if path.is_dir() else path, map_location="cpu",
                            weights_only=True)
         return cls.from_state_dict(state.get("agent", state), device=device)
+
+
+def _check_version(state):
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint version {state.get('version')!r} is not "
+                         f"{CHECKPOINT_VERSION}; it was written by another semopo version")
+
+
+def _state_or_none(optimizer):
+    return None if optimizer is None else optimizer.state_dict()
 
 
 def _rssms(model):

@@ -13,6 +13,11 @@
   curriculum (built as in training: batch shape, curriculum length, off-by-one setting).
 * **Reconstructions** (Fig. 5): observation, joint reconstruction, the image decoded from the
   endogenous state alone, the exogenous branch's image and the mask, as one PNG.
+* **The state gate** (models trained with ``observation="state"``, in place of the
+  reconstructions): per state dimension, the mean gate g (the endogenous branch's weight) and the
+  reconstruction error of the joint state, of each branch's own decoded state and of the
+  exogenous-only decoder (:func:`state_gate_analysis`): which dimensions the endogenous branch
+  reconstructs and the gate gives it.
 """
 
 import csv
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 
 from lqv_d4rl.networks import imagination_disagreement, state_disagreement
+from lqv_d4rl.observations import dimension_names, sequence_keys
 from lqv_d4rl.plots import image_grid, line_plot
 from lqv_d4rl.samplers import action_entropy, make_sequence_sampler, mark_window_starts
 from lqv_d4rl.seeding import seeded_torch
@@ -84,25 +90,33 @@ def _steps(values):
 
 
 def sampling_action_entropy(dataset, config, *, batches=8, points=6, seed=0,
-                            modes=("conservative", "return_curriculum", "random")):
+                            modes=("conservative", "conservative_literal", "return_curriculum",
+                                   "random")):
     """Action entropy of batches of each sampling mode at ``points`` stages of the model phase.
 
-    At each stage (``step`` from 0 to ``model_steps``, spaced so that the early part of the
-    conservative curriculum, which opens after about n / pace updates, is resolved too) ``batches``
-    batches of the training shape are drawn and their actions pooled. Returns a list of rows
-    ``{"mode", "step", "entropy"}``.
+    The stages (``step`` from 0 to ``model_steps``) are spaced both evenly and geometrically, so
+    that the whole-phase curricula and the early part of the literal one (over after about
+    n / pace updates) are resolved. At each stage ``batches`` batches of the training shape are
+    drawn (their windows only: actions and first-entry flags are gathered, no images) and their
+    actions pooled. Returns a list of rows ``{"mode", "step", "entropy"}``.
     """
     end = max(1, config.model_steps)
-    steps = np.unique(np.concatenate([np.geomspace(1, end, points).astype(int) - 1, [0]]))
+    steps = np.unique(np.concatenate([np.geomspace(1, end, points).astype(int) - 1,
+                                      np.linspace(0, end - 1, points).astype(int)]))
     rows = []
     for mode in modes:
         sampler = make_sampler(dataset, mode, config, seed, recycle=False)
         for step in steps:
             sampler.set_step(int(step))
-            drawn = [sampler.sample() for _ in range(batches)]
-            actions = np.concatenate([batch["action"] for batch in drawn])
-            first = np.concatenate([batch["is_first"] for batch in drawn])
-            rows.append({"mode": mode, "step": int(step), "entropy": action_entropy(actions, first)})
+            actions, first = [], []
+            for _ in range(batches):
+                episodes, starts = sampler.choose_windows()
+                first_rows = np.asarray(dataset.episode_starts)[episodes] + starts
+                window = first_rows[:, None] + np.arange(sampler.seq_len)
+                actions.append(np.asarray(dataset.actions)[window])
+                first.append(np.asarray(dataset.is_first)[window])
+            entropy = action_entropy(np.concatenate(actions), np.concatenate(first))
+            rows.append({"mode": mode, "step": int(step), "entropy": entropy})
     return rows
 
 
@@ -141,6 +155,43 @@ def reconstruction_rows(agent, batch, *, frames=8):
     return rows
 
 
+@torch.no_grad()
+def state_gate_analysis(agent, batch, names=None):
+    """Per state dimension, what the gate of a separated state model does on a batch.
+
+    Returns ``{"dimension": [name, ...], "gate": (S,), "error_joint": (S,), "error_endogenous":
+    (S,), "error_exogenous": (S,), "error_exogenous_only": (S,) or None}`` (numpy arrays): the mean
+    over the batch's steps of the gate g (1: the endogenous branch's state is used) and the mean
+    squared error against the observed state of the joint state, of each branch's own decoded
+    state (``JointState.endo_mean`` / ``exo_mean``) and of the exogenous-only decoder. ``names``
+    label the dimensions (default ``state[i]``). A dimension the endogenous branch reconstructs
+    has a small ``error_endogenous``; one the action-free branch predicts has a small
+    ``error_exogenous``; the gate says which of the two the joint state uses.
+    """
+    model = agent.world_model
+    if not getattr(model, "separated", False) or model.observation_key != "state":
+        raise ValueError("the state gate belongs to a separated model trained with "
+                         "observation='state'")
+    post, _ = model.observe(batch)
+    exo_post, _ = model.observe_exogenous(batch)
+    joint, exo_only = model.decode_branches(post, exo_post)
+    target = model.to_tensors(batch)["state"].float()
+
+    def per_dimension(values):
+        return values.float().reshape(-1, values.shape[-1]).mean(0).cpu().numpy()
+
+    size = target.shape[-1]
+    return {
+        "dimension": list(names) if names is not None else [f"state[{i}]" for i in range(size)],
+        "gate": per_dimension(joint.gate),
+        "error_joint": per_dimension((joint.mean - target) ** 2),
+        "error_endogenous": per_dimension((joint.endo_mean.float() - target) ** 2),
+        "error_exogenous": per_dimension((joint.exo_mean.float() - target) ** 2),
+        "error_exogenous_only": (None if exo_only is None
+                                 else per_dimension((exo_only.float() - target) ** 2)),
+    }
+
+
 def _to_pixels(mean):
     """Decoder means in ``x/255 - 0.5`` space -> uint8 pixels."""
     return ((mean.float().clamp(-0.5, 0.5) + 0.5) * 255).round().to(torch.uint8).cpu().numpy()
@@ -161,12 +212,16 @@ def run_analysis(agent, dataset, out_dir, *, seed=0, horizon=15):
     out_dir.mkdir(parents=True, exist_ok=True)
     config = agent.config
     sampler = make_sequence_sampler(dataset, "random", batch_size=min(ANALYSIS_BATCH, config.batch_size),
-                                    seq_len=config.seq_len, seed=seed, recycle=False)
+                                    seq_len=config.seq_len, seed=seed, recycle=False,
+                                    keys=sequence_keys(config.observation))
     batch = mark_window_starts(sampler.sample())
     written = {}
     with seeded_torch(seed):
         written.update(_write_uncertainty(agent, batch, out_dir, horizon))
-        written.update(_write_reconstruction(agent, batch, out_dir))
+        if config.observation != "state":
+            written.update(_write_reconstruction(agent, batch, out_dir))
+        elif getattr(agent.world_model, "separated", False):
+            written.update(_write_state_gate(agent, batch, dimension_names(dataset), out_dir))
     written.update(_write_action_entropy(dataset, config, out_dir, seed))
     return written
 
@@ -195,6 +250,51 @@ def _write_reconstruction(agent, batch, out_dir):
                       column_labels=[f"t={t}" for t in picks])
     (out_dir / "reconstruction_rows.json").write_text(json.dumps(list(rows), indent=2) + "\n")
     return {"reconstruction_png": path}
+
+
+def _write_state_gate(agent, batch, names, out_dir):
+    gate = state_gate_analysis(agent, batch, names if names else None)
+    columns = [key for key in ("gate", "error_joint", "error_endogenous", "error_exogenous",
+                               "error_exogenous_only") if gate[key] is not None]
+    rows = [{"dimension": name, **{key: float(gate[key][index]) for key in columns}}
+            for index, name in enumerate(gate["dimension"])]
+    csv_path = _write_csv(out_dir / "state_gate.csv", rows)
+    return {"state_gate_csv": csv_path,
+            "state_gate_png": plot_state_gate(gate, out_dir / "state_gate.png")}
+
+
+def plot_state_gate(gate, path):
+    """Two panels over the state dimensions: the mean gate g, and each decoder's squared error
+    (log scale); returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    names = gate["dimension"]
+    x = np.arange(len(names))
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 0.28 * len(names) + 2), 6.0),
+                                         dpi=120, sharex=True)
+    top.bar(x, gate["gate"], color="tab:blue")
+    top.axhline(0.5, color="gray", linewidth=0.8, linestyle="--")
+    top.set_ylim(0, 1)
+    top.set_ylabel("mean gate g (1 = endogenous)")
+    top.set_title("SeMOPO state gate per dimension")
+    for key, label in (("error_endogenous", "endogenous branch alone"),
+                       ("error_exogenous", "exogenous branch alone"),
+                       ("error_exogenous_only", "exogenous-only decoder"),
+                       ("error_joint", "joint (gated)")):
+        if gate.get(key) is not None:
+            bottom.plot(x, np.maximum(gate[key], 1e-8), marker="o", markersize=3, label=label)
+    bottom.set_yscale("log")
+    bottom.set_ylabel("squared error")
+    bottom.legend(fontsize=7)
+    bottom.set_xticks(x, names, rotation=90, fontsize=6)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, format="png")
+    plt.close(figure)
+    return path
 
 
 def _write_action_entropy(dataset, config, out_dir, seed):

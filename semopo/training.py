@@ -17,13 +17,15 @@ import numpy as np
 import torch
 
 from lqv_d4rl.batch_stream import BatchStream, sampler_position, set_sampler_position
+from lqv_d4rl.observations import sequence_keys, state_size
 from lqv_d4rl.runs import Run, rng_state, set_rng_state
 from lqv_d4rl.samplers import make_sequence_sampler
 
 from .agent import SeMOPOAgent
 from .config import ConfigError, SeMOPOConfig
 
-CURRICULUM_MODES = ("conservative", "conservative_policy", "return_curriculum")
+CURRICULUM_MODES = ("conservative", "conservative_literal", "conservative_policy",
+                    "return_curriculum")
 
 
 def train_in_run(dataset, config, run, device="cpu"):
@@ -40,7 +42,7 @@ def train_in_run(dataset, config, run, device="cpu"):
             update=lambda: agent.train_model_step(trainer.next_batch("model")),
             checkpoint=trainer.save, log_every=config.log_every,
             checkpoint_every=config.checkpoint_every, description="world model",
-            postfix=("model_loss", "image_log_prob"))
+            postfix=("model_loss", f"{config.observation}_log_prob"))
         if model_done:
             run.phase(
                 "policy", total=config.policy_steps, done=lambda: agent.policy_updates,
@@ -96,6 +98,10 @@ def make_sampler(dataset, mode, config, seed, *, frozen_step=None, **options):
     """A sequence sampler of ``mode`` with the config's batch shape and curriculum settings
     (``options`` such as ``recycle`` go to ``lqv_d4rl.samplers.make_sequence_sampler``)."""
     if mode == "conservative":
+        options.update(order=config.conservative_order,
+                       initial_trajectories=config.conservative_initial,
+                       curriculum_steps=config.effective_curriculum_steps)
+    elif mode == "conservative_literal":
         options["pace"] = config.conservative_pace
     elif mode == "conservative_policy":
         options["curriculum_steps"] = config.effective_curriculum_steps
@@ -105,6 +111,7 @@ def make_sampler(dataset, mode, config, seed, *, frozen_step=None, **options):
                        unique_returns=config.unique_returns)
     if mode in CURRICULUM_MODES:
         options["frozen_step"] = frozen_step
+    options.setdefault("keys", sequence_keys(config.observation))
     return make_sequence_sampler(dataset, mode, batch_size=config.batch_size,
                                  seq_len=config.seq_len, seed=int(seed), **options)
 
@@ -121,9 +128,10 @@ class _Trainer:
 
     def __init__(self, dataset, config, run, device):
         self.run, self.config, self.device = run, config, device
+        state_dim = state_size(dataset, config.observation)  # a clear error for a dataset without
         torch.manual_seed(run.seed)
         self.agent = SeMOPOAgent(dataset.action_dim, config, task=dataset.task, device=device,
-                                 seed=run.seed)
+                                 seed=run.seed, state_dim=state_dim)
         model_seed, policy_seed = np.random.SeedSequence(run.seed).generate_state(2)
         self.samplers = {
             "model": make_sampler(dataset, config.sampling, config, model_seed),

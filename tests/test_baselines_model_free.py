@@ -366,6 +366,20 @@ def test_energy_model_equals_one_linear_layer_on_the_concatenation():
     assert torch.allclose(energies, model.energy(hidden).reshape(2, 6), atol=1e-5)
 
 
+def test_energy_model_is_initialized_like_the_authors_weight_init():
+    # ig_utils.InfoNCE: apply(weight_init) = orthogonal Linear weights (gain 1), zero biases
+    torch.manual_seed(0)
+    model = InverseEnergyModel(4, 3, units=5)
+    weight = torch.cat([model.state.weight, model.action.weight], dim=1)  # (5, 11): rows orthonormal
+    assert torch.allclose(weight @ weight.T, torch.eye(5), atol=1e-5)
+    assert torch.allclose(model.energy.weight @ model.energy.weight.T, torch.eye(1), atol=1e-5)
+    assert not model.energy.bias.any()
+    assert model.state.bias is None and model.action.bias is None
+    wide = InverseEnergyModel(2, 1, units=8)  # 8 units > 5 inputs: the columns are orthonormal
+    weight = torch.cat([wide.state.weight, wide.action.weight], dim=1)
+    assert torch.allclose(weight.T @ weight, torch.eye(5), atol=1e-5)
+
+
 def test_gating_unet_keeps_the_image_size():
     unet = GatingUNet(9, 3, image_size=64, filters=8, blocks=5, bottleneck=8)
     assert unet.coarse_shape == (16, 4, 4)
@@ -401,9 +415,40 @@ def test_infogating_routes_each_loss_to_its_own_networks(noise_dataset, warm):
                 "inverse": (not warm, True, True, False)}   # through the gate after the warm-up
     for name, flags in expected.items():
         agent.zero_grad(set_to_none=True)
-        losses, _ = agent.losses(batch, torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(0)
+        losses, gated, _ = agent.losses(batch, generator)
+        if name == "bc":
+            losses["bc"] = agent.bc_loss(gated, batch, generator)
         losses[name].backward()
         assert tuple(moved(part) for part in parts) == flags, name
+
+
+@pytest.mark.parametrize("reencode", [True, False])
+def test_infogating_bc_reads_the_encoder_after_its_step(noise_dataset, reencode):
+    # the author's update: encoder_opt.step(), then policy(encoder(mask_obs).detach())
+    import copy
+
+    config = tiny_config("infogating", warmup_updates=0, mask_noise_updates=0,
+                         bc_reencode=reencode)
+    agent = infogating.InfoGatingAgent(6, config, "cpu")
+    before = copy.deepcopy(agent)
+    batch = gap_batch(noise_dataset, config)
+    metrics = agent.update(batch, torch.Generator().manual_seed(3))
+    # the same update by hand: the same draws, the head before its step on the gated o_t
+    generator = torch.Generator().manual_seed(3)
+    _, gated, _ = before.losses(batch, generator)
+    encoders = {"after": agent.encoder, "before": before.encoder}
+    expected = {}
+    for when, encoder in encoders.items():
+        with torch.no_grad():
+            mean = before.actor(encoder(gated["inputs"]))
+        noise = copy.deepcopy(generator)  # the BC noise is the update's last draw
+        action = sample_clipped(mean, before.noise_std(), config.std_clip, noise)
+        expected[when] = F.mse_loss(action, batch["action"]).item()
+    assert not torch.equal(agent.encoder.trunk[0].weight, before.encoder.trunk[0].weight)
+    assert abs(expected["after"] - expected["before"]) > 1e-5  # the test can tell them apart
+    used = "after" if reencode else "before"
+    assert metrics["bc_loss"].item() == pytest.approx(expected[used], rel=1e-5, abs=1e-7)
 
 
 def test_drq_actor_update_moves_only_the_actor(noise_dataset):

@@ -75,19 +75,28 @@ def test_list_shows_registry_presence_and_custom_datasets(root):
     assert result.exit_code == 0, result.output
     lines = {line.split()[0]: line for line in result.output.splitlines()[2:]}
     assert set(DATASET_IDS) <= set(lines)
+    assert result.output.splitlines()[1].split() == [
+        "dataset_id", "task", "level", "on", "disk", "paper"]
+    # what is on disk, with its real count, next to the paper's count
     assert lines["walker_walk-medrep"].split()[1:] == [
-        "walker_walk", "medrep", "400", "complete", "(6", "episodes)"]
-    assert lines["walker_walk-random"].endswith("missing")
+        "walker_walk", "medrep", "complete", "(6", "episodes)", "400", "episodes"]
+    assert lines["walker_walk-random"].split()[1:] == [
+        "walker_walk", "random", "missing", "200", "episodes"]
     assert "incomplete (1 episodes so far)" in lines["cheetah_run-random"]
     assert lines["my_data"].split()[1:] == [
-        "hopper_hop", "custom", "6", "complete", "(6", "episodes)"]
+        "hopper_hop", "custom", "complete", "(6", "episodes)", "-"]
 
     rows = json.loads(run_cli("list", "--root", root, "--json").output)
     by_id = {row["dataset_id"]: row for row in rows}
     assert by_id["hopper_hop-medium"] == {"dataset_id": "hopper_hop-medium", "task": "hopper_hop",
-                                          "level": "medium", "episodes": 200, "local": "missing",
+                                          "level": "medium", "episodes": None,
+                                          "paper_episodes": 200, "local": "missing",
                                           "custom": False}
+    medrep = by_id["walker_walk-medrep"]
+    assert (medrep["episodes"], medrep["paper_episodes"]) == (6, 400)
+    assert by_id["cheetah_run-random"]["episodes"] == 1
     assert by_id["my_data"]["custom"] is True
+    assert (by_id["my_data"]["episodes"], by_id["my_data"]["paper_episodes"]) == (6, None)
 
 
 def test_list_reports_a_damaged_dataset(root):
@@ -158,6 +167,18 @@ def test_info_table_shows_ours_next_to_the_paper_row(root):
     assert paper.split()[3:] == ["400", "106.6", "79.7", "5.0", "45.4", "81.3", "148.8", "398.2"]
     assert "Policies: 3" in result.output
     assert "distractor:   test-noise" in result.output
+    assert "episodes: 6 (paper: 400)" in lines  # flagged: the paper's medrep has 400
+
+
+def test_info_says_when_the_episode_count_is_the_papers(tmp_path):
+    folder = write_tiny_dataset(tmp_path / "walker_walk-random", level="random", num_policies=200,
+                                episodes_per_policy=1, length=2)
+    result = run_cli("info", folder)
+    assert result.exit_code == 0, result.output
+    assert "episodes: 200 (as in the paper)" in result.output.splitlines()
+    assert json.loads(run_cli("info", folder, "--json").output)["paper_episodes"] == 200
+    custom = write_tiny_dataset(tmp_path / "mine", dataset_id="mine", level="custom")
+    assert "episodes: 6" in run_cli("info", custom).output.splitlines()
 
 
 def test_info_condenses_many_policies(tmp_path):
@@ -233,7 +254,48 @@ def test_preview_writes_a_png_contact_sheet(root, tmp_path):
         assert sheet.format == "PNG"
         width, height = sheet.size
     assert width >= 4 * 64 and height >= 3 * 64  # one row of 4 frames per episode
-    assert width < 5 * 64 and height < 4 * 64
+    assert width < 5 * 64 and height < 3 * (64 + 60)  # plus a caption and a label line per row
+
+
+def test_default_png_preview_spreads_labelled_rows_over_the_dataset(tmp_path, monkeypatch):
+    from lqv_d4rl import images
+
+    folder = write_tiny_dataset(tmp_path / "walker_walk-medrep", num_policies=5,
+                                episodes_per_policy=3, length=40)
+    drawn = []
+    monkeypatch.setattr(images, "labelled_sheet",
+                        lambda rows, scale: drawn.extend(rows) or images.Image.new("RGB", (8, 8)))
+    result = run_cli("preview", folder, "--out", tmp_path / "sheet.png")
+    assert result.exit_code == 0, result.output
+    data = load_dataset(folder)
+    assert [row.caption.split(" |")[0] for row in drawn] == [
+        "episode 0", "episode 5", "episode 9", "episode 14"]  # 4 spread over 15, ends included
+    last = drawn[-1]
+    assert last.caption == (f"episode 14 | policy {tiny_policy_id(4)} | return "
+                            f"{data.returns[14]:.1f} | 40 entries")
+    assert last.labels == [f"step {t}" for t in (0, 6, 11, 17, 22, 28, 33, 39)]  # spread over 40
+    start = data.episode_starts[14]
+    assert np.array_equal(last.frames, data.images[start + np.array([0, 6, 11, 17, 22, 28, 33, 39])])
+    drawn.clear()
+    run_cli("preview", folder, "--out", tmp_path / "sheet.png", "--episodes", "2", "--every", "10")
+    assert [row.labels for row in drawn] == [["step 0", "step 10", "step 20", "step 30"]]
+
+
+def test_labelled_sheet_draws_captions_and_labels(tmp_path):
+    from PIL import Image
+
+    from lqv_d4rl.images import SheetRow, save_labelled_sheet
+
+    frames = np.zeros((3, 64, 64, 3), np.uint8) + np.array([200, 10, 90], np.uint8)  # no gray
+    rows = [SheetRow(frames, "episode 0 | policy p | return 1.0", ["step 0", "step 5", "step 9"]),
+            SheetRow(frames[:2], "a caption far too long to fit " * 10, ["step 0", "step 1"])]
+    path = save_labelled_sheet(rows, tmp_path / "sheet.png", scale=1)
+    with Image.open(path) as sheet:
+        pixels = np.asarray(sheet.convert("RGB"))
+    assert pixels.shape[1] == 3 * 64 + 2 * 2
+    caption_band = pixels[:10]
+    assert (caption_band > 150).any() and (caption_band < 50).any()  # light text on dark
+    assert (pixels == [200, 10, 90]).all(axis=2).sum() == 5 * 64 * 64  # every frame drawn whole
 
 
 def test_preview_rejects_bad_episodes_and_suffixes(root, tmp_path):

@@ -302,8 +302,10 @@ def test_a_missing_dataset_says_how_to_generate_or_download_it(tmp_path):
     with pytest.raises(DatasetNotFoundError) as caught:
         load_dataset("hopper_hop-medium", root=tmp_path)
     message = str(caught.value)
-    assert "lqv-d4rl generate hopper_hop --levels medium" in message
-    assert "lqv-d4rl download hopper_hop-medium" in message and "download=True" in message
+    root = f" --root {tmp_path}"  # the user's root is repeated in every suggested command
+    assert f"lqv-d4rl generate hopper_hop --behaviour sac-state --preset cpu{root}" in message
+    assert f"lqv-d4rl generate hopper_hop --preset smoke --levels medium{root}" in message
+    assert f"lqv-d4rl download hopper_hop-medium{root}" in message and "download=True" in message
     with pytest.raises(DatasetNotFoundError, match="no lqv-d4rl dataset at"):
         load_dataset(tmp_path / "nowhere")
 

@@ -39,6 +39,7 @@ from lqv_d4rl.networks import (
     lambda_return,
     preprocess_image,
     state_disagreement,
+    step_together,
 )
 
 torch.set_num_threads(1)
@@ -235,6 +236,24 @@ def test_gru_cell_option_is_the_standard_gru_initialized_like_keras():
     assert torch.allclose(cell(inputs, state), standard_gru_step(cell, inputs, state), atol=1e-6)
     with pytest.raises(ValueError, match="cell"):
         RSSM(embed_dim=8, action_dim=2, cell="lstm")
+
+
+def test_layer_norm_gru_has_a_trainable_bias_like_dreamerv2():
+    # DreamerV2's GRUCell: Dense(3 * size, use_bias=norm is not None) with norm a bool, so always
+    # a bias (Keras initializes it to zeros), before the layer norm
+    for layer_norm in (True, False):
+        torch.manual_seed(0)
+        rssm = RSSM(embed_dim=8, action_dim=2, deter=12, stoch=4, classes=4, hidden=10,
+                    layer_norm=layer_norm)
+        bias = rssm.cell.linear.bias
+        assert bias is not None and bias.shape == (3 * 12,) and not bias.any()
+        assert "cell.linear.bias" in rssm.state_dict()
+        norm_parameters = 2 * 3 * 12 if layer_norm else 0
+        assert count_parameters(rssm.cell) == (10 + 12) * 3 * 12 + 3 * 12 + norm_parameters
+        post, _ = rssm.observe(torch.randn(2, 3, 8), torch.randn(2, 3, 2),
+                               torch.zeros(2, 3, dtype=torch.bool))
+        post["deter"].pow(2).sum().backward()
+        assert bias.grad.abs().sum() > 0
 
 
 def test_action_conditioned_rssm_depends_on_actions():
@@ -553,6 +572,57 @@ def test_slow_critic_is_copied_every_n_updates():
     torch.testing.assert_close(slow(), fast())
 
 
+def _counting_imagine(policy, start, horizon):
+    """Imagined state t has the 1-d feature t, whatever the actions; two rollouts."""
+    features = torch.arange(horizon + 1.0).reshape(-1, 1, 1).expand(-1, 2, 1)
+    actions = torch.stack([policy(features[t]) for t in range(horizon)])
+    return Imagination(features, actions)
+
+
+@pytest.mark.parametrize("states, rewards, returns, actor_loss", [
+    # next: r_t = r(s_{t+1}); R_t = r_t + 0.5 R_{t+1}; a_t scored by R_t, t = 0, 1, 2
+    ("next", [1.0, 2.0, 3.0], [2.75, 3.5, 3.0], -(2.75 + 0.5 * 3.5 + 0.25 * 3.0) / 3),
+    # current (DreamerV2): r_t = r(s_t); a_t scored by R_{t+1}, t = 0, 1 (feat[:-2], target[1:])
+    ("current", [0.0, 1.0, 2.0], [1.0, 2.0, 2.0], -(2.0 + 0.5 * 2.0) / 2),
+])
+def test_imagined_rewards_are_read_at_the_configured_states(states, rewards, returns, actor_loss):
+    torch.manual_seed(0)
+    config = BehaviorConfig(horizon=3, gamma=0.5, lambda_=1.0, units=4, actor_layers=1,
+                            critic_layers=1, actor_entropy=0.0, imagined_reward_states=states)
+    agent = ActorCritic(1, 1, config)
+    for parameter in agent.slow_critic.parameters():  # v = 0: R_t = sum_i 0.5^i r_{t+i}
+        parameter.data.zero_()
+    seen = {}
+
+    def reward_of_state(trajectory):  # the reward of a state is its feature
+        seen["rewards"] = trajectory.scored_features()[..., 0]
+        return seen["rewards"]
+
+    metrics = agent.train_step(torch.zeros(2, 1), _counting_imagine, reward_of_state)
+    assert seen["rewards"][:, 0].tolist() == rewards
+    assert metrics["imagined_return"].item() == pytest.approx(returns[0])
+    trajectory = _counting_imagine(lambda features: torch.zeros(2, 1), None, 3)
+    hand_returns = torch.tensor(returns)[:, None].expand(3, 2)
+    weights = torch.tensor([1.0, 0.5, 0.25])[:, None].expand(3, 2)  # prod of discounts to s_t
+    loss, _ = agent._actor_loss(trajectory, hand_returns, torch.zeros(4, 2), weights)
+    assert loss.item() == pytest.approx(actor_loss)
+    with pytest.raises(ValueError, match="horizon"):
+        ActorCritic(1, 1, BehaviorConfig(horizon=1, imagined_reward_states="current"))
+
+
+def test_scored_states_pick_the_penalty_states_of_an_imagination():
+    rssm = make_rssm(ensemble=3)
+    start = rssm.initial(2)
+    imagination = rssm.imagine(lambda features: torch.zeros(2, 2), start, 3)
+    for scored, steps in (("next", slice(1, None)), ("current", slice(None, -1))):
+        imagination.scored = scored
+        expected = state_disagreement(
+            rssm, {key: value[steps] for key, value in imagination.states.items()}, "semopo_code")
+        torch.testing.assert_close(imagination_disagreement(rssm, imagination, "semopo_code"),
+                                   expected)
+        torch.testing.assert_close(imagination.scored_features(), imagination.features[steps])
+
+
 def test_behaviour_update_leaves_world_model_untouched():
     torch.manual_seed(0)
     model = WorldModel(2, WorldModelConfig(**TINY_MODEL, ensemble=3, seed=0))
@@ -724,6 +794,50 @@ def test_apply_gradients_refuses_to_bypass_float16_loss_scaling():
     with pytest.raises(RuntimeError, match="bfloat16"):
         optimizer.apply_gradients(gradients)
     assert torch.equal(before, layer.weight)
+
+
+def _two_branches(scaled=False):
+    """Two optimizers sharing ``shared`` (as SeMOPO's released branch optimizers share the joint
+    mask decoder), eps 1 so that Adam's first step ``lr * g / (|g| + 1)`` shows the clipping."""
+    a = torch.nn.Parameter(torch.tensor([1.0, 2.0]))   # first branch only
+    b = torch.nn.Parameter(torch.tensor([3.0]))        # second branch only
+    shared = torch.nn.Parameter(torch.tensor([0.5]))
+    settings = dict(lr=0.1, eps=1.0, clip=1.0, weight_decay=0.1)
+    first = Optimizer("first", [a, shared], **settings)
+    second = Optimizer("second", [b, shared], **settings)
+    if scaled:  # what precision="float16" builds on CUDA (here the CPU scaler)
+        first.scaler, second.scaler = torch.amp.GradScaler("cpu"), torch.amp.GradScaler("cpu")
+    return (a, b, shared), first, second
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_per_branch_optimizers_clip_and_decay_each_branch_on_its_own(scaled):
+    (a, b, shared), first, second = _two_branches(scaled)
+    loss_first = 12 * a[0] + 9 * shared[0]   # gradient norm 15, far above the clip 1
+    loss_second = 0.3 * b[0] + 0.4 * shared[0]  # gradient norm 0.5, under it
+    metrics = step_together((first, loss_first), (second, loss_second))
+    assert metrics["first_grad_norm"].item() == pytest.approx(15.0)
+    assert metrics["second_grad_norm"].item() == pytest.approx(0.5)
+
+    def adam(gradient):  # Adam's first step with eps 1: lr * g / (|g| + eps)
+        return 0.1 * gradient / (abs(gradient) + 1.0)
+
+    # each group: clip its own norm, multiply by 1 - 0.1 (DreamerV2, before the step), then step;
+    # the shared parameter is decayed and stepped by both, the first optimizer first
+    expected = {
+        "a": [1.0 * 0.9 - adam(12 / 15), 2.0 * 0.9],  # a[1] has no gradient: decay only
+        "b": [3.0 * 0.9 - adam(0.3)],                  # unclipped
+        "shared": [(0.5 * 0.9 - adam(9 / 15)) * 0.9 - adam(0.4)],
+    }
+    for name, parameter in (("a", a), ("b", b), ("shared", shared)):
+        assert parameter.tolist() == pytest.approx(expected[name], rel=1e-5), name
+    # one optimizer over everything clips the joint norm instead, which also shrinks b's step
+    (a, b, shared), _, _ = _two_branches()
+    joint = Optimizer("joint", [a, b, shared], lr=0.1, eps=1.0, clip=1.0, weight_decay=0.1)
+    joint.step(12 * a[0] + 9 * shared[0] + 0.3 * b[0] + 0.4 * shared[0])
+    norm = math.sqrt(12 ** 2 + 0.3 ** 2 + 9.4 ** 2)
+    assert b.item() == pytest.approx(3.0 * 0.9 - adam(0.3 / norm), rel=1e-5)
+    assert b.item() != pytest.approx(expected["b"][0], rel=1e-3)
 
 
 def test_autocast_is_a_no_op_on_cpu_and_rejects_unknown_precisions():

@@ -18,7 +18,7 @@ from baselines import offline_dv2
 from baselines.offline_dv2 import OfflineDV2Agent, OfflineDV2Config
 from lqv_d4rl.algorithms import ConfigError
 from lqv_d4rl.dataset import load_dataset
-from lqv_d4rl.networks import ActorCritic, BehaviorConfig, Imagination
+from lqv_d4rl.networks import ActorCritic, BehaviorConfig, Imagination, state_disagreement
 from lqv_d4rl.runs import Run, read_metrics
 from lqv_d4rl.synthetic import noise_batch
 
@@ -146,17 +146,42 @@ def test_config_sources_presets_and_errors():
         OfflineDV2Config(weight_decay=1.0)
 
 
-def test_weight_decay_shrinks_every_parameter_after_the_adam_step():
+def test_weight_decay_shrinks_every_parameter_before_the_adam_step():
+    # DreamerV2's Optimizer: grads taken and clipped, then var *= 1 - wd, then apply_gradients
     torch.manual_seed(0)
     plain = OfflineDV2Agent(6, tiny_config(weight_decay=0.0))
     torch.manual_seed(0)
     decayed = OfflineDV2Agent(6, tiny_config(weight_decay=0.1))
+    initial = [p.detach().clone() for p in plain.world_model.parameters()]
     batch = noise_batch(4, 8, 6)
     for agent in (plain, decayed):
         torch.manual_seed(1)
         agent.train_model_step(batch)
-    for (name, a), b in zip(plain.world_model.named_parameters(), decayed.world_model.parameters()):
-        torch.testing.assert_close(b, 0.9 * a, msg=name)
+    # the same gradients, so the same Adam step: after = 0.9 * before - step = plain - 0.1 * before
+    for (name, a), b, w in zip(plain.world_model.named_parameters(),
+                               decayed.world_model.parameters(), initial):
+        torch.testing.assert_close(b, a - 0.1 * w, msg=name)
+    behavior = decayed.behavior
+    assert behavior.actor_opt.weight_decay == behavior.critic_opt.weight_decay == 0.1
+
+
+def test_released_preset_reads_imagined_rewards_at_the_current_states():
+    released = offline_dv2.ALGORITHM.config("released")
+    assert (released.imagined_reward_states, released.model_steps, released.precision) == (
+        "current", 25_100, "float16")
+    assert offline_dv2.ALGORITHM.config("paper").imagined_reward_states == "next"
+    for states, steps in (("next", slice(1, None)), ("current", slice(None, -1))):
+        torch.manual_seed(0)
+        agent = OfflineDV2Agent(6, tiny_config(imagined_reward_states=states, horizon=3))
+        start = agent.start_states(noise_batch(4, 8, 6))
+        imagination = agent.behavior.imagine(agent.world_model.imagine, start)
+        _, reward, penalty = agent.penalized_reward(imagination)
+        model = agent.world_model
+        scored = {key: value[steps] for key, value in imagination.states.items()}
+        torch.testing.assert_close(reward, model.reward_head(imagination.features[steps]).mean)
+        torch.testing.assert_close(penalty, state_disagreement(model.rssm, scored, "semopo_code"))
+    with pytest.raises(ConfigError, match="horizon"):
+        tiny_config(imagined_reward_states="current", horizon=1)
 
 
 # ----------------------------------------------------------------------------------------------

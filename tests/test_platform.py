@@ -177,7 +177,9 @@ def test_released_preset_is_task_specific_and_matches_the_released_command():
     assert walker.replicate_off_by_one and walker.unique_returns
     assert (walker.penalty, walker.penalty_lambda, walker.model_lr) == ("semopo_code", 5.0, 3e-4)
     paper = semopo.config("paper", task="hopper_hop")
-    assert (paper.sampling, paper.conservative_pace, paper.penalty_lambda) == ("conservative", 1.0, 10.0)
+    assert (paper.sampling, paper.conservative_initial, paper.curriculum_steps) == (
+        "conservative", 10, None)
+    assert (paper.penalty, paper.penalty_lambda) == ("semopo_code", 10.0)
 
 
 def test_the_policy_phase_samples_the_frozen_prefix_of_the_released_curriculum(walker):
@@ -307,8 +309,9 @@ class SwayPolicy:
 
 def test_evaluation_is_the_same_in_any_number_of_workers(walker):
     env_kwargs = load_dataset(walker).eval_env_kwargs()
-    here = evaluate(SwayPolicy(), env_kwargs, episodes=3, seed=100, max_steps=6)
-    spread = evaluate(SwayPolicy(), env_kwargs, episodes=3, seed=100, max_steps=6, workers=2)
+    here = evaluate(SwayPolicy(), env_kwargs, episodes=3, first_episode_seed=100, max_steps=6)
+    spread = evaluate(SwayPolicy(), env_kwargs, episodes=3, first_episode_seed=100, max_steps=6,
+                      workers=2)
     assert here["returns"] == spread["returns"] and here["lengths"] == [6, 6, 6]
     assert len(set(here["returns"])) == 3  # each episode has its own seed
     low, high = 5.0, 598.0

@@ -149,7 +149,7 @@ def test_a_rerender_under_a_new_id_keeps_every_array_but_the_images(state_datase
     procedural, direct = state_datasets
     outcome = CliRunner().invoke(cli_main, [
         "rerender", f"{TASK}-medrep", "--root", str(procedural), "--to-root", str(tmp_path),
-        "--video-dir", str(videos), "--id", "walker-kinetics", "--workers", "2"])
+        "--video-dir", str(videos), "--id", "walker-kinetics", "--render-workers", "2"])
     assert outcome.exit_code == 0, outcome.output
     new, source, same = (load_dataset(folder) for folder in (
         tmp_path / "walker-kinetics", procedural / f"{TASK}-medrep", direct / f"{TASK}-medrep"))

@@ -17,6 +17,7 @@ import torch
 from lqv_d4rl import samplers
 from lqv_d4rl.samplers import (
     ConservativeSampler,
+    LiteralConservativeSampler,
     PolicyConservativeSampler,
     ReturnCurriculumSampler,
     SamplerError,
@@ -369,8 +370,49 @@ def test_conservative_trajectories_are_ordered_by_policy_then_recording_time():
     # recorded interleaved: b, a, b, a, c; policy steps a=100 < b=200 < c=300
     dataset = memory_dataset([20] * 5, policy_ids=["b", "a", "b", "a", "c"],
                              policy_steps=[200, 100, 200, 100, 300])
-    sampler = ConservativeSampler(dataset, seq_len=10)
-    assert sampler.trajectories.tolist() == [1, 3, 0, 2, 4]
+    for sampler in (ConservativeSampler(dataset, seq_len=10, order="policy"),
+                    LiteralConservativeSampler(dataset, seq_len=10)):
+        assert sampler.trajectories.tolist() == [1, 3, 0, 2, 4]
+
+
+def test_conservative_orders_trajectories_by_return_by_default():
+    dataset = memory_dataset([20] * 5, returns=[30.0, 10.0, 50.0, 10.0, 0.0])
+    assert ConservativeSampler(dataset, seq_len=10).trajectories.tolist() == [4, 1, 3, 0, 2]
+
+
+def test_conservative_prefix_grows_evenly_over_the_whole_curriculum():
+    sampler = ConservativeSampler(memory_dataset([12] * 400), seq_len=10, curriculum_steps=25_000)
+    counts = [sampler.allowed_count(step) for step in range(0, 25_000, 100)]
+    assert counts[0] == 10 and counts[-1] == 400  # the released code's 10 first, all n last
+    assert all(b - a in (1, 2) for a, b in zip(counts, counts[1:]))  # 390 over 249 blocks
+    assert sampler.allowed_count(22_500) < sampler.allowed_count(22_600) < 400  # still growing
+    assert sampler.allowed_count(24_899) < 400 == sampler.allowed_count(24_900)
+    assert sampler.allowed_count(10**6) == 400  # after the curriculum: the whole dataset
+
+
+@pytest.mark.parametrize("episodes, curriculum_steps, counts", [
+    (8, 50, {0: 8}),                    # one block: the whole dataset
+    (5, 1000, {0: 5, 999: 5}),          # fewer episodes than the initial 10
+    (30, 300, {0: 10, 100: 20, 199: 20, 200: 30}),
+])
+def test_conservative_prefix_on_short_curricula_and_small_datasets(episodes, curriculum_steps,
+                                                                     counts):
+    sampler = ConservativeSampler(memory_dataset([12] * episodes), seq_len=10,
+                                  curriculum_steps=curriculum_steps)
+    assert {step: sampler.allowed_count(step) for step in counts} == counts
+
+
+def test_conservative_batches_come_from_the_lowest_return_prefix():
+    returns = list(np.random.default_rng(1).permutation(40).astype(float))
+    dataset = memory_dataset([30] * 40, returns=returns)
+    sampler = make_sequence_sampler(dataset, mode="conservative", batch_size=64, seq_len=10,
+                                    seed=0, curriculum_steps=400, initial_trajectories=10)
+    lowest = {e for e in range(40) if returns[e] < 10}
+    first = sampler.sample()
+    assert set(first["episode"].tolist()) == lowest
+    assert_windows_consistent(dataset, first, 10)
+    sampler.set_step(399)
+    assert len(set(sampler.sample()["episode"].tolist())) > 20
 
 
 @pytest.mark.parametrize("pace, steps, counts", [
@@ -378,15 +420,15 @@ def test_conservative_trajectories_are_ordered_by_policy_then_recording_time():
     (0.5, [0, 1, 2, 3, 15, 100], [1, 1, 1, 2, 8, 8]),  # floor(m * pace), at least 1
     (3.0, [0, 1, 2], [3, 6, 8]),
 ])
-def test_conservative_allowed_trajectory_counts_follow_min_m_pace_n(pace, steps, counts):
-    sampler = ConservativeSampler(memory_dataset([20] * 8), seq_len=10, pace=pace)
+def test_literal_conservative_counts_follow_min_m_pace_n(pace, steps, counts):
+    sampler = LiteralConservativeSampler(memory_dataset([20] * 8), seq_len=10, pace=pace)
     assert [sampler.allowed_count(step) for step in steps] == counts
     assert sampler.num_trajectories == 8
 
 
-def test_conservative_batches_stay_inside_the_allowed_trajectories_then_open_up():
+def test_literal_conservative_batches_stay_inside_the_allowed_trajectories_then_open_up():
     dataset = mixed_policy_dataset()  # 24 trajectories, 4 per policy
-    sampler = make_sequence_sampler(dataset, mode="conservative", batch_size=32, seq_len=50,
+    sampler = make_sequence_sampler(dataset, mode="conservative_literal", batch_size=32, seq_len=50,
                                     seed=0, pace=0.25)
     seen_before_open = set()
     for step in range(96):
@@ -416,8 +458,8 @@ def test_a_one_policy_dataset_is_not_sampled_uniformly_and_has_lower_action_entr
     # the paper's Fig. 6 effect on a medium dataset: early conservative batches come from its first
     # trajectories only, so their actions are less varied than those of uniform batches
     dataset = smooth_medium_dataset()
-    conservative = make_sequence_sampler(dataset, mode="conservative", batch_size=32, seq_len=20,
-                                         seed=3)
+    conservative = make_sequence_sampler(dataset, mode="conservative_literal", batch_size=32,
+                                         seq_len=20, seed=3)
     uniform = make_sequence_sampler(dataset, batch_size=32, seq_len=20, seed=3)
     early = [conservative.sample() for _ in range(3)]  # from 1, 2 and 3 trajectories
     assert set(early[0]["episode"].tolist()) == {0}
@@ -429,7 +471,7 @@ def test_a_one_policy_dataset_is_not_sampled_uniformly_and_has_lower_action_entr
 
 def test_unknown_policies_keep_the_recording_order():
     dataset = memory_dataset([20] * 5, policy_ids=["unknown"] * 5)
-    sampler = ConservativeSampler(dataset, seq_len=10)
+    sampler = LiteralConservativeSampler(dataset, seq_len=10)
     assert sampler.trajectories.tolist() == [0, 1, 2, 3, 4]
     assert set(sampler.sample()["episode"].tolist()) == {0}
 
@@ -562,9 +604,12 @@ def test_transitions_stack_frames_repeating_the_first_at_episode_starts():
     assert np.array_equal(batch["action"], dataset.actions[next_rows])
     assert not np.any(np.all(batch["action"] == 0, axis=1))  # never the entry-0 placeholder
     assert np.array_equal(batch["reward"], dataset.rewards[next_rows])
-    assert np.array_equal(batch["terminal"], dataset.is_terminal[next_rows])
-    assert batch["terminal"][batch["episode"] == 1].all()
-    assert np.all(batch["discount"][batch["terminal"]] == 0)
+    assert np.array_equal(batch["is_terminal"], dataset.is_terminal[next_rows])
+    assert batch["is_terminal"][batch["episode"] == 1].all()
+    assert np.all(batch["discount"][batch["is_terminal"]] == 0)
+    with pytest.warns(DeprecationWarning, match="is_terminal"):  # the old name, for a while
+        assert batch["terminal"] is batch["is_terminal"]
+    assert "terminal" not in batch and "terminal" not in list(batch)
 
 
 def test_transitions_are_seeded():
@@ -609,9 +654,11 @@ def test_action_entropy_leaves_out_first_entries():
 
 def test_torch_iterator_yields_the_serial_batches_in_order():
     dataset = mixed_policy_dataset()
-    serial = make_sequence_sampler(dataset, mode="conservative", batch_size=4, seq_len=10, pace=0.5)
+    serial = make_sequence_sampler(dataset, mode="conservative_literal", batch_size=4, seq_len=10,
+                                   pace=0.5)
     expected = [serial.sample() for _ in range(7)]
-    sampler = make_sequence_sampler(dataset, mode="conservative", batch_size=4, seq_len=10, pace=0.5)
+    sampler = make_sequence_sampler(dataset, mode="conservative_literal", batch_size=4, seq_len=10,
+                                    pace=0.5)
     with TorchBatchIterator(sampler, prefetch=3, num_batches=7) as iterator:
         batches = list(iterator)
     assert len(batches) == 7
@@ -693,7 +740,7 @@ def test_samplers_read_the_written_episodes(tiny_dataset_path, lazy):
 
     dataset = load_dataset(tiny_dataset_path, lazy=lazy)
     assert len(dataset) == 6
-    sampler = make_sequence_sampler(dataset, mode="conservative", batch_size=6, seq_len=8)
+    sampler = make_sequence_sampler(dataset, mode="conservative_literal", batch_size=6, seq_len=8)
     assert sampler.trajectories.tolist() == [0, 1, 2, 3, 4, 5]  # policies 00, 01, 02 in blocks
     for step in range(4):
         batch = sampler.sample()

@@ -72,5 +72,5 @@ def test_dataset_reference_loads_the_three_levels_from_root(tmp_path):
     assert reference_range("hopper_hop", "dataset", root=tmp_path) == expected
     mid = sum(expected) / 2
     assert get_normalized_score("hopper_hop", mid, "dataset", root=tmp_path) == pytest.approx(0.5)
-    with pytest.raises(DatasetNotFoundError, match="lqv-d4rl generate walker_walk --levels random"):
+    with pytest.raises(DatasetNotFoundError, match="lqv-d4rl generate walker_walk --preset smoke --levels random"):
         get_normalized_score("walker_walk", 1.0, "dataset", root=tmp_path)

@@ -198,7 +198,8 @@ def test_presets_and_config_errors():
     assert (paper.batch_size, paper.seq_len, paper.depth, paper.units) == (64, 50, 48, 400)
     assert (paper.model_lr, paper.actor_lr, paper.critic_lr, paper.clip) == (6e-5, 8e-5, 8e-5, 100)
     assert (paper.model_steps, paper.policy_steps, paper.horizon) == (25_000, 100_000, 5)
-    assert (paper.penalty_lambda, paper.sampling) == (10.0, "conservative")
+    assert (paper.penalty_lambda, paper.sampling, paper.penalty) == (10.0, "conservative",
+                                                                      "semopo_code")
     released = semopo.preset("released")
     assert (released.model_lr, released.penalty_lambda, released.penalty) == (3e-4, 5.0, "semopo_code")
     assert semopo.SeMOPOConfig.from_dict(paper.to_dict()) == paper
@@ -229,10 +230,39 @@ def test_config_rejects_out_of_range_loss_and_return_settings(field, value):
 # ----------------------------------------------------------------------------------------------
 
 
+def episodes_only_dataset(count, length=51):
+    """The flat arrays a curriculum reads (episode table, returns, policies), no real frames."""
+    from types import SimpleNamespace
+
+    steps = count * length
+    return SimpleNamespace(
+        images=np.zeros((steps, 1, 1, 3), np.uint8), actions=np.zeros((steps, 6), np.float32),
+        rewards=np.zeros(steps, np.float32), discounts=np.ones(steps, np.float32),
+        is_first=np.zeros(steps, bool), is_last=np.zeros(steps, bool),
+        is_terminal=np.zeros(steps, bool), episode_starts=np.arange(count) * length,
+        episode_lengths=np.full(count, length), returns=np.linspace(0.0, 500.0, count),
+        policy_ids=np.array([f"p{e // 10}" for e in range(count)]),
+        policy_steps=np.arange(count) // 10)
+
+
+@pytest.mark.parametrize("episodes", [200, 400])
+def test_the_paper_curriculum_grows_through_the_whole_model_phase(episodes):
+    from semopo.training import make_sampler
+
+    config = semopo.preset("paper")
+    sampler = make_sampler(episodes_only_dataset(episodes), config.sampling, config, 0)
+    steps = config.model_steps
+    at = [sampler.allowed_count(int(fraction * steps)) for fraction in (0.0, 0.5, 0.9, 0.95)]
+    assert at[0] == 10 and at[0] < at[1] < at[2] < at[3] < episodes  # still growing at 90 %
+    assert sampler.allowed_count(steps - 1) == episodes  # the whole dataset by the end
+    literal = make_sampler(episodes_only_dataset(episodes), "conservative_literal", config, 0)
+    assert literal.allowed_count(int(0.02 * steps)) == episodes  # the ablation: over at 2 %
+
+
 def test_conservative_batches_have_lower_action_entropy(walker_dataset):
     dataset = load_dataset(walker_dataset)
     assert dataset.policies() == list(WALKER_POLICIES)
-    config = tiny_config(batch_size=8, model_steps=40)
+    config = tiny_config(batch_size=8, model_steps=400, conservative_initial=1)
     rows = sampling_action_entropy(dataset, config, batches=4, points=5, seed=0,
                                    modes=("conservative", "random"))
     mean = {mode: np.mean([row["entropy"] for row in rows if row["mode"] == mode])
@@ -284,7 +314,8 @@ def test_smoke_run_trains_evaluates_and_resumes(walker_dataset, tmp_path):
         semopo.train(dataset, config.updated(penalty_lambda=1.0), seed=0,
                      log_dir=tmp_path / "run", resume=True)
 
-    result = evaluate(resumed.policy(), dataset.eval_env_kwargs(), episodes=1, seed=7, max_steps=4)
+    result = evaluate(resumed.policy(), dataset.eval_env_kwargs(), episodes=1, first_episode_seed=7,
+                      max_steps=4)
     assert result["lengths"] == [4] and len(result["returns"]) == 1
     low, high = 5.0, 598.0
     assert result["normalized_scores"][0] == pytest.approx((result["returns"][0] - low) / (high - low))

@@ -14,11 +14,13 @@ from ..errors import LQVError
 from . import data_commands, env_commands, generate_commands, hub_commands, train_commands
 from . import uncertainty_commands
 from . import leaderboard_commands
+from . import exogenous_commands
 from .hints import cli_error
 
 _COMMAND_MODULES = (
     env_commands,
     generate_commands,
+    exogenous_commands,
     data_commands,
     hub_commands,
     train_commands,
@@ -65,7 +67,8 @@ class _Group(click.Group):
             ) from None
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"],
+                                           "show_default": True})  # every verb's --help
 @click.version_option(__version__, prog_name="lqv-d4rl")
 def main():
     """LQV-D4RL: offline visual RL datasets with driving-video distractors."""

@@ -46,7 +46,8 @@ def _friendly_errors(command):
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @_friendly_errors
 def list_command(root, remote, repo_id, revision, as_json):
-    """List the 15 benchmark datasets and whether each is on disk, plus custom datasets."""
+    """List the 15 benchmark datasets with what is on disk of each (its real episode count) next
+    to the paper's episode count, plus custom datasets."""
     from ..registry import dataset_root
 
     if remote:
@@ -66,8 +67,14 @@ def list_command(root, remote, repo_id, revision, as_json):
         columns = ("dataset_id", "local")
     else:
         click.echo(f"Datasets under {dataset_root(root)}:")
-        columns = ("dataset_id", "task", "level", "episodes", "local")
+        rows = [{**row, "on disk": row["local"], "paper": _paper_count(row)} for row in rows]
+        columns = ("dataset_id", "task", "level", "on disk", "paper")
     click.echo(_text_table(rows, columns))
+
+
+def _paper_count(row) -> str:
+    """The ``paper`` cell of ``list``: the paper's episode count ('-' for a custom dataset)."""
+    return "-" if row["paper_episodes"] is None else f"{row['paper_episodes']} episodes"
 
 
 def _registry_rows(root) -> list[dict]:
@@ -76,17 +83,29 @@ def _registry_rows(root) -> list[dict]:
     rows = []
     for dataset_id in DATASET_IDS:
         recipe = get_recipe(dataset_id)
+        folder = dataset_path(dataset_id, root)
         rows.append(
             {
                 "dataset_id": dataset_id,
                 "task": recipe.task,
                 "level": recipe.level,
-                "episodes": recipe.episodes,
-                "local": local_status(dataset_path(dataset_id, root)),
+                "episodes": _episodes_on_disk(folder),
+                "paper_episodes": recipe.episodes,
+                "local": local_status(folder),
                 "custom": False,
             }
         )
     return rows
+
+
+def _episodes_on_disk(folder: Path) -> int | None:
+    """Episodes the manifest in ``folder`` records (finished shards only), or None without one."""
+    from ..format import read_manifest
+
+    try:
+        return int(read_manifest(folder).get("num_episodes", 0))
+    except (LQVError, OSError):
+        return None
 
 
 def _custom_rows(root) -> list[dict]:
@@ -112,7 +131,8 @@ def _custom_rows(root) -> list[dict]:
                 "dataset_id": candidate.name,
                 "task": manifest.get("task", "?"),
                 "level": manifest.get("level", "?"),
-                "episodes": manifest.get("num_episodes", "?"),
+                "episodes": manifest.get("num_episodes"),
+                "paper_episodes": None,
                 "local": local_status(candidate),
                 "custom": True,
             }
@@ -213,6 +233,7 @@ def dataset_report(folder: Path) -> dict:
         "level": manifest.get("level"),
         "complete": bool(manifest.get("complete", False)),
         "num_episodes": len(data),
+        "paper_episodes": None if paper is None else paper["episodes"],
         "num_steps": int(data.num_steps),
         "returns": return_statistics(data.returns),
         "paper_returns": paper,
@@ -242,6 +263,7 @@ def format_dataset_report(report: dict) -> str:
         f"{report['dataset_id']}  (task {report['task']}, level {report['level']}"
         f"{'' if report['complete'] else ', INCOMPLETE'})",
         f"folder: {report['folder']}",
+        episodes_line(report),
         "",
         "Episodic return:",
         format_statistics_table(rows),
@@ -263,6 +285,18 @@ def format_dataset_report(report: dict) -> str:
     if provenance.get("source"):
         lines.append(f"  source:       {provenance['source']}")
     return "\n".join(lines)
+
+
+def episodes_line(report: dict) -> str:
+    """``episodes: 155 (paper: 400)`` where the count differs from the paper's recipe,
+    ``episodes: 200 (as in the paper)`` where it agrees, ``episodes: 6`` for a custom dataset."""
+    episodes, paper = report["num_episodes"], report.get("paper_episodes")
+    so_far = "" if report["complete"] else " so far"
+    if paper is None:
+        return f"episodes: {episodes}{so_far}"
+    if episodes == paper:
+        return f"episodes: {episodes}{so_far} (as in the paper)"
+    return f"episodes: {episodes}{so_far} (paper: {paper})"
 
 
 def _describe_distractor(description) -> str:
@@ -322,16 +356,26 @@ def verify_command(dataset, root, require_complete):
 # ------------------------------------------------------------------------------------ preview
 
 
+PNG_EPISODES = 4
+"""Episodes a default PNG preview shows, spread evenly over the dataset (first and last too)."""
+PNG_FRAMES = 8
+"""Frames per episode of a default PNG preview, spread evenly over the episode."""
+
+
 @click.command("preview")
 @click.argument("dataset")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Output file: .gif (animation) or .png (contact sheet, one row per episode).")
-@click.option("--episodes", default="0", show_default=True,
+              help="Output file: .gif (animation) or .png (contact sheet, one labelled row per "
+                   "episode: episode index, policy, return, and each frame's step).")
+@click.option("--episodes", default=None,
+              show_default=f"PNG: {PNG_EPISODES} spread over the dataset; GIF: 0",
               help="Comma-separated episode indices, e.g. 0,3.")
 @click.option("--frames", type=click.IntRange(min=1), default=None,
-              help="Frames per episode (default: all for a GIF, 10 for a PNG).")
-@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Take every K-th frame.")
+              show_default=f"PNG: {PNG_FRAMES} spread over each episode; GIF: all",
+              help="Frames per episode.")
+@click.option("--every", type=click.IntRange(min=1), default=None,
+              show_default="1 for a GIF; a PNG spreads its frames instead",
+              help="Take every K-th frame from the episode's start.")
 @click.option("--fps", type=click.IntRange(min=1), default=15, show_default=True,
               help="Frames per second of the GIF (ignored for a PNG).")
 @click.option("--scale", type=click.IntRange(min=1), default=2, show_default=True,
@@ -339,26 +383,71 @@ def verify_command(dataset, root, require_complete):
 @root_option
 @_friendly_errors
 def preview_command(dataset, out, episodes, frames, every, fps, scale, root):
-    """Write a GIF or PNG contact sheet of DATASET's episodes."""
-    import numpy as np
-
+    """Write a GIF or a labelled PNG contact sheet of DATASET's episodes."""
     from ..dataset import load_dataset, resolve_dataset_folder
-    from ..images import save_preview
 
     suffix = out.suffix.lower()
     if suffix not in (".gif", ".png"):
         raise click.BadParameter("the file must end in .gif or .png", param_hint="--out")
     folder = resolve_dataset_folder(dataset, root)
     data = load_dataset(folder, lazy=True, verify=False, allow_partial=True)
-    indices = _parse_episode_indices(episodes, len(data))
-    if frames is None:
-        frames = 10 if suffix == ".png" else None
+    if episodes is None:
+        indices = spread(len(data), PNG_EPISODES) if suffix == ".png" else [0]
+    else:
+        indices = _parse_episode_indices(episodes, len(data))
+    if suffix == ".png":
+        path = _write_png_preview(data, indices, out, frames=frames or PNG_FRAMES, every=every,
+                                  scale=scale)
+        what = "labelled PNG"
+    else:
+        path = _write_gif_preview(data, indices, out, frames=frames, every=every or 1, fps=fps,
+                                  scale=scale)
+        what = "GIF"
+    click.echo(f"Wrote {path} ({what} of episode(s) {', '.join(map(str, indices))})")
+
+
+def spread(count: int, wanted: int) -> list[int]:
+    """``wanted`` indices spread evenly over ``range(count)``, first and last included (fewer when
+    ``count`` is smaller)."""
+    import numpy as np
+
+    return sorted({int(i) for i in np.round(np.linspace(0, count - 1, min(wanted, count)))})
+
+
+def _preview_steps(length: int, frames: int | None, every: int | None) -> list[int]:
+    """Which entries of an episode of ``length`` to show: every ``every``-th from the start (at most
+    ``frames``), or, without ``every``, ``frames`` spread evenly over the episode."""
+    if every is not None or frames is None:
+        steps = list(range(0, length, every or 1))
+        return steps if frames is None else steps[:frames]
+    return spread(length, frames)
+
+
+def _write_png_preview(data, indices, out, *, frames, every, scale):
+    """One labelled row per episode (:func:`lqv_d4rl.images.save_labelled_sheet`)."""
+    import numpy as np
+
+    from ..images import SheetRow, save_labelled_sheet
+
+    rows = []
+    for index in indices:
+        start, length = int(data.episode_starts[index]), int(data.episode_lengths[index])
+        steps = _preview_steps(length, frames, every)
+        images = np.asarray(data.images[[start + step for step in steps]])
+        caption = (f"episode {index} | policy {data.policy_ids[index]} | "
+                   f"return {float(data.returns[index]):.1f} | {length} entries")
+        rows.append(SheetRow(images, caption, [f"step {step}" for step in steps]))
+    return save_labelled_sheet(rows, out, scale=scale)
+
+
+def _write_gif_preview(data, indices, out, *, frames, every, fps, scale):
+    """The episodes' frames one after another as an animation."""
+    import numpy as np
+
+    from ..images import save_preview
+
     clips = [_episode_frames(data, index, every, frames) for index in indices]
-    same_length = len({len(clip) for clip in clips}) == 1
-    columns = len(clips[0]) if suffix == ".png" and same_length else None
-    path = save_preview(np.concatenate(clips), out, fps=fps, columns=columns, scale=scale)
-    total = sum(len(clip) for clip in clips)
-    click.echo(f"Wrote {path} ({total} frames of episode(s) {', '.join(map(str, indices))})")
+    return save_preview(np.concatenate(clips), out, fps=fps, scale=scale)
 
 
 def _parse_episode_indices(text: str, num_episodes: int) -> list[int]:

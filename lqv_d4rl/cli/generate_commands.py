@@ -2,13 +2,22 @@
 and ``lqv-d4rl rerender ID`` (the same episodes over other backgrounds)."""
 
 import click
+from click.core import ParameterSource
 
 from ..tasks import LEVELS
 from .hints import TaskChoice
-from .options import ROOT_DEFAULT, ROOT_HELP, check_device_name, check_levels
+from .options import ROOT_DEFAULT, ROOT_HELP, check_device_name, check_levels, deprecated_alias
+
+
+def _workers_flag(values):
+    """What the deprecated ``generate --workers`` meant: environment processes for tia, render
+    processes for sac-state."""
+    return "--render-workers" if values["behaviour"] == "sac-state" else "--env-workers"
 
 
 @click.command()
+@deprecated_alias("--workers", _workers_flag, type=click.IntRange(min=1),
+                  help_text="Deprecated: --env-workers for tia, --render-workers for sac-state.")
 @click.argument("task", type=TaskChoice())
 @click.option("--levels", default=",".join(LEVELS), show_default=True, callback=check_levels,
               help="Comma-separated levels to generate: random, medrep, medium.")
@@ -22,19 +31,24 @@ from .options import ROOT_DEFAULT, ROOT_HELP, check_device_name, check_levels
                    "SAC trained on states (V-D4RL's way), frames rendered afterwards (a CPU "
                    "recipe).")
 @click.option("--preset", type=click.Choice(["smoke", "paper", "cpu"]), default=None,
-              help="tia: smoke (default; tiny pipeline check, NOT the benchmark) or paper (the "
-                   "published sizes and schedule, a GPU job); sac-state: cpu (default; the "
+              show_default="smoke for tia, cpu for sac-state",
+              help="tia: smoke (tiny pipeline check, NOT the benchmark) or paper (the "
+                   "published sizes and schedule, a GPU job); sac-state: cpu (the "
                    "published episode counts on a CPU) or smoke.")
 @click.option("--device", default="cpu", show_default=True, callback=check_device_name,
               help="Torch device of the TIA agents: cpu or cuda (cuda:N).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="tia: environment worker processes (also the number of episodes played at "
-                   "once); sac-state: render processes (the bytes do not depend on it).")
+@click.option("--env-workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="tia only: environment processes (also the number of episodes played at "
+                   "once, so part of the recipe: it changes the bytes).")
+@click.option("--render-workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="sac-state only: processes that render the recorded episodes (the bytes do "
+                   "not depend on it).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of everything; same seed, preset and workers give the same bytes.")
+              help="Seed of everything; same seed, preset and --env-workers give the same bytes.")
 @click.option("--overwrite", is_flag=True,
               help="Replace finished datasets and restart the training run.")
-def generate(task, levels, root, video_dir, behaviour, preset, device, workers, seed, overwrite):
+def generate(task, levels, root, video_dir, behaviour, preset, device, env_workers,
+             render_workers, seed, overwrite):
     """Make the datasets of TASK with behaviour policies trained on it.
 
     TASK is walker_walk, cheetah_run, hopper_hop, humanoid_walk or car_racing (tia only).
@@ -45,6 +59,7 @@ def generate(task, levels, root, video_dir, behaviour, preset, device, workers, 
     """
     from collectors.generate import generate as run_generate
 
+    workers = _generate_workers(behaviour, env_workers, render_workers)
     result = run_generate(task, levels=levels, root=root, video_dir=video_dir,
                           behaviour=behaviour, preset=preset, device=device, workers=workers,
                           seed=seed, overwrite=overwrite)
@@ -52,7 +67,24 @@ def generate(task, levels, root, video_dir, behaviour, preset, device, workers, 
         click.echo(f"{task}-{level}: {folder}")
 
 
+def _generate_workers(behaviour, env_workers, render_workers):
+    """The process count ``collectors.generate`` takes as ``workers``: environment processes for
+    tia, render processes for sac-state; giving the other behaviour's option is a usage error."""
+    given = click.get_current_context().get_parameter_source
+    if behaviour == "tia":
+        if given("render_workers") == ParameterSource.COMMANDLINE:
+            raise click.UsageError("--render-workers does not apply to --behaviour tia (TIA "
+                                   "renders while it plays); use --env-workers")
+        return env_workers
+    if given("env_workers") == ParameterSource.COMMANDLINE:
+        raise click.UsageError("--env-workers does not apply to --behaviour sac-state (it plays "
+                               "episodes on the physics alone and renders them afterwards); use "
+                               "--render-workers")
+    return render_workers
+
+
 @click.command()
+@deprecated_alias("--workers", "--render-workers", type=click.IntRange(min=1))
 @click.argument("dataset_id")
 @click.option("--video-dir", required=True,
               help="Folder or glob of driving videos for the new background (e.g. Kinetics-400 "
@@ -62,16 +94,16 @@ def generate(task, levels, root, video_dir, behaviour, preset, device, workers, 
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help=f"Dataset root of the source ({ROOT_DEFAULT}).")
 @click.option("--to-root", type=click.Path(file_okay=False), default=None,
-              help="Dataset root of the new dataset (default: the source's root).")
+              show_default="the source's root", help="Dataset root of the new dataset.")
 @click.option("--composite", type=click.Choice(["segmentation", "color"]), default=None,
-              help="How the background is put behind the agent (default: as in the source).")
+              show_default="as in the source", help="How the background is put behind the agent.")
 @click.option("--rgb-background", is_flag=True, default=None,
               help="Colour backgrounds (the paper's Table 2 variant) instead of grayscale.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--render-workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Render processes (the bytes do not depend on it).")
 @click.option("--overwrite", is_flag=True, help="Replace a finished dataset of that id.")
-def rerender(dataset_id, video_dir, new_id, root, to_root, composite, rgb_background, workers,
-             overwrite):
+def rerender(dataset_id, video_dir, new_id, root, to_root, composite, rgb_background,
+             render_workers, overwrite):
     """Render every frame of DATASET_ID again over other background videos.
 
     Replays the stored physics states (format version 2, dm_control tasks) and writes a complete
@@ -83,8 +115,8 @@ def rerender(dataset_id, video_dir, new_id, root, to_root, composite, rgb_backgr
 
     video_dir = None if video_dir == "procedural" else video_dir
     folder = run_rerender(dataset_id, new_id, video_dir=video_dir, root=root, to_root=to_root,
-                          composite=composite, rgb_background=rgb_background, workers=workers,
-                          overwrite=overwrite)
+                          composite=composite, rgb_background=rgb_background,
+                          workers=render_workers, overwrite=overwrite)
     click.echo(f"{new_id}: {folder}")
 
 

@@ -1,8 +1,10 @@
-"""Options several verbs share, worded once."""
+"""Options several verbs share, worded once, and :func:`deprecated_alias` for renamed options."""
 
+import functools
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 ROOT_DEFAULT = "default: $LQV_D4RL_ROOT, else ~/.lqv_d4rl"
 """How every ``--root`` help text names the default dataset root."""
@@ -53,3 +55,54 @@ def check_device_name(ctx, param, device):
     except DeviceUnavailableError as err:
         raise click.BadParameter(str(err)) from None
     return device
+
+
+# ------------------------------------------------------------------------ deprecated names
+
+
+def deprecation_warning(old: str, new: str, command: str = "") -> str:
+    """The warning printed when a deprecated option name is used (worded once for every verb)."""
+    where = f" of `{command}`" if command else ""
+    return f"Warning: option {old}{where} is deprecated and will be removed; use {new} instead."
+
+
+def deprecated_alias(old: str, new, *, help_text: str | None = None, **option_kwargs):
+    """Decorator: a hidden option ``old`` that is an old name of the option ``new``.
+
+    ``new`` is the new option's flag (``"--eval-workers"``; its value goes to the parameter of
+    that name, ``eval_workers``), or a function of the command's other values returning that flag
+    (for an old name that now splits into several, e.g. ``generate --workers``). When ``old`` is
+    given, a warning goes to stderr and its value replaces the new option's; giving both is a
+    usage error. ``option_kwargs`` (type, is_flag, ...) are those of the new option. Put the
+    decorator above the command's other options (it wraps the function they decorate).
+    """
+    alias_dest = "deprecated_" + old.lstrip("-").replace("-", "_")
+
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            value = kwargs.pop(alias_dest)
+            ctx = click.get_current_context()
+            if _given(ctx, alias_dest):
+                flag = new(kwargs) if callable(new) else new
+                dest = flag.lstrip("-").replace("-", "_")
+                if _given(ctx, dest):
+                    raise click.UsageError(f"{old} is the deprecated name of {flag}; give {flag} "
+                                           "only", ctx)
+                click.echo(deprecation_warning(old, flag, ctx.command_path), err=True)
+                kwargs[dest] = value
+            return function(*args, **kwargs)
+
+        what = new if isinstance(new, str) else "the options that replace it"
+        option = click.option(old, alias_dest, hidden=True, default=None,
+                              help=help_text or f"Deprecated name of {what}.", **option_kwargs)
+        return option(wrapper)
+
+    return decorate
+
+
+def _given(ctx, name) -> bool:
+    """Whether the parameter ``name`` got its value from the command line or the environment."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source not in (ParameterSource.DEFAULT,
+                                                 ParameterSource.DEFAULT_MAP)

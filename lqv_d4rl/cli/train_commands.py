@@ -8,13 +8,15 @@ built, so ``lqv-d4rl --help`` loads no algorithm and no torch.
 """
 
 import dataclasses
+import json
 from pathlib import Path
 
 import click
 
 from ..errors import DatasetNotFoundError
+from .cpu_guard import ALLOW_FLAG, ALLOW_HELP, confirm_long_cpu_run
 from .hints import not_found_error
-from .options import ROOT_DEFAULT, ROOT_HELP, check_device_name
+from .options import ROOT_DEFAULT, ROOT_HELP, check_device_name, deprecated_alias
 
 SHORT_FORMS = {"semopo": "semopo"}
 """Top-level verbs that are ``train NAME``."""
@@ -27,26 +29,28 @@ def _common_options(command, presets, field_names):
     """Add the options every ``train ALGO`` command has (those not named like a config field)."""
     options = [
         click.option("--preset", type=click.Choice(list(presets)), default=None,
-                     help="Named config of the algorithm. Default: paper on a CUDA device, smoke "
-                          "on a CPU (a paper-size run is a GPU job)."),
+                     show_default="paper on a CUDA device, smoke on a CPU",
+                     help="Named config of the algorithm (a paper-size run is a GPU job)."),
         click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
                      help="Set a config field (repeatable), e.g. --set penalty_lambda=5."),
         click.option("--device", default=None, callback=check_device_name,
-                     help="Torch device: cpu, cuda or cuda:N (default: cuda if there is one)."),
+                     show_default="cuda if there is one, else cpu",
+                     help="Torch device: cpu, cuda or cuda:N."),
         click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True,
                      help="Seeds the whole run (initialization, sampling, evaluation)."),
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Run folder (default: runs/<algo>/<dataset>-seed<seed>)."),
+                     show_default="runs/<algo>/<dataset>-seed<seed>", help="Run folder."),
         click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help=ROOT_HELP),
         click.option("--resume", is_flag=True, help="Continue the unfinished run in --out."),
         click.option("--overwrite", is_flag=True, help="Replace the run in --out (finished or not)."),
         click.option("--eval-episodes", type=click.IntRange(min=1), default=None,
-                     help="Evaluation episodes (default: the config's eval_episodes)."),
+                     show_default="the config's eval_episodes", help="Evaluation episodes."),
         click.option("--eval-workers", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Processes that play evaluation episodes in parallel."),
-        click.option("--rgb-eval", is_flag=True,
-                     help="Also evaluate over colour backgrounds (the paper's Table 2)."),
+        click.option("--rgb-background", is_flag=True,
+                     help="Also evaluate over colour backgrounds (the paper's Table 2); writes "
+                          "eval_rgb.json."),
         click.option("--video-dir", default=None,
                      help="Where the dataset's background videos are, if not at the path its "
                           "manifest records; 'procedural' for an imported dataset."),
@@ -56,6 +60,7 @@ def _common_options(command, presets, field_names):
         click.option("--deterministic", is_flag=True,
                      help="CUDA: deterministic kernels (slower), so a seed repeats its run on the "
                           "same GPU and software. CPU runs repeat anyway."),
+        click.option(ALLOW_FLAG, is_flag=True, help=ALLOW_HELP),
     ]
     for option in reversed(options):
         dest = option(lambda: None).__click_params__[0].name
@@ -64,18 +69,48 @@ def _common_options(command, presets, field_names):
     return command
 
 
-def _field_option(field, kind, doc):
-    """A click option for one config field; its value is None unless given."""
+def _field_option(field, kind, doc, default_text):
+    """A click option for one config field; its value is None unless given (the preset's value is
+    used then), and its help shows ``default_text``, the presets' values."""
     name = "--" + field.name.replace("_", "-")
     help_text = " ".join((doc or "").replace("``", "").split()) or None
+    shown = {"default": None, "help": help_text, "show_default": default_text}
     if kind is bool:
-        return click.option(f"{name}/--no-{name[2:]}", field.name, default=None, help=help_text)
+        return click.option(f"{name}/--no-{name[2:]}", field.name, **shown)
     if kind in (int, float, str):
-        return click.option(name, field.name, type=kind, default=None, help=help_text,
+        return click.option(name, field.name, type=kind, **shown,
                             metavar={str: "TEXT", int: "INTEGER", float: "NUMBER"}[kind])
     # optional values, dicts and lists: parsed like --set, so "none" and JSON work
-    return click.option(name, field.name, type=str, default=None, help=help_text,
-                        metavar="VALUE", callback=_parse_later)
+    return click.option(name, field.name, type=str, **shown, metavar="VALUE",
+                        callback=_parse_later)
+
+
+def preset_defaults(algorithm):
+    """``{field: "its default"}`` for ``train ALGO --help``: the value every preset gives a field,
+    or the presets' values where they differ (default preset first, presets with the same value
+    together), e.g. ``paper, released: 64; smoke: 8``. Per-task changes are not listed."""
+    presets = sorted(algorithm.presets, key=lambda name: name != algorithm.default_preset)
+    configs = {preset: dataclasses.asdict(algorithm.config(preset)) for preset in presets}
+    texts = {}
+    for field in dataclasses.fields(algorithm.config_class):
+        by_value = {}
+        for preset in presets:
+            by_value.setdefault(_shown_value(configs[preset][field.name]), []).append(preset)
+        if len(by_value) == 1:
+            texts[field.name] = next(iter(by_value))
+        else:
+            texts[field.name] = "; ".join(f"{', '.join(names)}: {value}"
+                                          for value, names in by_value.items())
+    return texts
+
+
+def _shown_value(value):
+    """A config value as one would type it after ``--set field=``."""
+    if value is None or isinstance(value, bool):
+        return {None: "none", True: "true", False: "false"}[value]
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value)
+    return str(value)
 
 
 class _Unparsed(str):
@@ -94,6 +129,7 @@ def build_train_command(name, command_name=None):
     docs = algorithms.field_docs(algorithm.config_class)
     kinds = algorithms.field_types(algorithm.config_class)
     fields = dataclasses.fields(algorithm.config_class)
+    defaults = preset_defaults(algorithm)
 
     def callback(dataset, **values):
         common = {key: values.pop(key) for key in list(values) if key not in kinds}
@@ -108,8 +144,11 @@ def build_train_command(name, command_name=None):
         "config field below can also be given with --set FIELD=VALUE.")
     command = click.argument("dataset")(callback)
     for field in reversed(fields):
-        command = _field_option(field, kinds[field.name], docs.get(field.name))(command)
+        command = _field_option(field, kinds[field.name], docs.get(field.name),
+                                defaults[field.name])(command)
     command = _common_options(command, algorithm.presets, set(kinds))
+    if "rgb_eval" not in kinds:
+        command = deprecated_alias("--rgb-eval", "--rgb-background", is_flag=True)(command)
     return click.command(command_name or name, context_settings={"max_content_width": 100})(command)
 
 
@@ -130,18 +169,36 @@ def _run_train(algorithm, dataset, common, fields_given):
                  if not isinstance(value, _Unparsed)}
     seed = common["seed"]
     out = common["out"] or Path("runs") / algorithm.name / f"{Path(str(dataset)).name}-seed{seed}"
+    settings = [*settings, *common["settings"]]
     try:
+        if device == "cpu":
+            _confirm_cpu_run(algorithm, preset, overrides, settings, common)
         run_experiment(algorithm, dataset, preset=preset, overrides=overrides,
-                       settings=[*settings, *common["settings"]], out=out, seed=seed, device=device,
+                       settings=settings, out=out, seed=seed, device=device,
                        root=common["root"], resume=common["resume"], overwrite=common["overwrite"],
                        eval_episodes=common["eval_episodes"], eval_workers=common["eval_workers"],
-                       rgb_eval=common["rgb_eval"], video_dir=common["video_dir"],
+                       rgb_background=common["rgb_background"], video_dir=common["video_dir"],
                        analyse=not common["no_analysis"], stop_after=common["stop_after"],
                        deterministic=common["deterministic"], echo=click.echo)
     except DatasetNotFoundError as err:
         raise not_found_error(err, [dataset]) from None
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
+
+
+def _confirm_cpu_run(algorithm, preset, overrides, settings, common):
+    """Print the projected CPU time of this run and ask before a long one
+    (:func:`lqv_d4rl.cli.cpu_guard.confirm_long_cpu_run`)."""
+    from ..algorithms import apply_settings
+    from ..cpu_cost import project_run
+
+    config = algorithm.config(preset, **overrides)
+    if settings:
+        config = apply_settings(config, settings, algorithm.name)
+    projection = project_run(algorithm.name, config, preset, stop_after=common["stop_after"])
+    if projection is not None:
+        confirm_long_cpu_run(projection.describe(), projection.seconds,
+                             allowed=common["allow_long_cpu_run"])
 
 
 def _default_device():
@@ -189,37 +246,41 @@ class TrainGroup(click.Group):
 def train():
     """Train an algorithm on a dataset, then evaluate it: lqv-d4rl train ALGO DATASET [OPTIONS].
 
-    Without --preset a CPU-only machine runs the smoke preset. `lqv-d4rl train ALGO --help` lists
-    every config field of ALGO as an option.
+    Without --preset a CPU-only machine runs the smoke preset; a run projected to take more than
+    an hour on a CPU (e.g. --preset paper) prints its projected time and asks first (or needs
+    --allow-long-cpu-run). `lqv-d4rl train ALGO --help` lists every config field of ALGO as an
+    option, with each preset's default.
     """
 
 
 @click.command("evaluate")
+@deprecated_alias("--workers", "--eval-workers", type=click.IntRange(min=1))
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--episodes", type=click.IntRange(min=1), default=None,
-              help="Episodes (default: the run's eval_episodes).")
+              show_default="the run's eval_episodes", help="Episodes.")
 @click.option("--rgb-background", is_flag=True,
               help="Colour backgrounds (the paper's Table 2); writes eval_rgb.json.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes that play episodes in parallel.")
+@click.option("--eval-workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes that play evaluation episodes in parallel.")
 @click.option("--video-dir", default=None,
               help="Where the dataset's background videos are, if not at the recorded path.")
 @click.option("--device", default="cpu", show_default=True, callback=check_device_name,
               help="Torch device of the policy.")
-@click.option("--seed", type=click.IntRange(min=0), default=None,
-              help="Training seed whose evaluation seeds to use (default: the run's).")
-def evaluate(run_dir, episodes, rgb_background, workers, video_dir, device, seed):
+@click.option("--seed", type=click.IntRange(min=0), default=None, show_default="the run's",
+              help="Training seed (as in `train --seed`) whose evaluation episodes to play: "
+                   "episode i is reset with seed 10000 + 1000 * SEED + i.")
+def evaluate(run_dir, episodes, rgb_background, eval_workers, video_dir, device, seed):
     """Evaluate the trained run in RUN_DIR in its dataset's environment; writes eval.json."""
     from ..experiment import evaluate_run
 
-    evaluate_run(run_dir, episodes=episodes, workers=workers, rgb_background=rgb_background,
+    evaluate_run(run_dir, episodes=episodes, workers=eval_workers, rgb_background=rgb_background,
                  video_dir=video_dir, device=device, seed=seed, echo=click.echo)
 
 
 @click.command("analyse")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for the figures and tables (default: RUN_DIR).")
+              show_default="RUN_DIR", help="Folder for the figures and tables.")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help=f"Dataset root of the run's dataset ({ROOT_DEFAULT}).")
 @click.option("--device", default="cpu", show_default=True, callback=check_device_name,

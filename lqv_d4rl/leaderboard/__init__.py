@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import LQVError
+
 from .grid import (  # noqa: F401  (public API)
     PRESETS, Grid, GridError, RunSpec, check_existing_runs, plan_grid,
 )
@@ -58,7 +60,8 @@ def run_leaderboard(out, *, methods=None, datasets=None, seeds=None, preset=None
                     threads_per_run=None, backend="local", ray_address=None, eval_episodes=None,
                     eval_workers=1, rgb_background=False, video_dir=None,
                     reference="paper_table1", download=False, analyse=False, train=True,
-                    stats_seed=0, reps=None, figures=True, progress=True, echo=print):
+                    stats_seed=0, reps=None, figures=True, progress=True, echo=print,
+                    before_training=None):
     """Run (or continue) a leaderboard in ``out`` and write its tables, figures and report.
 
     Args:
@@ -81,6 +84,12 @@ def run_leaderboard(out, *, methods=None, datasets=None, seeds=None, preset=None
         stats_seed, reps: bootstrap seed and replicates (see :func:`.stats.summarize`).
         figures: also write the figures.
         progress, echo: a tqdm bar over runs; the function that prints one-line messages.
+        before_training: called as ``before_training(grid, tasks, slots)`` with the runs still to
+            do (:class:`.runner.RunTask`) and the device of each worker slot, before any starts
+            (``lqv-d4rl leaderboard`` asks there before a long grid on a CPU); it may raise to
+            stop.
+
+    Raises :class:`NoRunsError` when ``train`` is False and ``out`` holds no runs.
     """
     from ..experiment import check_device, default_preset
     from .runner import BACKENDS
@@ -93,6 +102,8 @@ def run_leaderboard(out, *, methods=None, datasets=None, seeds=None, preset=None
         import_ray()  # a missing package is named before anything starts
     if isinstance(runs_per_gpu, bool) or not isinstance(runs_per_gpu, int) or runs_per_gpu < 1:
         raise GridError(f"--runs-per-gpu must be a positive integer, got {runs_per_gpu!r}")
+    if not train:
+        check_has_runs(out)
     device = check_device(device or _default_device())
     preset = preset or default_preset(device)
     grid = plan_grid(methods, datasets, seeds, preset=preset, root=root,
@@ -110,12 +121,31 @@ def run_leaderboard(out, *, methods=None, datasets=None, seeds=None, preset=None
                                     workers=workers, threads_per_run=threads_per_run,
                                     backend=backend, ray_address=ray_address,
                                     eval_workers=eval_workers, analyse=analyse,
-                                    stats_seed=stats_seed, reps=reps, progress=progress, echo=echo)
+                                    stats_seed=stats_seed, reps=reps, progress=progress, echo=echo,
+                                    before_training=before_training)
     from .report import write_leaderboard
 
     result.written = write_leaderboard(grid, out, stats_seed=stats_seed, reps=reps, figures=figures)
     result.counts = json.loads(Path(result.written["leaderboard.json"]).read_text())["counts"]
     return result
+
+
+class NoRunsError(LQVError):
+    """``--report-only`` (``train=False``) on a folder that holds no leaderboard runs."""
+
+
+def check_has_runs(out):
+    """Raise :class:`NoRunsError`, saying how to make runs, unless ``out`` holds at least one run
+    folder (``runs/<method>/<dataset>/seed<k>/config.json``)."""
+    out = Path(out)
+    if any(out.glob("runs/*/*/seed*/config.json")):
+        return
+    where = "does not exist" if not out.exists() else "holds no runs"
+    raise NoRunsError(
+        f"no runs to report: {out} {where} (--report-only rebuilds the tables from the run "
+        "folders a leaderboard made there, runs/<method>/<dataset>/seed<k>/). Make runs first "
+        f"with the same command without --report-only, e.g. `lqv-d4rl leaderboard --preset smoke "
+        f"--out {out}`, or point --out at a leaderboard folder that holds runs.")
 
 
 def _default_device():
@@ -148,7 +178,7 @@ def make_tasks(grid, out, *, threads_per_run=1, eval_workers=1, analyse=False):
 
 
 def _run_grid(grid, out, *, device, runs_per_gpu, workers, threads_per_run, backend, ray_address,
-              eval_workers, analyse, stats_seed, reps, progress, echo):
+              eval_workers, analyse, stats_seed, reps, progress, echo, before_training=None):
     from tqdm.auto import tqdm
 
     from ..runs import is_finished
@@ -167,6 +197,8 @@ def _run_grid(grid, out, *, device, runs_per_gpu, workers, threads_per_run, back
          f"{len(todo)} to run in {where}")
     if not todo:
         return []
+    if before_training is not None:
+        before_training(grid, todo, slots if backend == "local" else [device])
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress, dynamic_ncols=True)
     last_tables = [time.monotonic()]
 
@@ -210,5 +242,5 @@ def _describe(slots):
                      for device, count in counts.items())
 
 
-__all__ = ["Grid", "GridError", "LeaderboardResult", "PRESETS", "RunSpec", "make_tasks",
-           "plan_grid", "run_leaderboard"]
+__all__ = ["Grid", "GridError", "LeaderboardResult", "NoRunsError", "PRESETS", "RunSpec",
+           "check_has_runs", "make_tasks", "plan_grid", "run_leaderboard"]

@@ -179,7 +179,7 @@ def check_seeds(seeds):
 def find_datasets(dataset_ids, root, *, download=False, echo=print):
     """``{id: folder}`` of every dataset, downloading missing ones when ``download``; otherwise one
     :class:`DatasetNotFoundError` names every missing dataset and how to get it."""
-    from ..folders import find_dataset_folder
+    from ..folders import find_dataset_folder, generate_hint
     from ..registry import dataset_root
 
     folders, missing = {}, []
@@ -189,12 +189,14 @@ def find_datasets(dataset_ids, root, *, download=False, echo=print):
         except DatasetNotFoundError:
             missing.append(dataset_id)
     if missing and not download:
+        tasks = list(dict.fromkeys(dataset_id.rsplit("-", 1)[0] for dataset_id in missing))
+        how = generate_hint(tasks[0], root).replace("Make it", "make them", 1)
+        others = _other_tasks_hint(tasks[1:], root)
         raise DatasetNotFoundError(
             f"{len(missing)} dataset{'s' if len(missing) > 1 else ''} of the grid "
             f"{'are' if len(missing) > 1 else 'is'} not in {dataset_root(root)}: "
-            f"{', '.join(missing)}; pass --download to fetch them from the Hub, generate them "
-            f"(`lqv-d4rl generate TASK --levels LEVEL`), or point --root at the folder that "
-            "holds them")
+            f"{', '.join(missing)}; pass --download to fetch them from the Hub, {how}{others}; "
+            "or point --root at the folder that holds them")
     if missing:
         from ..hub import download_dataset
 
@@ -202,6 +204,21 @@ def find_datasets(dataset_ids, root, *, download=False, echo=print):
             echo(f"downloading {dataset_id} into {dataset_root(root)} ...")
             folders[dataset_id] = Path(download_dataset(dataset_id, root=root))
     return {dataset_id: folders[dataset_id] for dataset_id in dataset_ids}
+
+
+def _other_tasks_hint(tasks, root):
+    """`` (the same for TASK, ...; car_racing: ...)`` after the generate hint of a grid's first
+    missing task ('' when there are no others)."""
+    from ..folders import root_argument
+
+    parts = []
+    cpu_tasks = [task for task in tasks if task != "car_racing"]
+    if cpu_tasks:
+        parts.append("the same for " + ", ".join(cpu_tasks))
+    if "car_racing" in tasks:
+        parts.append("car_racing: TIA on a GPU, `lqv-d4rl generate car_racing --preset paper "
+                     f"--device cuda{root_argument(root)}`")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def check_dataset_folders(folders, video_dir=None, rgb_background=False):

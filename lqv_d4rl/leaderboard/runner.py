@@ -121,7 +121,7 @@ def _train_and_evaluate(task, device):
         result = run_experiment(
             spec.method, spec.dataset, preset=task.preset, out=task.folder, seed=spec.seed,
             device=device, root=task.root, resume=True, eval_episodes=task.eval_episodes,
-            eval_workers=task.eval_workers, rgb_eval=task.rgb_background,
+            eval_workers=task.eval_workers, rgb_background=task.rgb_background,
             video_dir=task.video_dir, analyse=task.analyse, progress=False, echo=echo)
     if result is None:
         raise RuntimeError("training stopped before it finished")

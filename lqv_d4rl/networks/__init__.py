@@ -14,13 +14,15 @@ Modules, read in this order:
   :func:`state_disagreement` at given latent states and :func:`imagination_disagreement` along an
   imagined rollout).
 * :mod:`~lqv_d4rl.networks.heads` – :class:`MLP`, :class:`DenseHead`, :class:`ActionHead`.
-* :mod:`~lqv_d4rl.networks.mask` – :class:`JointMaskDecoder`: two branches blended by a learned mask.
+* :mod:`~lqv_d4rl.networks.mask` – :class:`JointMaskDecoder`: two branches blended by a learned mask;
+  :class:`JointStateDecoder`: the same for state vectors, with a per-dimension gate.
 * :mod:`~lqv_d4rl.networks.world_model` – :class:`WorldModel`: a single-branch DreamerV2 model
   (``loss``, ``train_step``, ``imagine``, ``reward``).
 * :mod:`~lqv_d4rl.networks.behavior` – :class:`ActorCritic`: imagination actor-critic
   (``policy``, ``imagine``, ``train_step``) and :func:`lambda_return`.
-* :mod:`~lqv_d4rl.networks.optim` – :class:`Optimizer` (Adam, clipping, fp16 scaling),
-  :func:`autocast`, :func:`count_parameters`.
+* :mod:`~lqv_d4rl.networks.optim` – :class:`Optimizer` (Adam, clipping, DreamerV2's weight
+  decay, fp16 scaling), :func:`step_together` (optimizers that share parameters), :func:`autocast`,
+  :func:`count_parameters`.
 
 A typical offline model-based loop::
 
@@ -53,8 +55,15 @@ from lqv_d4rl.networks.losses import (
     latent_kl,
     state_disagreement,
 )
-from lqv_d4rl.networks.mask import JointImage, JointMaskDecoder, MaskCombiner
-from lqv_d4rl.networks.optim import Optimizer, autocast, count_parameters
+from lqv_d4rl.networks.mask import (
+    JointImage,
+    JointMaskDecoder,
+    JointState,
+    JointStateDecoder,
+    MaskCombiner,
+    StateGateCombiner,
+)
+from lqv_d4rl.networks.optim import Optimizer, autocast, count_parameters, step_together
 from lqv_d4rl.networks.rssm import (
     ENSEMBLE_SIZE,
     RSSM,
@@ -81,12 +90,15 @@ __all__ = [
     "Imagination",
     "JointImage",
     "JointMaskDecoder",
+    "JointState",
+    "JointStateDecoder",
     "LayerNormGRUCell",
     "MaskCombiner",
     "MaskDecoder",
     "OneHotStraightThrough",
     "Optimizer",
     "StandardGRUCell",
+    "StateGateCombiner",
     "TanhNormal",
     "TruncatedNormal",
     "WorldModel",
@@ -112,4 +124,5 @@ __all__ = [
     "preprocess_image",
     "stack_states",
     "state_disagreement",
+    "step_together",
 ]

@@ -3,32 +3,43 @@
 One update (:meth:`ActorCritic.train_step`):
 
 1. imagine ``horizon`` steps from a batch of start states with the current actor;
-2. rewards ``r_t`` of each imagined transition t -> t+1 come from a caller-supplied ``reward_fn``
-   (a reward head, or SeMOPO's penalized ``r - lambda * u``); discounts ``gamma * c_t`` from an optional
-   ``continue_fn`` (default: never terminate);
+2. rewards ``r_t`` (t = 0..H-1) come from a caller-supplied ``reward_fn`` (a reward head, or
+   SeMOPO's penalized ``r - lambda * u``), read at the states the rollout's ``scored`` names
+   (``imagined_reward_states``, below); discounts ``gamma * c_t`` from an optional ``continue_fn``
+   (default: never terminate);
 3. lambda-returns with the slow critic as bootstrap::
 
        R_H = v(s_H),   R_t = r_t + gamma_t * ((1 - lambda) * v(s_{t+1}) + lambda * R_{t+1})
 
-4. actor loss ``-mean_t w_t (R_t + eta * H[pi(.|s_t)])`` (dynamics backpropagation), or with
-   ``actor_grad="reinforce"`` / ``"both"`` a REINFORCE term ``log pi(a_t|s_t) sg(R_t - v(s_t))``;
+4. actor loss ``-mean_t w_t (R_{t+k} + eta * H[pi(.|s_t)])`` (dynamics backpropagation), or with
+   ``actor_grad="reinforce"`` / ``"both"`` a REINFORCE term ``log pi(a_t|s_t) sg(R_{t+k} - v(s_t))``;
    ``w_t = prod_{i<t} gamma_i`` are stop-gradient weights of reaching s_t;
 5. critic regression of ``v(s_t)`` on ``sg(R_t)`` (Normal sigma 1 log-likelihood), weighted by ``w_t``;
 6. every ``slow_critic_every`` updates the slow critic moves to the critic (fraction 1 = copy).
 
-Time is indexed so that action a_t is taken in s_t and the return R_t scores it; this is DreamerV2's
-``target[1:]`` alignment written out. Only the actor and critic parameters are updated: the world
-model receives no gradient accumulation from these losses.
+Two alignments of rewards (``BehaviorConfig.imagined_reward_states``):
+
+* ``"next"`` (default, k = 0): r_t is read at s_{t+1}, the state that a_t leads to, and R_t scores
+  a_t, taken in s_t for t = 0..H-1;
+* ``"current"`` (DreamerV2, k = 1): r_t is read at s_t itself (the start state and the first H-1
+  imagined ones). R_t then opens with a reward that a_t cannot change, so a_t (taken in s_t) is
+  scored by R_{t+1}, for t = 0..H-2: DreamerV2's ``policy(feat[:-2])`` against ``target[1:]``
+  (danijar/dreamerv2 ``agent.py`` ``ActorCritic.actor_loss`` / ``target``, unchanged in V-D4RL's
+  Offline DV2 and the released SeMOPO).
+
+Only the actor and critic parameters are updated: the world model receives no gradient
+accumulation from these losses.
 """
 
 import copy
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
 
 from lqv_d4rl.networks.heads import ActionHead, DenseHead
 from lqv_d4rl.networks.optim import Optimizer, autocast
+from lqv_d4rl.networks.rssm import SCORED_STATES
 
 
 def lambda_return(rewards, values, discounts, lambda_):
@@ -68,6 +79,10 @@ class BehaviorConfig:
         actor_grad_mix: weight of the dynamics term when ``actor_grad="both"``.
         actor_entropy: actor entropy bonus eta (1e-4).
         actor_lr, critic_lr, eps, clip: Adam learning rates, epsilon and gradient-norm clip.
+        weight_decay: DreamerV2's decoupled weight decay of the actor and critic, before each step
+            (``wd: 1e-6`` in DreamerV2's ``actor_opt`` / ``critic_opt``; 0 turns it off).
+        imagined_reward_states: ``"next"`` (rewards read at imagined states 1..H) or ``"current"``
+            (states 0..H-1, DreamerV2's alignment; needs ``horizon >= 2``): see the module docs.
         slow_critic_every: updates between slow-critic refreshes (100).
         slow_critic_fraction: how far the slow critic moves to the critic at a refresh (1 = copy).
         precision: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (mixed precision on CUDA only).
@@ -87,6 +102,8 @@ class BehaviorConfig:
     critic_lr: float = 8e-5
     eps: float = 1e-5
     clip: float = 100.0
+    weight_decay: float = 0.0
+    imagined_reward_states: str = "next"
     slow_critic_every: int = 100
     slow_critic_fraction: float = 1.0
     precision: str = "float32"
@@ -117,20 +134,26 @@ class ActorCritic(nn.Module):
     def __init__(self, feature_dim, action_dim, config=None, device="cpu"):
         super().__init__()
         self.config = config or BehaviorConfig()
-        if self.config.actor_grad not in self.ACTOR_GRADS:
-            raise ValueError(
-                f"unknown actor_grad {self.config.actor_grad!r}; choose one of {self.ACTOR_GRADS}"
-            )
         cfg = self.config
+        if cfg.actor_grad not in self.ACTOR_GRADS:
+            raise ValueError(
+                f"unknown actor_grad {cfg.actor_grad!r}; choose one of {self.ACTOR_GRADS}"
+            )
+        if cfg.imagined_reward_states not in SCORED_STATES:
+            raise ValueError(f"imagined_reward_states must be one of {SCORED_STATES}, got "
+                             f"{cfg.imagined_reward_states!r}")
+        if cfg.imagined_reward_states == "current" and cfg.horizon < 2:
+            raise ValueError("imagined_reward_states='current' scores the actions of states "
+                             "0..H-2, so it needs horizon >= 2")
         self.device = torch.device(device)
         self.actor = ActionHead(feature_dim, action_dim, cfg.actor_layers, cfg.units, cfg.actor_dist)
         self.critic = DenseHead(feature_dim, (), "normal", cfg.critic_layers, cfg.units)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.to(self.device)
         self.actor_opt = Optimizer("actor", self.actor, cfg.actor_lr, cfg.eps, cfg.clip,
-                                   precision=cfg.precision, device=self.device)
+                                   cfg.weight_decay, precision=cfg.precision, device=self.device)
         self.critic_opt = Optimizer("critic", self.critic, cfg.critic_lr, cfg.eps, cfg.clip,
-                                    precision=cfg.precision, device=self.device)
+                                    cfg.weight_decay, precision=cfg.precision, device=self.device)
         self.updates = 0
 
     def policy(self, features, sample=True):
@@ -143,8 +166,12 @@ class ActorCritic(nn.Module):
 
         ``imagine_fn(policy, start, horizon) -> Imagination``, e.g. ``rssm.imagine``. The actor sees
         detached features (as in DreamerV2); its sampled actions carry gradients into the dynamics.
+        The rollout's ``scored`` is set to ``config.imagined_reward_states``, so reward functions
+        that read ``scored_features()`` / ``scored_states()`` follow the config.
         """
-        return imagine_fn(lambda features: self.policy(features.detach()), start, self.config.horizon)
+        trajectory = imagine_fn(lambda features: self.policy(features.detach()), start,
+                                self.config.horizon)
+        return replace(trajectory, scored=self.config.imagined_reward_states)
 
     def train_step(self, start, imagine_fn, reward_fn, continue_fn=None):
         """One actor and one critic update from imagined rollouts; returns a dict of metric tensors.
@@ -190,12 +217,16 @@ class ActorCritic(nn.Module):
 
     def _actor_loss(self, trajectory, returns, values, weights):
         cfg = self.config
-        policy = self.actor(trajectory.features[:-1].detach())
+        # the actions scored: those of states 0..H-1 ("next"), or of 0..H-2 by R_{t+1} ("current")
+        shift = 1 if cfg.imagined_reward_states == "current" else 0
+        count = trajectory.horizon - shift
+        returns, weights = returns[shift:], weights[:count]
+        policy = self.actor(trajectory.features[:count].detach())
         if cfg.actor_grad == "dynamics":
             objective = returns
         else:
-            advantage = (returns - values[:-1]).detach()  # slow-critic baseline v(s_t)
-            reinforce = policy.log_prob(trajectory.actions.detach()) * advantage
+            advantage = (returns - values[:count]).detach()  # slow-critic baseline v(s_t)
+            reinforce = policy.log_prob(trajectory.actions[:count].detach()) * advantage
             objective = reinforce if cfg.actor_grad == "reinforce" else (
                 cfg.actor_grad_mix * returns + (1 - cfg.actor_grad_mix) * reinforce
             )

@@ -164,15 +164,14 @@ def state_disagreement(rssm, states, kind="semopo_code"):
 
 
 def imagination_disagreement(rssm, imagination, kind="semopo_code"):
-    """Disagreement ``u`` of the K prior heads at every imagined transition: ``(H, N)``.
+    """Disagreement ``u`` of the K prior heads at the scored states of an imagination: ``(H, N)``.
 
-    The priors for the step into state t+1 are those of the imagined state t+1
-    (:func:`state_disagreement` of states 1..H). The result keeps its gradient (it flows into the
-    dynamics like the reward's); detach it to penalize without it.
-    SeMOPO's penalized reward is ``reward - lam * u`` (lam 10 in the paper, 5 effectively in its
-    released command); Offline DV2 uses lam 10, LOMPO 5.
+    :func:`state_disagreement` of ``imagination.scored_states()``: by default states 1..H, whose
+    priors are those of the step into each of them; with ``imagination.scored == "current"``
+    states 0..H-1, as DreamerV2-based code reads the penalty (V-D4RL's Offline DV2 and the
+    released SeMOPO compute it on the whole imagined sequence and score states 0..H-1). The
+    result keeps its gradient (it flows into the dynamics like the reward's); detach it to
+    penalize without it. SeMOPO's penalized reward is ``reward - lam * u`` (lam 10 in the paper,
+    5 effectively in its released command); Offline DV2 uses lam 10, LOMPO 5.
     """
-    if imagination.states is None:
-        raise ValueError("the imagination has no latent states; produce it with RSSM.imagine")
-    next_states = {key: value[1:] for key, value in imagination.states.items()}
-    return state_disagreement(rssm, next_states, kind)
+    return state_disagreement(rssm, imagination.scored_states(), kind)

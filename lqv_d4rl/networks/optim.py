@@ -48,13 +48,21 @@ class Optimizer:
 
     ``step(loss)`` zeroes the gradients, backpropagates into *these parameters only* (so an actor
     loss that flows through the world model leaves the world model's ``.grad`` untouched), clips
-    the global gradient norm to ``clip`` and updates.
+    the global gradient norm to ``clip``, decays the weights and updates.
+
+    Weight decay is DreamerV2's (``common/tfutils.py`` ``Optimizer`` with ``wd``, used by
+    DreamerV2, V-D4RL's Offline DV2 and the released SeMOPO): after the gradients are taken and
+    clipped and *before* the Adam step, every parameter of the group is multiplied by
+    ``1 - weight_decay`` (its ``wd_pattern`` default ``.*`` matches every variable). It is not
+    scaled by the learning rate and not added to the gradient (unlike ``torch.optim.Adam``'s
+    ``weight_decay``).
 
     Args:
         name: used as a prefix of the returned metrics, e.g. ``"model"``.
         parameters: an iterable of parameters (or a module).
-        lr, eps, weight_decay: Adam settings (DreamerV2: eps 1e-5).
+        lr, eps: Adam settings (DreamerV2: eps 1e-5).
         clip: global gradient-norm clip (100 in all four algorithms); ``None`` disables it.
+        weight_decay: DreamerV2's decoupled decay, applied before each step (0: none).
         precision: mixed precision name; ``"float16"`` on CUDA enables a GradScaler.
         device: where the parameters live (decides whether loss scaling is active).
     """
@@ -67,10 +75,12 @@ class Optimizer:
         self.parameters = [p for p in parameters if p.requires_grad]
         if not self.parameters:
             raise ValueError(f"optimizer {name!r} got no trainable parameters")
+        if not 0 <= weight_decay < 1:
+            raise ValueError(f"weight_decay must lie in [0, 1), got {weight_decay!r}")
         self.clip = clip
+        self.weight_decay = weight_decay
         fused = True if all(p.device.type == "cuda" for p in self.parameters) else None
-        self.optimizer = torch.optim.Adam(self.parameters, lr=lr, eps=eps, weight_decay=weight_decay,
-                                          fused=fused)
+        self.optimizer = torch.optim.Adam(self.parameters, lr=lr, eps=eps, fused=fused)
         scaling = uses_autocast(device, precision) and precision == "float16"
         self.scaler = torch.amp.GradScaler("cuda", enabled=scaling)
 
@@ -78,23 +88,31 @@ class Optimizer:
         """Update the parameters from ``loss``; returns ``{name_loss, name_grad_norm}`` (tensors)."""
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward(inputs=self.parameters, retain_graph=retain_graph)
-        self.scaler.unscale_(self.optimizer)
-        norm = self._clip_gradients()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return {f"{self.name}_loss": loss.detach(), f"{self.name}_grad_norm": norm.detach()}
+        return {f"{self.name}_loss": loss.detach(), **self._update()}
 
-    def apply_gradients(self, gradients):
-        """Update the parameters from gradients computed elsewhere (unscaled, one per parameter in
+    def gradients(self, loss, retain_graph=False):
+        """This group's gradients of ``loss`` (scaled by the fp16 loss scale when it is on), taken
+        but not applied; apply them with ``apply_gradients(gradients, scaled=True)``.
+
+        For groups that share parameters (SeMOPO's per-branch optimizers share the joint mask
+        decoder): every group's gradients must be taken at the same point, before any of them
+        steps (see :func:`step_together`).
+        """
+        return torch.autograd.grad(self.scaler.scale(loss), self.parameters,
+                                   retain_graph=retain_graph, allow_unused=True)
+
+    def apply_gradients(self, gradients, scaled=False):
+        """Update the parameters from gradients computed elsewhere (one per parameter in
         ``self.parameters`` order, ``None`` for none); returns ``{name_grad_norm}``.
 
-        For losses whose gradients are taken in one ``torch.autograd.grad`` call and then split
-        between several optimizers (TIA's two branches); clipping is this group's own, as in
-        :meth:`step`. Gradients taken elsewhere bypass the fp16 loss scaler, so this refuses to
-        run when loss scaling is on (``precision="float16"`` on CUDA): use ``"bfloat16"``, which
-        needs no scaling, or :meth:`step`.
+        ``scaled=True``: the gradients come from :meth:`gradients` of this optimizer (scaled by
+        its fp16 loss scale). ``scaled=False``: plain gradients, e.g. of losses whose gradients are
+        taken in one ``torch.autograd.grad`` call and then split between several optimizers (TIA's
+        two branches); they bypass the fp16 loss scaler, so this refuses to run when loss scaling
+        is on (``precision="float16"`` on CUDA): use ``"bfloat16"``, which needs no scaling, or
+        :meth:`step`. Clipping and weight decay are this group's own, as in :meth:`step`.
         """
-        if self.scaler.is_enabled():
+        if self.scaler.is_enabled() and not scaled:
             raise RuntimeError(
                 f"optimizer {self.name!r} scales float16 losses, but apply_gradients takes "
                 "unscaled gradients computed elsewhere (they may underflow in float16); use "
@@ -102,9 +120,23 @@ class Optimizer:
             )
         for parameter, gradient in zip(self.parameters, gradients, strict=True):
             parameter.grad = gradient
+        return self._update()
+
+    def _update(self):
+        """Unscale, clip, decay and step on the gradients held in ``.grad``; returns
+        ``{name_grad_norm}`` (the norm before clipping)."""
+        self.scaler.unscale_(self.optimizer)
         norm = self._clip_gradients()
-        self.optimizer.step()
+        self._decay()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return {f"{self.name}_grad_norm": norm.detach()}
+
+    @torch.no_grad()
+    def _decay(self):
+        # DreamerV2 multiplies before apply_gradients, so the decay does not touch this step
+        if self.weight_decay:
+            torch._foreach_mul_(self.parameters, 1.0 - self.weight_decay)
 
     def _clip_gradients(self):
         """Clip the global gradient norm to ``clip`` (if set); returns the norm before clipping."""
@@ -141,3 +173,21 @@ class Optimizer:
                         step.to(parameter.device, torch.float32) if on_device else step.cpu())
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
+
+
+def step_together(*updates):
+    """Step several optimizers, each on its own loss, from gradients all taken before any step.
+
+    ``updates`` are ``(optimizer, loss)`` pairs whose losses share one graph. This is how the
+    released SeMOPO steps its two branch optimizers (``SeparatedWorldModel.train`` computes both
+    tapes' gradients from the same forward pass), which matters where their parameter groups
+    overlap: a parameter in two groups gets two Adam steps, each from its own loss's gradient at
+    the same point. Returns the merged metrics (``{name}_loss``, ``{name}_grad_norm``).
+    """
+    gradients = [optimizer.gradients(loss, retain_graph=index < len(updates) - 1)
+                 for index, (optimizer, loss) in enumerate(updates)]
+    metrics = {}
+    for (optimizer, loss), grads in zip(updates, gradients):
+        metrics[f"{optimizer.name}_loss"] = loss.detach()
+        metrics.update(optimizer.apply_gradients(grads, scaled=True))
+    return metrics

@@ -40,15 +40,21 @@ CELLS = ("dreamerv2", "gru")
 class LayerNormGRUCell(nn.Module):
     """GRU cell with layer normalization on the gates (DreamerV2's ``GRUCell(norm=True)``).
 
-    ``parts = LayerNorm(W [x, h])``; reset ``r = sigmoid``, candidate ``c = tanh(r * .)``,
+    ``parts = LayerNorm(W [x, h] + b)``; reset ``r = sigmoid``, candidate ``c = tanh(r * .)``,
     update ``u = sigmoid(. + update_bias)`` with update_bias -1; ``h' = u * c + (1 - u) * h``.
+
+    The linear layer has a bias with or without the layer norm: DreamerV2's cell builds
+    ``tfkl.Dense(3 * size, use_bias=norm is not None)`` with ``norm`` a bool, which is never None
+    (danijar/dreamerv2, V-D4RL's ``offlinedv2`` and the released SeMOPO, ``common/nets.py``
+    ``GRUCell``). The bias starts at zero, as Keras initializes it.
     """
 
     def __init__(self, input_dim, hidden_dim, update_bias=-1.0, layer_norm=True):
         super().__init__()
         self.hidden_dim = hidden_dim
         self.update_bias = update_bias
-        self.linear = nn.Linear(input_dim + hidden_dim, 3 * hidden_dim, bias=not layer_norm)
+        self.linear = nn.Linear(input_dim + hidden_dim, 3 * hidden_dim)
+        nn.init.zeros_(self.linear.bias)
         self.norm = nn.LayerNorm(3 * hidden_dim) if layer_norm else nn.Identity()
 
     def forward(self, inputs, state):
@@ -90,6 +96,10 @@ class StandardGRUCell(nn.GRUCell):
         return super().forward(inputs, state.to(inputs.dtype))
 
 
+SCORED_STATES = ("next", "current")
+"""Which imagined states rewards and penalties are read at (see :attr:`Imagination.scored`)."""
+
+
 @dataclass
 class Imagination:
     """A batch of imagined trajectories, time-major.
@@ -99,17 +109,39 @@ class Imagination:
         actions: ``(H, N, A)`` the action taken in state t, leading to state t+1.
         states: latent state dict with ``(H+1, N, ...)`` tensors (``None`` for non-RSSM dynamics).
         heads: the ensemble head used for each of the H steps (empty without an ensemble).
+        scored: the H states that reward and penalty functions read (:meth:`scored_features`,
+            :meth:`scored_states`): ``"next"``, states 1..H (the state each transition leads to),
+            or ``"current"``, states 0..H-1 (DreamerV2, and so Offline DV2 and the released SeMOPO:
+            the start state and the first H-1 imagined ones). The actor-critic sets it from its
+            config (``BehaviorConfig.imagined_reward_states``).
     """
 
     features: torch.Tensor
     actions: torch.Tensor
     states: dict | None = None
     heads: list = field(default_factory=list)
+    scored: str = "next"
 
     @property
     def horizon(self):
         """Number of imagined steps H."""
         return self.actions.shape[0]
+
+    def scored_features(self):
+        """``(H, N, F)`` features of the scored states."""
+        return self.features[self._scored_steps()]
+
+    def scored_states(self):
+        """The scored states: a state dict of ``(H, N, ...)`` tensors."""
+        if self.states is None:
+            raise ValueError("the imagination has no latent states; produce it with RSSM.imagine")
+        steps = self._scored_steps()
+        return {key: value[steps] for key, value in self.states.items()}
+
+    def _scored_steps(self):
+        if self.scored not in SCORED_STATES:
+            raise ValueError(f"scored must be one of {SCORED_STATES}, got {self.scored!r}")
+        return slice(1, None) if self.scored == "next" else slice(None, -1)
 
 
 class RSSM(nn.Module):

@@ -71,12 +71,15 @@ class WorldModelConfig:
         kl_scale, image_scale, reward_scale: loss weights (``image_scale`` weighs the observation
             likelihood, images or states).
         lr, eps, clip: Adam settings (model lr 3e-4 in the released SeMOPO config, 6e-5 in its paper).
+        weight_decay: DreamerV2's decoupled weight decay before each step (see :class:`Optimizer`;
+            ``wd: 1e-6`` in DreamerV2's ``model_opt``; 0 turns it off).
         precision: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (mixed precision on CUDA only).
         seed: seeds the ensemble-head generator (``None``: global torch RNG).
         state_dim: ``None`` for 64x64 images (batch key ``image``, conv encoder and decoder); an
             integer for low-dimensional state vectors of that size (batch key ``state``, MLP
             encoder and decoder of ``state_layers`` x ``units``, as DreamerV2 on proprioception).
         state_layers: hidden layers of the MLP encoder and decoder (DreamerV2: 4).
+        state_units: their width (``None``: ``units``; DreamerV2: 400).
     """
 
     depth: int = 48
@@ -100,14 +103,16 @@ class WorldModelConfig:
     lr: float = 3e-4
     eps: float = 1e-5
     clip: float = 100.0
+    weight_decay: float = 0.0
     precision: str = "float32"
     seed: int | None = None
     state_dim: int | None = None
     state_layers: int = 4
+    state_units: int | None = None
 
     ALGORITHM_FIELDS = ("depth", "deter", "stoch", "classes", "hidden", "ensemble", "units",
                         "reward_layers", "kl_balance", "free_nats", "kl_scale", "image_scale",
-                        "reward_scale", "eps", "clip", "precision")
+                        "reward_scale", "eps", "clip", "weight_decay", "precision")
     """The fields an image-based algorithm's config (SeMOPO, Offline DV2) spells the same way."""
 
     @classmethod
@@ -137,17 +142,18 @@ class WorldModel(nn.Module):
         if cfg.state_dim is None:
             self.encoder = ConvEncoder(cfg.depth)
         else:
-            self.encoder = MLP(cfg.state_dim, None, cfg.state_layers, cfg.units)
+            self.encoder = MLP(cfg.state_dim, None, cfg.state_layers, cfg.state_units or cfg.units)
         self.rssm = RSSM(self.encoder.output_dim, action_dim, cfg.deter, cfg.stoch, cfg.classes,
                          cfg.hidden, cfg.ensemble, cfg.min_std, seed=cfg.seed,
                          std_activation=cfg.std_activation)
         if cfg.state_dim is None:
             self.decoder = ConvDecoder(self.rssm.feature_dim, cfg.depth)
         else:
-            self.decoder = MLP(self.rssm.feature_dim, cfg.state_dim, cfg.state_layers, cfg.units)
+            self.decoder = MLP(self.rssm.feature_dim, cfg.state_dim, cfg.state_layers,
+                               cfg.state_units or cfg.units)
         self.reward_head = DenseHead(self.rssm.feature_dim, (), "normal", cfg.reward_layers, cfg.units)
         self.to(self.device)
-        self.optimizer = Optimizer("model", self, cfg.lr, cfg.eps, cfg.clip,
+        self.optimizer = Optimizer("model", self, cfg.lr, cfg.eps, cfg.clip, cfg.weight_decay,
                                    precision=cfg.precision, device=self.device)
 
     def to_tensors(self, batch):
@@ -201,8 +207,9 @@ class WorldModel(nn.Module):
         return self.rssm.imagine(policy, start, horizon, head)
 
     def reward(self, imagination):
-        """Predicted rewards ``(H, N)`` of the imagined transitions (reward head at states 1..H)."""
-        return self.reward_head(imagination.features[1:]).mean
+        """Predicted rewards ``(H, N)`` of an imagination: the reward head at its scored states
+        (states 1..H, or 0..H-1 when ``imagination.scored == "current"``)."""
+        return self.reward_head(imagination.scored_features()).mean
 
     def decode(self, state):
         """Image means ``(..., 64, 64, 3)`` of latent states, in normalized pixel space (state
