@@ -30,7 +30,7 @@ Both buffers are rings of the dataset's number of transitions, kept on the train
 are part of the checkpoint (about 2 x transitions x 2.6 kB: ~0.5 GB for a 200-episode dataset), so
 that a resumed run is the run that was stopped.
 
-Where this port departs from V-D4RL (documented in the README's "Where we depart"): evaluation at
+Where this port departs from V-D4RL (documented in docs/departures.md): evaluation at
 the end (``eval_episodes``) instead of one episode every 200 updates; target Q networks start as
 copies of the online ones (in the released code they are deep copies of not-yet-built Keras modules,
 so they start from their own random initialization and Q1's target copies Q2); the real buffer

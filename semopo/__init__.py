@@ -20,7 +20,7 @@ phases in a run folder), :mod:`semopo.analysis` (the paper's Fig. 2/8, 5 and 6 f
 :mod:`semopo.algorithm` (the registry entry).
 
 Where this implementation departs from the paper and from the released TensorFlow code is listed
-in one place: the README's "Where we depart" section.
+in one place: docs/departures.md.
 
 Names are imported lazily, so that reading a config (``semopo.config``) does not start torch.
 """

@@ -170,6 +170,22 @@ def test_info_table_shows_ours_next_to_the_paper_row(root):
     assert "episodes: 6 (paper: 400)" in lines  # flagged: the paper's medrep has 400
 
 
+def test_info_marks_each_statistic_against_the_papers_tolerances(root):
+    result = run_cli("info", "walker_walk-medrep", "--root", root)
+    assert "Against the paper's Table 3 (tolerances in DATASETS.md): NOT within the tolerances" \
+        in result.output
+    lines = result.output.splitlines()
+    table = lines[lines.index("Against the paper's Table 3 (tolerances in DATASETS.md): NOT within "
+                              "the tolerances") + 2:]
+    rows = {line.split()[1]: line for line in table if line.startswith("walker_walk-medrep ")}
+    assert set(rows) == {"episodes", "mean", "median"}
+    assert rows["episodes"].endswith("FAIL: 6 episodes, the paper has 400")
+    report = json.loads(run_cli("info", "walker_walk-medrep", "--root", root, "--json").output)
+    mean = next(v for v in report["fidelity"] if v["statistic"] == "mean")
+    assert (mean["paper"], mean["low"], mean["high"]) == pytest.approx((106.6, 74.62, 138.58))
+    assert mean["passed"] == (74.62 <= report["returns"]["mean"] <= 138.58)
+
+
 def test_info_says_when_the_episode_count_is_the_papers(tmp_path):
     folder = write_tiny_dataset(tmp_path / "walker_walk-random", level="random", num_policies=200,
                                 episodes_per_policy=1, length=2)

@@ -148,3 +148,30 @@ def test_tia_check_writes_curve_and_decomposition_and_fails_loudly_below_its_thr
     assert "reward_explained_variance" in summary["metrics"]
     for figure in (f"{stem}.png", f"{stem}-decomposition.png"):
         assert Path(figure).stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_the_offline_learning_check_trains_in_chunks_and_reports_its_curve(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    root = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "lqv_d4rl", "generate", "walker_walk", "--behaviour",
+                    "sac-state", "--preset", "smoke", "--levels", "random,medium", "--root",
+                    str(root)], check=True, cwd=repo, capture_output=True)
+    command = [sys.executable, "benchmarks/offline_learning.py", "bc", "walker_walk-medium",
+               "--root", str(root), "--preset", "smoke", "--eval-every", "20",
+               "--eval-episodes", "1", "--cpu-budget", "1000", "--work-dir",
+               str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True)
+    summary = json.loads((tmp_path / "out" / "offline-bc-walker_walk-medium-seed0.json")
+                         .read_text())
+    assert [e["updates"] for e in summary["evaluations"]] == [20, 40, 60]  # smoke: 60 updates
+    assert summary["threshold"] == pytest.approx(0.5 * summary["dataset_mean_return"])
+    assert summary["random_return"] is not None and summary["commit"]
+    assert summary["best_return"] == max(e["mean_return"] for e in summary["evaluations"])
+    assert done.returncode == (0 if summary["best_return"] >= summary["threshold"] else 1)
+    assert (tmp_path / "out" / "offline-bc-walker_walk-medium-seed0.png").is_file()

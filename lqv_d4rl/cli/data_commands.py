@@ -216,15 +216,19 @@ def dataset_report(folder: Path) -> dict:
     from ..dataset import load_dataset
     from ..format import read_manifest
     from ..registry import DATASET_IDS, get_recipe
+    from ..fidelity import fidelity_verdicts
     from ..stats import return_statistics, summarize_policies
 
     manifest = read_manifest(folder)
     data = load_dataset(folder, lazy=True, verify=False, allow_partial=True)
     dataset_id = manifest.get("dataset_id", folder.name)
-    paper = None
+    paper, fidelity = None, None
     if dataset_id in DATASET_IDS:
         recipe = get_recipe(dataset_id)
         paper = {"episodes": recipe.episodes, **recipe.paper_returns}
+        fidelity = [{"statistic": v.statistic, "value": v.value, "paper": v.paper, "low": v.low,
+                     "high": v.high, "passed": v.passed, "verdict": v.describe()}
+                    for v in fidelity_verdicts(recipe.task, recipe.level, data.returns)]
     provenance = manifest.get("provenance", {})
     return {
         "dataset_id": dataset_id,
@@ -237,6 +241,7 @@ def dataset_report(folder: Path) -> dict:
         "num_steps": int(data.num_steps),
         "returns": return_statistics(data.returns),
         "paper_returns": paper,
+        "fidelity": fidelity,
         "policies": summarize_policies(data.policy_ids, data.returns, data.policy_steps),
         "bytes_on_disk": _bytes_on_disk(folder),
         "bytes_in_memory": _bytes_in_memory(manifest, int(data.num_steps)),
@@ -267,6 +272,7 @@ def format_dataset_report(report: dict) -> str:
         "",
         "Episodic return:",
         format_statistics_table(rows),
+        *fidelity_lines(report),
         "",
         f"steps: {report['num_steps']} entries in {episodes} episodes "
         f"({report['num_steps'] - episodes} agent steps)",
@@ -285,6 +291,20 @@ def format_dataset_report(report: dict) -> str:
     if provenance.get("source"):
         lines.append(f"  source:       {provenance['source']}")
     return "\n".join(lines)
+
+
+def fidelity_lines(report: dict) -> list:
+    """The fidelity checks against Table 3 (lqv_d4rl.fidelity) as lines, for a benchmark id."""
+    if not report.get("fidelity"):
+        return []
+    from ..fidelity import Verdict, format_verdicts
+
+    verdicts = [Verdict(v["statistic"], v["value"], v["paper"], v["low"], v["high"])
+                for v in report["fidelity"]]
+    passed = all(v.passed for v in verdicts)
+    return ["", "Against the paper's Table 3 (tolerances in DATASETS.md): "
+                + ("faithful" if passed else "NOT within the tolerances"),
+            format_verdicts([(report["dataset_id"], verdicts)])]
 
 
 def episodes_line(report: dict) -> str:
