@@ -105,14 +105,20 @@ class ReferenceSAC:
                     target_p.data.copy_(self.tau * p.data + (1 - self.tau) * target_p.data)
 
 
+def random_replay(state_dim, action_dim, episodes=20):
+    """A TransitionReplay of ``episodes`` 500-step episodes of random numbers (shapes only)."""
+    rng = np.random.default_rng(0)
+    replay = TransitionReplay(state_dim, action_dim, episodes * 500, seed=0)
+    for _ in range(episodes):
+        replay.add_episode({"state": rng.normal(size=(501, state_dim)),
+                            "action": rng.uniform(-1, 1, (501, action_dim)),
+                            "reward": rng.random(501), "discount": np.ones(501)})
+    return replay
+
+
 def bench_updates(args):
     torch.set_num_threads(1)
-    rng = np.random.default_rng(0)
-    replay = TransitionReplay(STATE_DIM, ACTION_DIM, 20 * 500, seed=0)
-    for _ in range(20):
-        replay.add_episode({"state": rng.normal(size=(501, STATE_DIM)),
-                            "action": rng.uniform(-1, 1, (501, ACTION_DIM)),
-                            "reward": rng.random(501), "discount": np.ones(501)})
+    replay = random_replay(STATE_DIM, ACTION_DIM)
     batches = [replay.sample(256) for _ in range(args.updates)]
     learners = {"reference (two critics, distributions, param loop)": ReferenceSAC().update,
                 "collectors.sac.SACAgent": SACAgent(SACConfig.cpu(), STATE_DIM, ACTION_DIM).update}

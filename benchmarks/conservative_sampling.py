@@ -21,7 +21,6 @@ Usage: ``python benchmarks/conservative_sampling.py walker_walk-medrep walker_wa
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ import numpy as np
 import semopo
 from lqv_d4rl.dataset import load_dataset
 from semopo.analysis import sampling_action_entropy
+from run_info import git_commit
 
 SCHEDULES = {
     "conservative, return order": ("conservative", {"conservative_order": "return"}),
@@ -88,14 +88,6 @@ def plot(results, path):
     plt.close(figure)
 
 
-def commit():
-    """The checked-out commit (with '-dirty' when the tree has changes), for the JSON."""
-    def git(*args):
-        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
-
-    return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain") else "")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("datasets", nargs="+", help="dataset ids (or folders)")
@@ -118,7 +110,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/conservative_sampling.py " + " ".join(args.datasets)
     (out / "conservative-sampling.json").write_text(json.dumps(
-        {"command": command, "commit": commit(), "results": results}, indent=1))
+        {"command": command, "commit": git_commit(), "results": results}, indent=1))
     plot(results, out / "conservative-sampling.png")
     print(f"\nwrote {out / 'conservative-sampling.json'} and .png")
 

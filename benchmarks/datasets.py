@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,14 +27,7 @@ from lqv_d4rl.errors import DatasetExistsError
 from lqv_d4rl.registry import dataset_path
 from lqv_d4rl.stats import return_statistics
 from lqv_d4rl.tasks import LEVELS
-
-
-def commit():
-    """The checked-out commit, with ``-dirty`` when the working tree has changes."""
-    def git(*args):
-        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
-
-    return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain") else "")
+from run_info import git_commit
 
 
 def machine():
@@ -69,7 +61,7 @@ def report(task, result, wall_seconds, args):
         data.close()
     command = (f"python benchmarks/datasets.py {task} --render-workers {args.render_workers} "
                f"--seed {args.seed}")
-    return {"task": task, "command": command, "commit": commit(), "machine": machine(),
+    return {"task": task, "command": command, "commit": git_commit(), "machine": machine(),
             "wall_seconds_this_call": wall_seconds, "phase_seconds_this_call": result.timings,
             "faithful": result.faithful, "levels": levels}
 

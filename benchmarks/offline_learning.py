@@ -22,12 +22,12 @@ the task's random level). Usage::
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import lqv_d4rl  # noqa: F401  (pins the CPU kernels before torch starts)
+from run_info import git_commit
 
 MODEL_FREE = ("bc", "drq_bc", "drq_cql", "infogating")
 MODEL_BASED = ("offline_dv2", "lompo", "semopo")
@@ -151,16 +151,8 @@ def run_check(args):
         "evaluations": evaluations,
         "best_return": max((e["mean_return"] for e in evaluations), default=math.nan),
         "command": "python benchmarks/offline_learning.py " + " ".join(sys.argv[1:]),
-        "commit": commit(),
+        "commit": git_commit(),
     }
-
-
-def commit():
-    """The checked-out commit, with ``-dirty`` when the working tree has changes."""
-    def git(*args):
-        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
-
-    return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain") else "")
 
 
 def plot(summary, path):

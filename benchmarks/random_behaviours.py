@@ -20,7 +20,6 @@ random level's 10 x 20). Usage: ``python benchmarks/random_behaviours.py walker_
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from lqv_d4rl.networks.heads import ActionHead
 from lqv_d4rl.physics import StateSimulator
 from lqv_d4rl.registry import get_recipe
 from lqv_d4rl.stats import format_statistics_table, return_statistics
+from run_info import git_commit
 
 
 def uniform(state_dim, action_dim, generator):
@@ -112,14 +112,6 @@ def measure(task, make, policies, episodes):
     return returns
 
 
-def commit():
-    """The checked-out commit, with ``-dirty`` when the working tree has changes."""
-    def git(*args):
-        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
-
-    return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain") else "")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("tasks", nargs="+")
@@ -129,7 +121,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     record = {"command": "python benchmarks/random_behaviours.py " + " ".join(sys.argv[1:]),
-              "commit": commit(), "results": {}}
+              "commit": git_commit(), "results": {}}
     for task in args.tasks:
         rows, verdicts = [], []
         paper = get_recipe(f"{task}-random")

@@ -2,8 +2,9 @@
 
 Two behaviours: ``tia`` (the paper's recipe, below: TIA trained on the distracted images) and
 ``sac-state`` (SAC trained on the states, V-D4RL's way, every episode rendered afterwards from its
-stored physics: a recipe for CPUs, :mod:`collectors.state_recipe`). Every step of every dataset
-stores its ``state`` and ``physics`` (format version 2).
+stored physics, car_racing's by replaying its actions live: a recipe for CPUs,
+:mod:`collectors.state_recipe`). Every step of every dataset stores its ``state`` and ``physics``
+(format version 2; car_racing has no ``physics``).
 
 ``generate(task, levels=("random", "medrep", "medium"), ...)`` follows the paper's Appendix C:
 
@@ -225,8 +226,9 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
             collectors.ray_workers; the observations, hence the datasets, are the same).
         behaviour: ``"tia"`` (TIA trained on the distracted images, the paper's recipe) or
             ``"sac-state"`` (SAC trained on states, V-D4RL's way, rendered afterwards: a CPU
-            recipe; :mod:`collectors.state_recipe`). With ``sac-state``, ``workers`` are render
-            processes and ``device``, ``num_envs`` and ``backend`` do not apply.
+            recipe, car_racing included; :mod:`collectors.state_recipe`). With ``sac-state``,
+            ``workers`` are render processes and ``device``, ``num_envs`` and ``backend`` do
+            not apply.
 
     Returns a :class:`GenerateResult`. Without ``overwrite``, finished datasets among the levels
     are skipped (an interrupted run is resumed), and DatasetExistsError is raised when every
@@ -239,10 +241,9 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
         raise GenerateError(f"seed must be a non-negative integer, got {seed!r}")
     recipe = recipe if recipe is not None else behaviour_recipe(task, behaviour, preset)
     behaviour = "sac-state" if _is_state_recipe(recipe) else "tia"
-    if behaviour == "sac-state" and spec.kind != "dmc":
-        raise GenerateError(f"the sac-state behaviour needs a dm_control task (its episodes are "
-                            f"rendered afterwards from stored physics states); {task} has none: "
-                            "use --behaviour tia")
+    if behaviour == "sac-state" and recipe.medium_speed_limits and spec.kind != "gym":
+        raise GenerateError(f"medium_speed_limits apply to car_racing only (a speed limit on its "
+                            f"state features); {task} has none")
     num_envs = int(num_envs or workers)
     root = dataset_root(root)
     folders = {level: dataset_path(f"{task}-{level}", root) for level in levels}

@@ -24,7 +24,11 @@ The levels (``record_random``, ``record_policy``, and the medrep selection in
 observation after reset with zero action, zero reward, discount 1 and is_first; then one entry per
 agent step; is_last on the final entry; is_terminal when the env terminated (discount 0). It also
 keeps the ``state`` and ``physics`` vectors the environment reports in its info dicts
-(``info["state"]``, ``info["physics_state"]``), which every dataset of format version 2 stores.
+(``info["state"]``, ``info["physics_state"]``), which every dataset of format version 2 stores,
+and, when the environment reports them (``info["features"]``: car_racing's physics-only simulator,
+:class:`lqv_d4rl.car_racing.CarRacingSimulator`), the policy's observations, which differ there
+from the stored ``state`` and are what a state-based learner trains on
+(:attr:`RecordedEpisode.learner_steps`).
 """
 
 import dataclasses
@@ -66,6 +70,7 @@ class EpisodeBuilder:
         self.video_ids = []
         self.states = {key: [] for key, info_key in _STATE_INFO_KEYS.items()
                        if info is not None and info_key in info}
+        self.features = [] if info is not None and "features" in info else None
         self._note_video(video_id)
         self._note_states(info)
 
@@ -104,12 +109,22 @@ class EpisodeBuilder:
         return {key: np.stack(values).astype(STATE_DTYPES[key])
                 for key, values in self.states.items()}
 
+    def finish_features(self):
+        """The (L, F) float32 policy observations the infos carried (``info["features"]``), or
+        None when the environment reports none (its ``state`` is the policy's observation)."""
+        return None if self.features is None else np.stack(self.features).astype(np.float32)
+
     def _note_states(self, info):
         for key, values in self.states.items():
             if info is None or _STATE_INFO_KEYS[key] not in info:
                 raise ValueError(f"the environment reported {key!r} at the start of the episode "
                                  "but not at this step")
             values.append(np.asarray(info[_STATE_INFO_KEYS[key]]))
+        if self.features is not None:
+            if info is None or "features" not in info:
+                raise ValueError("the environment reported 'features' at the start of the "
+                                 "episode but not at this step")
+            self.features.append(np.asarray(info["features"]))
 
     def _note_video(self, video_id):
         # The background clips seen, in order of first appearance (-1 = no distractor).
@@ -129,11 +144,22 @@ class RecordedEpisode:
     """Background clip ids seen, in order of first appearance."""
     states: dict = dataclasses.field(default_factory=dict)
     """The ``state`` / ``physics`` arrays (format version 2) the environment reported."""
+    features: np.ndarray | None = None
+    """The (L, F) policy observations when they are not the stored ``state`` (car_racing's
+    physics-only simulator: :data:`lqv_d4rl.car_racing.FEATURE_FIELDS`); None otherwise. Not part
+    of the dataset."""
 
     @property
     def all_steps(self):
         """:attr:`steps` and :attr:`states` in one dict (what a ShardWriter with states takes)."""
         return {**self.steps, **self.states}
+
+    @property
+    def learner_steps(self):
+        """What a state-based learner trains on: :attr:`all_steps` with ``state`` replaced by the
+        policy's observations when they differ from it (:attr:`features`)."""
+        steps = self.all_steps
+        return steps if self.features is None else {**steps, "state": self.features}
 
     @property
     def num_agent_steps(self):

@@ -33,6 +33,45 @@ Every evaluated snapshot is kept under ``<work_dir>/snapshots/`` with its evalua
 (``state.json`` lists them). Presets: ``cpu`` (the published episode counts, full episodes,
 :meth:`SACConfig.cpu`) and ``smoke`` (tiny, for tests).
 
+**car_racing** (:mod:`lqv_d4rl.car_racing`). Its Box2D state cannot be set back for rendering, but
+the simulation is deterministic, so:
+
+* Episodes are played on :class:`~lqv_d4rl.car_racing.CarRacingSimulator` (car_racing stepped
+  without drawing). The policy observes its 28 features (speeds, steering, the track ahead in the
+  car's frame, progress: :data:`lqv_d4rl.car_racing.FEATURE_FIELDS`), which SAC trains on
+  (:attr:`RecordedEpisode.features`, saved with the training episodes); the datasets store the
+  12-value car ``state`` the live environment reports, and no ``physics``.
+* Frames are recorded live: each dataset episode's stored actions are replayed from its seed in
+  the real environment (:class:`~lqv_d4rl.car_racing.CarEpisodeRenderer`, ``workers`` processes),
+  which checks that every replayed reward and car state equals the stored one.
+* The cpu preset (:func:`car_racing_cpu`) keeps the learning rates 3e-4 but starts the
+  temperature at 0.1 and makes 0.05 updates per agent step (the dm_control cpu values: 0.3 and
+  0.1). The update rate sets how many training episodes come before the band, i.e. medrep, and
+  the band took about as many updates either way: runs with this training schedule (seed 0,
+  outside generate, temperature 0.1) first evaluated in the band after 14,750 updates at 0.25
+  updates per step (~120 episodes, far too few for the paper's 400) and after 12,125 at 0.0625
+  (~390 episodes, whose returns, mean 87 and median 61, are Table 3's medrep, 76.1 and 54.1,
+  within its +-30 %). ~390 would leave medrep short of its 400 episodes (the fidelity check
+  wants exactly 400), so the preset makes 0.05 updates per step: ~12,000 updates then come after
+  ~480 episodes (expected, not yet measured), of which 400 are kept evenly spaced (the same
+  learning curve stretched, so about the same statistics). The temperature is the one those
+  runs used (0.3 was not measured on car_racing).
+* **Departure, the medium level.** SAC snapshots near the band do not drive like a medium
+  policy: on a given track they either complete most of it (returns up to ~850) or spin out
+  (60..200), so only 5..40 % of a snapshot's episodes land in Table 3's band (302.3..449.9),
+  acting deterministically or sampled, and no snapshot passes the medium search. The search
+  therefore also judges each snapshot that reached the band driving under a speed limit
+  (``medium_speed_limits``, :data:`CAR_RACING_SPEED_LIMIT`;
+  :func:`lqv_d4rl.car_racing.speed_limited_action`: no gas and a proportional brake above the
+  limit). A driver that keeps to the road at a fixed speed covers a fixed distance per episode,
+  so its return (1000 x tiles visited / track tiles - 100) varies with the track's length only,
+  as Table 3's medium row does (std 42.7): measured with snapshots of one run whose own
+  evaluation means were 327..862, 40 medium-seeded episodes each under the limit had means
+  365..385, std 38..43 and 90..95 % in the band (the episodes outside are the shortest and
+  longest tracks). The limit is part of the medium policy: the stored actions are the limited
+  ones and the manifest's ``training_run.medium_policy`` records it (``speed_limit``,
+  ``action_transform``).
+
 Resuming and bytes: episode ``k`` of a level is reset with ``derived_seed(seed, level, k)`` and
 draws its action noise from its own generator, so any episode comes out the same wherever a run
 was interrupted; the training run checkpoints its agent, episodes and sampling generator (the
@@ -108,6 +147,11 @@ class StateRecipe:
     """... and its mean within this relative distance of ``medium_mean`` (the dataset: 10 %)."""
     medium_confirm_episodes: int = 30
     """Evaluation episodes added to a promising candidate before the run stops there."""
+    medium_speed_limits: tuple = ()
+    """car_racing only: speed limits (``forward_speed`` feature: world units per second / 50;
+    :func:`lqv_d4rl.car_racing.speed_limited_action`) under which the medium search also tries
+    each snapshot that reached the band, acting with tanh(mean), in this order; a limit the search
+    keeps is part of the medium policy (its manifest's ``training_run.medium_policy``)."""
     max_episode_steps: int | None = None
     """Cut episodes after this many agent steps; None: the task's full episodes."""
     num_video_frames: int = 1000
@@ -116,29 +160,66 @@ class StateRecipe:
     """Training episodes between checkpoints of the training run."""
 
     def describe(self):
-        """The recipe as a JSON-able dict (provenance), the SAC config included."""
+        """The recipe as a JSON-able dict (provenance), the SAC config included. Fields added
+        after datasets were made are left out at their defaults, so those datasets' provenance
+        (which a resumed run compares) stays what it was."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                  if f.name != "sac"}
+                  if f.name != "sac" and not (f.name in _LATER_FIELDS
+                                              and getattr(self, f.name) == f.default)}
         fields["medium_band"] = None if self.medium_band is None else list(self.medium_band)
+        if "medium_speed_limits" in fields:
+            fields["medium_speed_limits"] = [float(v) for v in self.medium_speed_limits]
         return {**fields, "behaviour": "sac-state", "sac": dataclasses.asdict(self.sac)}
+
+
+_LATER_FIELDS = ("medium_speed_limits",)
+"""StateRecipe fields that :meth:`StateRecipe.describe` leaves out at their defaults."""
+CAR_RACING_SPEED_LIMIT = 0.465
+"""The car_racing cpu preset's speed limit (``forward_speed`` 0.465 = 23 world units/s). A driver
+that keeps to the road visits ~134 tiles in an episode at it (131..137 measured), which makes
+Table 3's medium mean (372.3 = 1000 x tiles / track tiles - 100) on car_racing's tracks (293
+tiles on average, sd 22). Measured on four snapshots of one training run (evaluation means 327 to
+862), tanh(mean), 40 medium-seeded episodes each: means 365..385 (about 10 return per 0.01 of
+limit), 90..95 % in Table 3's band."""
 
 
 def state_recipe(task, preset="cpu"):
     """The :class:`StateRecipe` of ``task`` for ``preset`` (``"cpu"`` or ``"smoke"``)."""
-    get_task(task)
+    spec = get_task(task)
     if preset == "cpu":
         medium = get_recipe(f"{task}-medium").paper_returns
-        return StateRecipe(preset="cpu", sac=SACConfig.cpu(),
-                           medium_band=(medium["min"], medium["max"]),
-                           medium_mean=medium["mean"],
-                           medrep_episodes=get_recipe(f"{task}-medrep").episodes,
-                           medium_episodes=get_recipe(f"{task}-medium").episodes)
+        recipe = StateRecipe(preset="cpu", sac=SACConfig.cpu(),
+                             medium_band=(medium["min"], medium["max"]),
+                             medium_mean=medium["mean"],
+                             medrep_episodes=get_recipe(f"{task}-medrep").episodes,
+                             medium_episodes=get_recipe(f"{task}-medium").episodes)
+        if spec.kind == "gym":
+            recipe = car_racing_cpu(recipe)
+        return recipe
     if preset == "smoke":
         return StateRecipe(preset="smoke", sac=SACConfig.smoke(), random_policies=3,
                            random_episodes_per_policy=2, medium_episodes=4, medium_band=None,
                            max_episode_steps=50, num_video_frames=200, checkpoint_every=1)
     raise ValueError(f"the sac-state behaviour has the presets {', '.join(STATE_PRESETS)}; "
                      f"got {preset!r}")
+
+
+def car_racing_cpu(recipe):
+    """The cpu preset's departures for car_racing (see the module docstring): SAC with initial
+    temperature 0.1 and 0.05 updates per agent step, and the medium search also trying each
+    snapshot under :data:`CAR_RACING_SPEED_LIMIT`."""
+    sac = dataclasses.replace(recipe.sac, init_alpha=0.1, updates_per_step=0.05)
+    return dataclasses.replace(recipe, sac=sac, medium_speed_limits=(CAR_RACING_SPEED_LIMIT,))
+
+
+def medium_policy(policy, speed_limit=None):
+    """``policy`` under ``speed_limit`` (car_racing:
+    :class:`lqv_d4rl.car_racing.SpeedLimitedPolicy`) or, without one, ``policy`` itself."""
+    if speed_limit is None:
+        return policy
+    from lqv_d4rl.car_racing import SpeedLimitedPolicy
+
+    return SpeedLimitedPolicy(policy, speed_limit)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,7 +242,9 @@ def simulate_episode(simulator, policy, seed, *, explore, noise_seed, max_episod
     """Play one episode on the physics alone; a RecordedEpisode without images.
 
     ``policy.act(state, deterministic=, generator=)`` picks the actions (noise from a generator
-    seeded with ``noise_seed``); the steps carry ``state`` and ``physics`` for every entry.
+    seeded with ``noise_seed``); the steps carry ``state`` and ``physics`` for every entry
+    (car_racing: ``state`` only, and the policy's observations as
+    :attr:`RecordedEpisode.features`).
     """
     generator = torch.Generator().manual_seed(int(noise_seed))
     state, info = simulator.reset(seed=int(seed))
@@ -173,7 +256,8 @@ def simulate_episode(simulator, policy, seed, *, explore, noise_seed, max_episod
                     info=info)
         cut = max_episode_steps is not None and len(builder) - 1 >= max_episode_steps
         if terminated or truncated or cut:
-            return RecordedEpisode(builder.finish(), int(seed), [], builder.finish_states())
+            return RecordedEpisode(builder.finish(), int(seed), [], builder.finish_states(),
+                                   builder.finish_features())
 
 
 def simulate_level(simulator, policy, first, count, *, seed, stream, explore,
@@ -219,7 +303,7 @@ class SACRun:
 
     def __init__(self, config, task, *, work_dir, seed=0, max_episode_steps=None,
                  checkpoint_every=20, on_evaluation=None, progress=True, settings=None):
-        from lqv_d4rl.physics import StateSimulator
+        from lqv_d4rl.car_racing import make_state_simulator
 
         self.config, self.task = config, task
         self.work_dir = Path(work_dir)
@@ -229,7 +313,7 @@ class SACRun:
         self.on_evaluation = on_evaluation
         self.progress = progress
         self.settings = settings or {}
-        self.simulator = StateSimulator(task)
+        self.simulator = make_state_simulator(task)
         self.action_repeat = get_task(task).action_repeat
         self.action_dim = get_task(task).action_dim
         self.run_name = f"sac-seed{self.seed}"
@@ -287,7 +371,7 @@ class SACRun:
 
     def _add_episode(self, episode, policy_id, policy_step):
         self.episodes.append((episode, policy_id, int(policy_step)))
-        self.replay.add_episode(episode.all_steps)
+        self.replay.add_episode(episode.learner_steps)  # the policy's observations
 
     def _train(self):
         count = int(self.state.update_credit)
@@ -324,21 +408,24 @@ class SACRun:
             state.next_eval += config.eval_every
         played = [0]
 
-        def play(count, explore):
+        def play(count, explore, speed_limit=None):
             """More episodes of this snapshot, each with its own seed (stream ``probe``)."""
             first = index * PROBES_PER_EVALUATION + played[0]
             played[0] += count
-            return self._returns(count, explore=explore, stream="probe", first=first)
+            return self._returns(count, explore=explore, stream="probe", first=first,
+                                 speed_limit=speed_limit)
 
         if env_steps > 0 and self.on_evaluation is not None and \
                 self.on_evaluation(evaluation, _ActorSaver(self.agent), play=play):
             state.finished, state.stop_reason = True, "on_evaluation"
 
-    def _returns(self, count, *, explore, stream, first):
+    def _returns(self, count, *, explore, stream, first, speed_limit=None):
         """Returns of ``count`` episodes of the current actor, episodes ``first ..`` of
-        ``stream`` (so each has its own seed and action noise)."""
+        ``stream`` (so each has its own seed and action noise), under ``speed_limit`` when given
+        (car_racing)."""
+        policy = medium_policy(SACPolicy.of(self.agent), speed_limit)
         return [episode.episode_return for _, episode in simulate_level(
-            self.simulator, SACPolicy.of(self.agent), 0, count, seed=self.seed, stream=stream,
+            self.simulator, policy, 0, count, seed=self.seed, stream=stream,
             explore=explore, max_episode_steps=self.max_episode_steps, index_offset=first)]
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -416,7 +503,10 @@ class _ActorSaver:
         self.save = agent.save_actor
 
 
-_EPISODE_ARRAYS = ("action", "reward", "discount", "is_terminal", "state", "physics")
+_EPISODE_ARRAYS = ("action", "reward", "discount", "is_terminal", "state")
+_OPTIONAL_EPISODE_ARRAYS = ("physics", "features")
+"""Saved when the episodes have them: ``physics`` (dm_control), ``features`` (car_racing: the
+policy's observations, RecordedEpisode.features)."""
 
 
 def save_episode_chunk(entries, first, folder):
@@ -426,8 +516,11 @@ def save_episode_chunk(entries, first, folder):
         return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    steps = [{**episode.steps, **episode.states} for episode, _, _ in entries]
-    arrays = {key: np.concatenate([s[key] for s in steps]) for key in _EPISODE_ARRAYS}
+    steps = [{**episode.steps, **episode.states,
+              **({} if episode.features is None else {"features": episode.features})}
+             for episode, _, _ in entries]
+    keys = _EPISODE_ARRAYS + tuple(key for key in _OPTIONAL_EPISODE_ARRAYS if key in steps[0])
+    arrays = {key: np.concatenate([s[key] for s in steps]) for key in keys}
     arrays["lengths"] = np.array([len(s["reward"]) for s in steps], np.int64)
     arrays["seeds"] = np.array([episode.seed for episode, _, _ in entries], np.int64)
     arrays["policy_ids"] = np.array([policy_id for _, policy_id, _ in entries])
@@ -462,8 +555,10 @@ def load_episode_chunks(folder, count):
             length = len(steps["reward"])
             steps["is_first"] = np.arange(length) == 0
             steps["is_last"] = np.arange(length) == length - 1
-            states = {key: steps.pop(key) for key in ("state", "physics")}
-            episode = RecordedEpisode(steps, int(arrays["seeds"][row]), [], states)
+            states = {key: arrays[key][rows] for key in ("state", "physics") if key in arrays}
+            del steps["state"]
+            features = arrays["features"][rows] if "features" in arrays else None
+            episode = RecordedEpisode(steps, int(arrays["seeds"][row]), [], states, features)
             entries.append((episode, str(arrays["policy_ids"][row]),
                             int(arrays["policy_steps"][row])))
     if len(entries) != count:
@@ -501,16 +596,26 @@ class StateJob(GenerateJob):
         self.timings = {}  # phase -> wall-clock seconds (GenerateResult.timings)
         if recipe.random_behaviour == "untrained":
             self.level_policies = dict(self.level_policies, random=self.untrained_random_policies)
+        self.replayed = spec.kind == "gym"  # car_racing: frames by replaying the actions live
+        if recipe.medium_speed_limits:  # car_racing (generate checks it)
+            self.level_policies = dict(self.level_policies, medium=self.speed_limited_medium)
         self.simulator = self.renderer = None  # made by run()
+
+    speed_limited_medium = (
+        "one fixed SAC snapshot whose evaluation returns match Table 3's medium row (share in "
+        "band, mean), actions tanh(mean), or tanh(mean) under a speed limit when the search "
+        "kept one (training_run.medium_policy.action_transform; the stored actions are the "
+        "limited ones)")
 
     def run(self, folders, levels):
         """Write the pending ``levels`` into ``folders`` (level -> folder)."""
-        from lqv_d4rl.physics import StateSimulator
+        from lqv_d4rl.car_racing import CarEpisodeRenderer, make_state_simulator
         from lqv_d4rl.rerender import EpisodeRenderer
 
-        self.simulator = StateSimulator(self.task)
-        with EpisodeRenderer(self.task, video_pool=self.video_pool,
-                             workers=self.workers) as self.renderer:
+        self.simulator = make_state_simulator(self.task)
+        renderer = CarEpisodeRenderer if self.replayed else EpisodeRenderer
+        with renderer(self.task, video_pool=self.video_pool,
+                      workers=self.workers) as self.renderer:
             if self.recipe.random_behaviour == "untrained" and "random" in levels:
                 with self.timed("random (record)"):
                     self.record_untrained_random(folders["random"])
@@ -529,7 +634,12 @@ class StateJob(GenerateJob):
         def items():
             for entry in entries:
                 pending.append(entry)
-                yield entry[0].states["physics"], entry[0].seed
+                episode = entry[0]
+                if self.replayed:  # car_racing: replay the actions, check rewards and states
+                    yield (episode.steps["action"], episode.seed, episode.steps["reward"],
+                           episode.states["state"])
+                else:
+                    yield episode.states["physics"], episode.seed
 
         for images, video_ids in self.renderer.render(items()):
             episode, policy_id, policy_step = pending.popleft()
@@ -571,7 +681,8 @@ class StateJob(GenerateJob):
         tracker = MediumSearch(recipe.medium_band, recipe.medium_mean, self.work_dir,
                                min_share=recipe.medium_min_share,
                                mean_tolerance=recipe.medium_mean_tolerance,
-                               confirm_episodes=recipe.medium_confirm_episodes)
+                               confirm_episodes=recipe.medium_confirm_episodes,
+                               speed_limits=recipe.medium_speed_limits)
         run = SACRun(recipe.sac, self.task, work_dir=self.work_dir, seed=self.seed,
                      max_episode_steps=recipe.max_episode_steps,
                      checkpoint_every=recipe.checkpoint_every, on_evaluation=tracker,
@@ -669,9 +780,11 @@ class StateJob(GenerateJob):
 
     def record_medium(self, folder, medium, run_info):
         """The medium level: the snapshot the medium search kept plays medium_episodes
-        episodes, acting as it was judged (tanh(mean), or sampled actions)."""
+        episodes, acting as it was judged (tanh(mean), or sampled actions; car_racing: maybe
+        under a speed limit)."""
         recipe = self.recipe
-        policy = SACPolicy.load(self.work_dir / MEDIUM_POLICY_FILE)
+        policy = medium_policy(SACPolicy.load(self.work_dir / MEDIUM_POLICY_FILE),
+                               medium.get("speed_limit"))
 
         def entries(done):
             for _, episode in simulate_level(
@@ -702,16 +815,22 @@ class MediumSearch:
     :class:`~collectors.generate.MediumPolicyTracker` keeps TIA's), so a run that ends without a
     match still records its best candidate, and the fidelity table says how far off it is.
     Without a band (smoke) the last snapshot is kept, deterministic, and the run never stops.
+
+    ``speed_limits`` (car_racing): after those two modes, a snapshot that reached the band is also
+    judged acting with tanh(mean) under each speed limit in turn
+    (:func:`lqv_d4rl.car_racing.speed_limited_action`), the same way; ``play`` then gets the limit
+    as ``speed_limit``, and the kept info records it (``speed_limit``, ``action_transform``).
     """
 
     rule = "table3"
 
     def __init__(self, band, paper_mean, work_dir, *, min_share=0.95, mean_tolerance=0.07,
-                 confirm_episodes=30):
+                 confirm_episodes=30, speed_limits=()):
         self.band, self.paper_mean = band, paper_mean
         self.work_dir = Path(work_dir)
         self.min_share, self.mean_tolerance = min_share, mean_tolerance
         self.confirm_episodes = confirm_episodes
+        self.speed_limits = tuple(float(limit) for limit in speed_limits)
 
     def shortfalls(self, returns):
         """(share of episodes missing from ``min_share``, relative mean error beyond
@@ -726,30 +845,42 @@ class MediumSearch:
         if self.band is None:
             self._keep(evaluation, agent, False, evaluation.returns, -float(evaluation.env_steps))
             return False
-        candidates = [(False, list(evaluation.returns))]
+        count = len(evaluation.returns)
+        candidates = [(False, None, list(evaluation.returns))]
         if play is not None and evaluation.mean_return >= self.band[0]:
-            candidates.append((True, play(len(evaluation.returns), True)))
-        for explore, returns in candidates:
+            candidates.append((True, None, play(count, True)))
+            candidates += [(False, limit, None) for limit in self.speed_limits]
+        for explore, limit, returns in candidates:
+            if returns is None:  # played only when the earlier modes did not stop the run
+                returns = play(count, explore, speed_limit=limit)
             confirmed = False
             if play is not None and sum(self.shortfalls(returns)) == 0:
-                returns = returns + play(self.confirm_episodes, explore)
+                more = (play(self.confirm_episodes, explore) if limit is None else
+                        play(self.confirm_episodes, explore, speed_limit=limit))
+                returns = returns + more
                 confirmed = True
             distance = float(sum(self.shortfalls(returns))) + (0.0 if confirmed else 1e-3)
-            self._keep(evaluation, agent, explore, returns, distance)
+            self._keep(evaluation, agent, explore, returns, distance, limit)
             if confirmed and distance == 0.0:
                 return True
         return False
 
-    def _keep(self, evaluation, agent, explore, returns, distance):
+    def _keep(self, evaluation, agent, explore, returns, distance, speed_limit=None):
         """Save the snapshot and its info when it is closer than every earlier candidate (a
         confirmed match is distance 0; an unconfirmed one 0.001)."""
         best = self.load_info()
         if best is not None and distance >= best["distance"]:
             return
         agent.save(self.work_dir / MEDIUM_POLICY_FILE)
+        limit = {}
+        if speed_limit is not None:
+            from lqv_d4rl.car_racing import describe_speed_limit
+
+            limit = {"speed_limit": float(speed_limit),
+                     "action_transform": describe_speed_limit(speed_limit)}
         write_json_atomically(self.work_dir / MEDIUM_POLICY_INFO, {
             "policy_id": evaluation.policy_id, "policy_step": evaluation.env_steps,
-            "explore": explore, "returns": [float(r) for r in returns],
+            "explore": explore, **limit, "returns": [float(r) for r in returns],
             "evaluation_return": float(np.mean(returns)), "rule": self.rule,
             "distance": distance, "band": None if self.band is None else list(self.band),
             "share_in_band": None if self.band is None else share_in_band(returns, self.band),

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetExistsError
 from .exogenous import (
     ExogenousError,
     LorenzProcess,
@@ -18,7 +17,7 @@ from .exogenous import (
     exogenous_fields,
     exogenous_spec,
 )
-from .format import DEFAULT_MAX_SHARD_BYTES, ShardWriter, read_manifest
+from .format import DEFAULT_MAX_SHARD_BYTES, ShardWriter, read_manifest, refuse_complete_target
 
 
 def add_exogenous(source, new_id, *, dims=None, seed=0, root=None, to_root=None, overwrite=False,
@@ -49,7 +48,7 @@ def add_exogenous(source, new_id, *, dims=None, seed=0, root=None, to_root=None,
         raise ExogenousError(f"the new dataset {new_id!r} would replace its source in {folder}; "
                              "pick another --id or --to-root")
     with dataset_lock(folder, "add-exogenous"):  # one writer per dataset folder
-        _check_target(folder, overwrite)
+        refuse_complete_target(folder, overwrite=overwrite, action="write it again")
         data = load_dataset(source_folder, lazy=True)
         try:
             writer = _writer(folder, new_id, manifest, source_folder, spec, overwrite,
@@ -89,19 +88,6 @@ def _check_source(manifest, folder):
         raise ExogenousError(f"{name!r} already has exogenous state dimensions "
                              f"({manifest['provenance']['exogenous']['dims']}); add them to its "
                              "source instead")
-
-
-def _check_target(folder, overwrite):
-    if overwrite:
-        return
-    try:
-        manifest = read_manifest(folder)
-    except FileNotFoundError:
-        return
-    if manifest.get("complete"):
-        raise DatasetExistsError(
-            f"dataset {manifest['dataset_id']!r} in {folder} is already complete "
-            f"({manifest['num_episodes']} episodes); pass --overwrite to write it again")
 
 
 def _writer(folder, new_id, manifest, source_folder, spec, overwrite, max_shard_bytes):

@@ -416,6 +416,22 @@ def read_manifest(folder) -> dict:
     return manifest
 
 
+
+
+def refuse_complete_target(folder, *, overwrite: bool, action: str) -> None:
+    """Raise :class:`DatasetExistsError` when ``folder`` holds a complete dataset and
+    ``overwrite`` is False (``action``, e.g. ``"render it again"``, says what --overwrite does)."""
+    if overwrite:
+        return
+    try:
+        manifest = read_manifest(folder)
+    except FileNotFoundError:
+        return
+    if manifest.get("complete"):
+        raise DatasetExistsError(
+            f"dataset {manifest['dataset_id']!r} in {folder} is already complete "
+            f"({manifest['num_episodes']} episodes); pass --overwrite to {action}")
+
 def _check_manifest(path: Path, manifest) -> None:
     def fail(what):
         raise CorruptDatasetError(f"{path}: {what}. Re-download or re-generate the dataset.")

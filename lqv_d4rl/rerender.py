@@ -21,8 +21,8 @@ import collections
 import multiprocessing
 from pathlib import Path
 
-from .errors import DatasetExistsError, LQVError
-from .format import DEFAULT_MAX_SHARD_BYTES, ShardWriter, read_manifest
+from .errors import LQVError
+from .format import DEFAULT_MAX_SHARD_BYTES, ShardWriter, read_manifest, refuse_complete_target
 from .tasks import TASKS
 
 RENDER_DEFAULTS = {"composite": "segmentation", "render_quality": "fast",
@@ -155,7 +155,7 @@ def rerender(source, new_id, *, video_dir, root=None, to_root=None, composite=No
         settings = _new_settings(render_settings(manifest.get("provenance", {})), composite,
                                  rgb_background)
         video_pool = _video_pool(video_dir, settings)
-        _check_target(folder, overwrite)
+        refuse_complete_target(folder, overwrite=overwrite, action="render it again")
         data = load_dataset(source_folder, lazy=True)
         try:
             writer = _writer(folder, new_id, manifest, source_folder, video_dir, video_pool,
@@ -231,19 +231,6 @@ def _video_pool(video_dir, settings):
                                            rgb=settings["rgb_background"])
     except distractors.VideoSourceError as err:
         raise RerenderError(f"cannot use --video-dir {video_dir!r}: {err}") from err
-
-
-def _check_target(folder: Path, overwrite: bool) -> None:
-    if overwrite:
-        return
-    try:
-        manifest = read_manifest(folder)
-    except FileNotFoundError:
-        return
-    if manifest.get("complete"):
-        raise DatasetExistsError(
-            f"dataset {manifest['dataset_id']!r} in {folder} is already complete "
-            f"({manifest['num_episodes']} episodes); pass --overwrite to render it again")
 
 
 def _writer(folder, new_id, manifest, source_folder, video_dir, video_pool, settings, overwrite,

@@ -428,8 +428,9 @@ def test_behaviours_and_presets_are_checked_before_anything_is_written(tmp_path)
         generate(TASK, root=tmp_path, behaviour="ppo")
     with pytest.raises(GenerateError, match="the sac-state behaviour has the presets cpu, smoke"):
         generate(TASK, root=tmp_path, behaviour="sac-state", preset="paper")
-    with pytest.raises(GenerateError, match="needs a dm_control task"):
-        generate("car_racing", root=tmp_path, behaviour="sac-state", preset="smoke")
+    with pytest.raises(GenerateError, match="medium_speed_limits apply to car_racing only"):
+        generate(TASK, root=tmp_path, recipe=dataclasses.replace(tiny_state_recipe(),
+                                                                  medium_speed_limits=(0.4,)))
     outcome = CliRunner().invoke(cli_main, ["generate", TASK, "--root", str(tmp_path),
                                             "--behaviour", "tia", "--preset", "cpu"])
     assert outcome.exit_code == 1 and "the tia behaviour has the presets smoke, paper" in \
@@ -498,3 +499,166 @@ def test_random_snapshots_are_matched_to_the_quantiles_of_table_3():
     assert [e["policy_id"] for e in chosen] == ["s0", "s2", "s4", "s3"]  # 20: a tie, the earlier
     twice = match_snapshots(evaluations[:2], [20.0, 25.0, 30.0])
     assert [e["policy_id"] for e in twice] == ["s0", "s1", "s0"]  # reused once all are chosen
+
+
+# -- the sac-state behaviour on car_racing -------------------------------------------------------
+
+
+def tiny_car_recipe():
+    """car_racing's sac-state smoke recipe cut down like tiny_state_recipe (10-step episodes, 2x2
+    random, 6 training episodes, 3 medium)."""
+    from collectors.state_recipe import state_recipe
+
+    smoke = state_recipe("car_racing", "smoke")
+    sac = dataclasses.replace(smoke.sac, random_steps=40, learning_starts=20, eval_every=40,
+                              total_steps=120)
+    return dataclasses.replace(smoke, sac=sac, random_policies=2, random_episodes_per_policy=2,
+                               medium_episodes=3, max_episode_steps=10)
+
+
+def run_car(root, seed=1, **options):
+    """generate(car_racing, behaviour sac-state) with the tiny car recipe."""
+    from collectors.generate import generate
+
+    return generate("car_racing", root=root, seed=seed, recipe=tiny_car_recipe(),
+                    progress=False, max_shard_bytes=60_000, **options)
+
+
+@pytest.fixture(scope="module")
+def car_generated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("car")
+    return root, run_car(root)
+
+
+def test_the_state_recipe_makes_car_racing_with_live_frames_states_and_no_physics(car_generated):
+    from collectors.sac import SACAgent
+    from lqv_d4rl.car_racing import FEATURE_DIM, render_car_episode
+
+    root, result = car_generated
+    data = {level: load_dataset(folder) for level, folder in result.folders.items()}
+    for level, level_data in data.items():
+        assert verify_dataset(result.folders[level], require_complete=True) == []
+        manifest = read_manifest(result.folders[level])
+        assert manifest["provenance"]["behaviour"] == "sac-state"
+        assert "physics" not in manifest["spaces"] and level_data.physics is None
+        assert level_data.states.shape == (level_data.num_steps, 12)  # the car state
+        assert level_data.images.shape == (level_data.num_steps, 64, 64, 3)
+        assert set(level_data.episode_lengths.tolist()) == {11}
+        episode = level_data.episode(len(level_data) - 1)  # frames of the live environment
+        assert np.array_equal(episode["image"], render_car_episode(
+            episode["action"], level_data.episode_seeds[-1], episode["reward"],
+            expected_states=episode["state"]))
+    assert len({s["policy_id"] for s in read_manifest(result.folders["random"])["provenance"]
+                ["random_selection"]["snapshots"]}) == 2
+    assert data["medrep"].policies() == ["sac-seed1-prefill"] + [
+        f"sac-seed1-step{s:06d}" for s in (40, 60, 80, 100)]
+    assert len(data["medium"].policies()) == 1
+    # SAC learned on the simulator's features; the training episodes keep them next to the state
+    work_dir = root / ".work" / "car_racing-sac-state-seed1"
+    state = __import__("json").loads((work_dir / "state.json").read_text())
+    assert SACAgent.load(work_dir / state["state"]["agent_file"]).state_dim == FEATURE_DIM
+    with np.load(sorted((work_dir / "episodes").glob("*.npz"))[0]) as chunk:
+        assert chunk["features"].shape == (11, FEATURE_DIM) and chunk["state"].shape == (11, 12)
+        assert "physics" not in chunk.files
+
+
+def test_car_racing_bytes_do_not_depend_on_the_render_workers(car_generated, tmp_path):
+    reference_root, _ = car_generated
+    run_car(tmp_path, workers=2)
+    assert shard_hashes(tmp_path) == shard_hashes(reference_root)
+    assert len(shard_hashes(tmp_path)) == 3
+
+
+def _check_car_interruption(car_generated, tmp_path, monkeypatch, episodes):
+    import collectors.state_recipe as state_recipe
+
+    reference_root, _ = car_generated
+    original = _interrupt_after(monkeypatch, episodes)
+    with pytest.raises(_Interrupted):
+        run_car(tmp_path)
+    monkeypatch.setattr(state_recipe, "simulate_episode", original)
+    run_car(tmp_path)
+    assert shard_hashes(tmp_path) == shard_hashes(reference_root)
+
+
+def test_a_car_racing_run_interrupted_while_training_resumes_to_the_same_bytes(
+        car_generated, tmp_path, monkeypatch):
+    # stopped in the 5th training episode (after the untrained actor's evaluation, 4 training
+    # episodes, each checkpointed with its features, and 2 evaluations): the resumed learner
+    # must train on the same observations
+    _check_car_interruption(car_generated, tmp_path, monkeypatch, episodes=7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("episodes", [0, 3, 12, 15])
+def test_a_car_racing_run_interrupted_anywhere_resumes_to_the_same_bytes(
+        car_generated, tmp_path, monkeypatch, episodes):
+    _check_car_interruption(car_generated, tmp_path, monkeypatch, episodes)
+
+
+def test_the_car_racing_medium_level_drives_as_the_search_kept_it(car_generated, tmp_path):
+    """A medium snapshot kept with a speed limit records its limited actions (replayed live)."""
+    import json
+
+    from collectors.sac import SACPolicy
+    from lqv_d4rl.car_racing import CarRacingSimulator, speed_limited_action
+
+    reference_root, _ = car_generated
+    shutil.copytree(reference_root / ".work", tmp_path / ".work")
+    work_dir = tmp_path / ".work" / "car_racing-sac-state-seed1"
+    info_path = work_dir / "medium-policy.json"
+    limit = 0.02
+    info_path.write_text(json.dumps(dict(json.loads(info_path.read_text()), speed_limit=limit)))
+    result = run_car(tmp_path, levels=["medium"])
+    medium = load_dataset(result.folders["medium"])
+    assert read_manifest(result.folders["medium"])["provenance"]["training_run"][
+        "medium_policy"]["speed_limit"] == limit
+    policy = SACPolicy.load(work_dir / "medium-policy.pt")
+    simulator = CarRacingSimulator()
+    limited = 0
+    for index in range(len(medium)):
+        actions = medium.episode(index)["action"]
+        features, _ = simulator.reset(seed=int(medium.episode_seeds[index]))
+        for action in actions[1:]:
+            chosen = policy.act(features, deterministic=True)
+            assert np.array_equal(action, speed_limited_action(chosen, features, limit))
+            limited += int(features[0] >= limit)
+            features, *_ = simulator.step(action)
+    simulator.close()
+    assert limited > 0
+
+
+def test_the_car_racing_cpu_preset_and_its_speed_limited_medium_search(tmp_path):
+    from collectors.online import Evaluation
+    from collectors.sac import SACAgent, SACConfig
+    from collectors.state_recipe import (CAR_RACING_SPEED_LIMIT, MediumSearch, _ActorSaver,
+                                         state_recipe)
+
+    recipe = state_recipe("car_racing", "cpu")
+    assert recipe.medium_band == (302.3, 449.9) and recipe.medium_mean == 372.3
+    assert (recipe.sac.init_alpha, recipe.sac.updates_per_step, recipe.sac.actor_lr) == (
+        0.1, 0.05, 3e-4)
+    assert recipe.medium_speed_limits == (CAR_RACING_SPEED_LIMIT,)
+    assert recipe.describe()["medium_speed_limits"] == [CAR_RACING_SPEED_LIMIT]
+    walker = state_recipe(TASK, "cpu")  # dm_control: unchanged, and so is its provenance
+    assert walker.medium_speed_limits == () and "medium_speed_limits" not in walker.describe()
+    assert walker.sac == SACConfig.cpu()
+
+    played = []
+
+    def play(count, explore, speed_limit=None):
+        played.append((count, explore, speed_limit))
+        return [370.0 if speed_limit == 0.5 else 800.0 if not explore else 150.0] * count
+
+    search = MediumSearch((302.3, 449.9), 372.3, tmp_path, confirm_episodes=3,
+                          speed_limits=(0.6, 0.5))
+    agent = _ActorSaver(SACAgent(SACConfig.smoke(), 28, 3))
+    assert not search(Evaluation(5000, "below", [100.0] * 4), agent, play=play)
+    assert played == []  # below the band: neither sampled nor limited modes are tried
+    assert search(Evaluation(10000, "driver", [800.0] * 4), agent, play=play)
+    assert played == [(4, True, None), (4, False, 0.6), (4, False, 0.5), (3, False, 0.5)]
+    info = search.load_info()
+    assert (info["policy_id"], info["explore"], info["speed_limit"], info["in_band"]) == (
+        "driver", False, 0.5, True)
+    assert info["action_transform"]["forward_speed_limit"] == 0.5
+    assert info["returns"] == [370.0] * 7
