@@ -128,7 +128,7 @@ def state_recipe(task, preset="cpu"):
     get_task(task)
     if preset == "cpu":
         medium = get_recipe(f"{task}-medium").paper_returns
-        return StateRecipe(preset="cpu", sac=SACConfig.cpu(),
+        return StateRecipe(preset="cpu", sac=SACConfig.cpu(task),
                            medium_band=(medium["min"], medium["max"]),
                            medium_mean=medium["mean"],
                            medrep_episodes=get_recipe(f"{task}-medrep").episodes,
