@@ -188,7 +188,7 @@ def state_recipe(task, preset="cpu"):
     spec = get_task(task)
     if preset == "cpu":
         medium = get_recipe(f"{task}-medium").paper_returns
-        recipe = StateRecipe(preset="cpu", sac=SACConfig.cpu(),
+        recipe = StateRecipe(preset="cpu", sac=SACConfig.cpu(task),
                              medium_band=(medium["min"], medium["max"]),
                              medium_mean=medium["mean"],
                              medrep_episodes=get_recipe(f"{task}-medrep").episodes,
@@ -205,11 +205,10 @@ def state_recipe(task, preset="cpu"):
 
 
 def car_racing_cpu(recipe):
-    """The cpu preset's departures for car_racing (see the module docstring): SAC with initial
-    temperature 0.1 and 0.05 updates per agent step, and the medium search also trying each
-    snapshot under :data:`CAR_RACING_SPEED_LIMIT`."""
-    sac = dataclasses.replace(recipe.sac, init_alpha=0.1, updates_per_step=0.05)
-    return dataclasses.replace(recipe, sac=sac, medium_speed_limits=(CAR_RACING_SPEED_LIMIT,))
+    """The cpu preset's medium search for car_racing (see the module docstring): it also tries
+    each snapshot under :data:`CAR_RACING_SPEED_LIMIT` (its SAC settings are
+    ``collectors.sac.CPU_TASK_SETTINGS["car_racing"]``)."""
+    return dataclasses.replace(recipe, medium_speed_limits=(CAR_RACING_SPEED_LIMIT,))
 
 
 def medium_policy(policy, speed_limit=None):
