@@ -119,11 +119,11 @@ class CollectionRecipe:
         return {**fields, "tia": dataclasses.asdict(self.tia)}
 
 
-BEHAVIOURS = {"tia": ("smoke", "paper"), "sac-state": ("cpu", "smoke")}
+BEHAVIOURS = {"sac-state": ("cpu", "smoke"), "tia": ("smoke", "paper")}
 """Behaviour recipes and their presets (the first is the default)."""
 
 
-def behaviour_recipe(task, behaviour="tia", preset=None):
+def behaviour_recipe(task, behaviour="sac-state", preset=None):
     """The recipe of ``behaviour`` for ``preset`` (default: the behaviour's first preset):
     a :class:`CollectionRecipe` for ``tia``, a ``collectors.state_recipe.StateRecipe`` for
     ``sac-state``."""
@@ -201,7 +201,7 @@ class GenerateResult:
 
 def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, device="cpu",
              workers=1, seed=0, overwrite=False, num_envs=None, recipe=None, progress=True,
-             max_shard_bytes=DEFAULT_MAX_SHARD_BYTES, backend="process", behaviour="tia"):
+             max_shard_bytes=DEFAULT_MAX_SHARD_BYTES, backend="process", behaviour="sac-state"):
     """Generate the datasets ``<task>-<level>`` for ``levels`` under the dataset root.
 
     Args:
@@ -209,9 +209,9 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
         levels: any of ``"random"``, ``"medrep"``, ``"medium"``.
         root: dataset root (default ``$LQV_D4RL_ROOT`` or ``~/.lqv_d4rl``).
         video_dir: folder or glob of real driving videos; None uses the procedural video.
-        preset: the behaviour's preset: ``"smoke"`` (default) or ``"paper"`` for TIA (see the
-            module docstring), ``"cpu"`` (default) or ``"smoke"`` for ``sac-state``
-            (collectors.state_recipe); ignored if ``recipe``.
+        preset: the behaviour's preset: ``"cpu"`` (default) or ``"smoke"`` for ``sac-state``
+            (collectors.state_recipe), ``"smoke"`` (default) or ``"paper"`` for TIA (see the
+            module docstring); ignored if ``recipe``.
         device: torch device of the TIA agents (``"cpu"`` or ``"cuda"``).
         workers: environment worker processes (1: step environments in this process). They are
             started with multiprocessing's ``spawn``: a script calling generate() with
@@ -224,9 +224,11 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
         max_shard_bytes: passed to ShardWriter.
         backend: ``"process"`` (worker processes on this machine) or ``"ray"`` (Ray actors, see
             collectors.ray_workers; the observations, hence the datasets, are the same).
-        behaviour: ``"tia"`` (TIA trained on the distracted images, the paper's recipe) or
-            ``"sac-state"`` (SAC trained on states, V-D4RL's way, rendered afterwards: a CPU
-            recipe, car_racing included; :mod:`collectors.state_recipe`). With ``sac-state``,
+        behaviour: ``"sac-state"`` (the default: SAC trained on states, V-D4RL's way, rendered
+            afterwards; the recipe made and measured on CPUs, car_racing included;
+            :mod:`collectors.state_recipe`) or ``"tia"`` (TIA trained on the distracted images,
+            the paper's recipe, a GPU job whose learning with the video is unproven on a CPU:
+            docs/benchmarks.md). With ``sac-state``,
             ``workers`` are render processes and ``device``, ``num_envs`` and ``backend`` do
             not apply.
 

@@ -186,7 +186,8 @@ def test_every_verb_shows_every_default():
     generate_help = " ".join(run_cli("generate", "--help").output.split())
     assert "--env-workers" in generate_help and "--render-workers" in generate_help
     assert "--workers " not in generate_help  # the deprecated name is hidden
-    assert "[default: (smoke for tia, cpu for sac-state)]" in generate_help
+    assert "[default: (cpu for sac-state, smoke for tia)]" in generate_help
+    assert "--behaviour [sac-state|tia] sac-state (recommended" in generate_help
     assert "--env-workers INTEGER RANGE tia only" in generate_help
     evaluate_help = " ".join(run_cli("evaluate", "--help").output.split())
     assert ("--eval-workers INTEGER RANGE Processes that play evaluation episodes in parallel. "
@@ -340,7 +341,8 @@ def test_missing_dataset_hints_repeat_the_root_and_suggest_the_cpu_recipe(tmp_pa
     assert f"`lqv-d4rl generate walker_walk --preset smoke --levels medium --root {quoted}`" in line
     assert f"`lqv-d4rl download walker_walk-medium --root {quoted}`" in line
     line = error_line(run_cli("info", "car_racing-random", "--root", root))
-    assert "car_racing has no CPU recipe" in line and "--device cuda --root" in line
+    assert (f"`lqv-d4rl generate car_racing --behaviour sac-state --preset cpu --root {quoted}`"
+            in line)  # car_racing has the CPU recipe too
 
 
 def test_a_leaderboard_with_missing_datasets_repeats_the_root(tmp_path):

@@ -424,7 +424,7 @@ def test_a_state_recipe_run_interrupted_anywhere_resumes_to_the_same_bytes(
 def test_behaviours_and_presets_are_checked_before_anything_is_written(tmp_path):
     from collectors.generate import generate
 
-    with pytest.raises(GenerateError, match="behaviour must be one of tia, sac-state"):
+    with pytest.raises(GenerateError, match="behaviour must be one of sac-state, tia"):
         generate(TASK, root=tmp_path, behaviour="ppo")
     with pytest.raises(GenerateError, match="the sac-state behaviour has the presets cpu, smoke"):
         generate(TASK, root=tmp_path, behaviour="sac-state", preset="paper")
