@@ -451,7 +451,7 @@ def test_the_cpu_preset_follows_v_d4rl_and_the_paper_counts():
             default.tau, default.actor_lr, default.init_alpha) == (256, 3, 256, 0.99, 0.005,
                                                                    1e-4, 1.0)
     assert recipe.sac.units == 256 and recipe.sac.batch_size == 256
-    assert (recipe.sac.init_alpha, recipe.sac.updates_per_step) == (0.1, 0.12)  # per task
+    assert (recipe.sac.init_alpha, recipe.sac.updates_per_step) == (0.1, 0.1)  # per task
     walker = state_recipe("walker_walk", "cpu").sac
     assert (walker.init_alpha, walker.updates_per_step) == (0.3, 0.06)
 
