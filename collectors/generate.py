@@ -38,8 +38,8 @@ Presets:
 Resuming: the training checkpoint lives in ``<root>/.work/<task>-seed<S>/`` and datasets are
 written through ``ShardWriter(resume=True)``; rerunning the same command after an interruption
 continues from the last checkpoint and the last finished shard, and, since every episode is seeded
-from its position, writes the same bytes as an uninterrupted run (same seed, preset and workers:
-``num_envs``, the batch of parallel episodes, defaults to ``workers`` and is part of the recipe).
+from its position, writes the same bytes as an uninterrupted run (same seed and preset, with any
+number of ``workers``: ``num_envs``, the batch of parallel episodes, is part of the recipe).
 A finished dataset is never touched without ``overwrite=True``: a rerun skips it (and refuses,
 with GenerateError, when it was made with other settings, e.g. another seed, rather than mix two
 recipes), and a run whose levels are all finished is refused (DatasetExistsError) since there is
@@ -110,6 +110,9 @@ class CollectionRecipe:
     """Frames in the distractor pool."""
     checkpoint_every: int = 10_000
     """Environment steps between training checkpoints (0: after every round of episodes)."""
+    num_envs: int = 1
+    """Episodes played at once (rounds of ``num_envs``): part of the recipe, it changes the bytes.
+    ``--env-workers`` only says how many processes step them, so it does not."""
 
     def describe(self):
         """The recipe as a JSON-able dict (provenance), the TIA config included."""
@@ -158,7 +161,7 @@ def collection_recipe(task, preset="smoke"):
         config = TIAConfig.paper(task)
         return CollectionRecipe(
             preset="paper", tia=config, medium_band=(medium["min"], medium["max"]),
-            random_policies=10, random_episodes_per_policy=20,
+            random_policies=10, random_episodes_per_policy=20, num_envs=8,
             medrep_episodes=get_recipe(f"{task}-medrep").episodes,
             medium_episodes=get_recipe(f"{task}-medium").episodes,
             max_env_steps=config.total_steps)
@@ -216,9 +219,11 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
         workers: environment worker processes (1: step environments in this process). They are
             started with multiprocessing's ``spawn``: a script calling generate() with
             ``workers > 1`` needs the ``if __name__ == "__main__":`` guard.
-        seed: seeds everything; same seed (and preset, workers) -> same dataset bytes.
+        seed: seeds everything; same seed and preset -> same dataset bytes, with any
+            ``workers``.
         overwrite: replace finished datasets and restart the training run.
-        num_envs: episodes played in parallel (default ``workers``).
+        num_envs: episodes played at once (default: the TIA recipe's ``num_envs``, 8 for
+            ``paper``, 1 for ``smoke``); part of the recipe, unlike ``workers``.
         recipe: a :class:`CollectionRecipe` (e.g. a smaller one for tests).
         progress: show progress bars and print the statistics table.
         max_shard_bytes: passed to ShardWriter.
@@ -246,7 +251,7 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
     if behaviour == "sac-state" and recipe.medium_speed_limits and spec.kind != "gym":
         raise GenerateError(f"medium_speed_limits apply to car_racing only (a speed limit on its "
                             f"state features); {task} has none")
-    num_envs = int(num_envs or workers)
+    num_envs = int(num_envs or getattr(recipe, "num_envs", 1))
     root = dataset_root(root)
     folders = {level: dataset_path(f"{task}-{level}", root) for level in levels}
     work_dir = root / ".work" / (f"{task}-seed{seed}" if behaviour == "tia"

@@ -175,6 +175,14 @@ def test_the_bytes_do_not_depend_on_the_callers_torch_threads(generated, tmp_pat
         shard_hashes(reference_root)[f"{TASK}-medrep"]
 
 
+def test_the_bytes_do_not_depend_on_the_environment_workers(tmp_path):
+    run_tiny(tmp_path / "one", num_envs=2)  # two episodes at once, stepped in this process
+    run_tiny(tmp_path / "two", num_envs=2, workers=2)  # ... and by 2 worker processes
+    hashes = shard_hashes(tmp_path / "one")
+    assert {name for name in hashes} == {f"{TASK}-{level}" for level in LEVELS}
+    assert hashes == shard_hashes(tmp_path / "two")
+
+
 def test_a_finished_level_from_other_settings_is_not_silently_skipped(generated, tmp_path):
     reference_root, _ = generated
     shutil.copytree(reference_root / f"{TASK}-random", tmp_path / f"{TASK}-random")

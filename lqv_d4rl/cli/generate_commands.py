@@ -39,13 +39,14 @@ def _workers_flag(values):
 @click.option("--device", default="cpu", show_default=True, callback=check_device_name,
               help="Torch device of the TIA agents: cpu or cuda (cuda:N).")
 @click.option("--env-workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="tia only: environment processes (also the number of episodes played at "
-                   "once, so part of the recipe: it changes the bytes).")
+              help="tia only: environment processes that step the recipe's episodes played "
+                   "at once (8 for paper); the bytes do not depend on it.")
 @click.option("--render-workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="sac-state only: processes that render the recorded episodes (the bytes do "
                    "not depend on it).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of everything; same seed, preset and --env-workers give the same bytes.")
+              help="Seed of everything; the same seed and preset give the same bytes, with "
+                   "any number of workers.")
 @click.option("--overwrite", is_flag=True,
               help="Replace finished datasets and restart the training run.")
 def generate(task, levels, root, video_dir, behaviour, preset, device, env_workers,
