@@ -328,16 +328,16 @@ class LOMPOWorldModel(nn.Module):
 
 
 class TransitionBuffer:
-    """A ring buffer of latent transitions ``(features, action, next_features, reward, terminal)``
-    as tensors on a device; when full, new transitions overwrite the oldest (LOMPO's
+    """A ring buffer of latent transitions ``(features, action, next_features, reward,
+    is_terminal)`` as tensors on a device; when full, new transitions overwrite the oldest (LOMPO's
     ``LatentReplayBuffer``)."""
 
-    FIELDS = ("features", "action", "next_features", "reward", "terminal")
+    FIELDS = ("features", "action", "next_features", "reward", "is_terminal")
 
     def __init__(self, capacity, feature_dim, action_dim, device="cpu"):
         self.capacity = int(capacity)
         widths = {"features": feature_dim, "action": action_dim, "next_features": feature_dim,
-                  "reward": 1, "terminal": 1}
+                  "reward": 1, "is_terminal": 1}
         self.data = {name: torch.zeros(self.capacity, widths[name], device=device)
                      for name in self.FIELDS}
         self.position = 0
@@ -429,7 +429,7 @@ class TwinQActorCritic(nn.Module):
                 next_action = self.actor(batch["next_features"])
                 target = torch.min(self._q(self.target_q1, batch["next_features"], next_action),
                                    self._q(self.target_q2, batch["next_features"], next_action))
-                target = batch["reward"] + self.config.gamma * (1 - batch["terminal"]) * target
+                target = batch["reward"] + self.config.gamma * (1 - batch["is_terminal"]) * target
             q1 = self._q(self.q1, batch["features"], batch["action"]).float()
             q2 = self._q(self.q2, batch["features"], batch["action"]).float()
             critic_loss = (q1 - target).pow(2).mean() + (q2 - target).pow(2).mean()
@@ -534,7 +534,8 @@ class LOMPOAgent:
         self.real.add(features=features[:, :-1].flatten(0, 1),
                       action=data["action"][:, 1:].flatten(0, 1),
                       next_features=features[:, 1:].flatten(0, 1),
-                      reward=data["reward"][:, 1:].flatten(0, 1), terminal=terminal.flatten(0, 1))
+                      reward=data["reward"][:, 1:].flatten(0, 1),
+                      is_terminal=terminal.flatten(0, 1))
 
     def encode_next_episode(self, dataset):
         """Re-encode the next episode in dataset order (cycling), as LOMPO's episode iterator does."""
@@ -550,8 +551,8 @@ class LOMPOAgent:
     @torch.no_grad()
     def imagine_transitions(self, start):
         """Roll the noisy actor out ``horizon`` steps from ``start`` states; returns the transitions
-        ``{features, action, next_features, reward, terminal}`` (``(H * N, ...)``, time-major) with the
-        penalized reward, plus ``(model_reward, penalty)`` ``(H, N)``."""
+        ``{features, action, next_features, reward, is_terminal}`` (``(H * N, ...)``, time-major)
+        with the penalized reward, plus ``(model_reward, penalty)`` ``(H, N)``."""
         cfg = self.config
         actor = self.behavior.actor
 
@@ -567,7 +568,7 @@ class LOMPOAgent:
             "action": imagination.actions.flatten(0, 1),
             "next_features": imagination.features[1:].flatten(0, 1),
             "reward": (reward - cfg.penalty_lambda * penalty).flatten(),
-            "terminal": torch.zeros_like(reward).flatten(),
+            "is_terminal": torch.zeros_like(reward).flatten(),
         }
         return transitions, reward, penalty
 
@@ -683,7 +684,7 @@ def train(dataset, config, run, device="cpu"):
     """Train (or finish training) LOMPO on ``dataset`` in the run folder ``run``; returns the agent.
     ``ALGORITHM.train``: the run gives the seed, the metrics log and the checkpoint."""
     capacity = buffer_capacity(dataset, config)
-    state_dim = state_size(dataset, config.observation)  # a clear error for a dataset without
+    state_dim = state_size(dataset, config.observation)  # fails clearly without states
     torch.manual_seed(run.seed)
     agent = LOMPOAgent(dataset.action_dim, config, capacity=capacity, task=dataset.task,
                        device=device, seed=run.seed, state_dim=state_dim)

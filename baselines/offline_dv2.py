@@ -392,7 +392,7 @@ class OfflineDV2Agent:
 def train(dataset, config, run, device="cpu"):
     """Train (or finish training) Offline DV2 on ``dataset`` in the run folder ``run``; returns the
     agent. ``ALGORITHM.train``: the run gives the seed, the metrics log and the checkpoint."""
-    state_dim = state_size(dataset, config.observation)  # a clear error for a dataset without
+    state_dim = state_size(dataset, config.observation)  # fails clearly without states
     torch.manual_seed(run.seed)
     agent = OfflineDV2Agent(dataset.action_dim, config, task=dataset.task, device=device,
                             seed=run.seed, state_dim=state_dim)

@@ -55,9 +55,7 @@ def report(task, result, wall_seconds, args):
         levels[level] = {
             "statistics": return_statistics(data.returns),
             "policies": len(data.policies()),
-            "verdicts": [{"statistic": v.statistic, "value": v.value, "paper": v.paper,
-                          "low": v.low, "high": v.high, "passed": v.passed,
-                          "verdict": v.describe()} for v in result.verdicts[level]]}
+            "verdicts": [verdict.to_dict() for verdict in result.verdicts[level]]}
         data.close()
     command = (f"python benchmarks/datasets.py {task} --render-workers {args.render_workers} "
                f"--seed {args.seed}")

@@ -23,8 +23,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 import lqv_d4rl  # noqa: F401  (pins the CPU kernels before torch starts)
 import torch
 from collectors.sac import SACAgent, SACConfig, SACPolicy

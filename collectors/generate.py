@@ -199,7 +199,9 @@ class GenerateResult:
     @property
     def faithful(self):
         """True when every check of every level passed."""
-        return all(verdict.passed for found in self.verdicts.values() for verdict in found)
+        from lqv_d4rl.fidelity import all_passed
+
+        return all(all_passed(found) for found in self.verdicts.values())
 
 
 def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, device="cpu",
@@ -251,7 +253,9 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
     if behaviour == "sac-state" and recipe.medium_speed_limits and spec.kind != "gym":
         raise GenerateError(f"medium_speed_limits apply to car_racing only (a speed limit on its "
                             f"state features); {task} has none")
-    num_envs = int(num_envs or getattr(recipe, "num_envs", 1))
+    if behaviour == "tia" and num_envs is not None:  # the recipe records what was played
+        recipe = dataclasses.replace(recipe, num_envs=int(num_envs))
+    num_envs = int(getattr(recipe, "num_envs", 1))
     root = dataset_root(root)
     folders = {level: dataset_path(f"{task}-{level}", root) for level in levels}
     work_dir = root / ".work" / (f"{task}-seed{seed}" if behaviour == "tia"
@@ -272,13 +276,15 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
         if progress and finished:
             skipped = ", ".join(f"{task}-{level}" for level in sorted(finished))
             print(f"skipping finished datasets: {skipped}")
-        if overwrite and work_dir.exists() and {"medrep", "medium"} & set(pending):
+        if overwrite and work_dir.exists() and _trained_levels(recipe) & set(pending):
             shutil.rmtree(work_dir)
         if behaviour == "sac-state":
             from .state_recipe import StateJob
 
-            job = StateJob(task, spec, recipe, workers, root, work_dir, seed, overwrite,
-                           progress, provenance, max_shard_bytes, pool)
+            job = StateJob(task, spec, recipe, workers=workers, root=root, work_dir=work_dir,
+                           seed=seed, overwrite=overwrite, progress=progress,
+                           provenance=provenance, max_shard_bytes=max_shard_bytes,
+                           video_pool=pool)
             with _torch_threads(TORCH_THREADS):
                 job.run(folders, pending)
             return summarize(task, folders, work_dir, progress, job.timings)
@@ -292,6 +298,15 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
             if {"medrep", "medium"} & set(pending):
                 job.train_and_record(folders, pending)
     return summarize(task, folders, work_dir, progress)
+
+
+def _trained_levels(recipe):
+    """The levels whose policies come from the training run (``--overwrite`` then restarts it):
+    medrep and medium, and the sac-state recipe's random level of early snapshots."""
+    levels = {"medrep", "medium"}
+    if getattr(recipe, "random_behaviour", None) == "early_snapshots":
+        levels.add("random")
+    return levels
 
 
 def _check_levels(levels):

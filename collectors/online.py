@@ -69,7 +69,12 @@ def read_checkpoint_state(state_path, version, run_settings):
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot read {state_path} ({err}); delete {work_dir} to "
                               "restart the training run from scratch") from err
-    if saved.get("version") != version or saved.get("run") != run_settings:
+    if saved.get("version") != version:
+        raise CheckpointError(
+            f"the checkpoint in {work_dir} was written by another lqv-d4rl (checkpoint layout "
+            f"version {saved.get('version')}; this one reads {version}); delete {work_dir} (or "
+            "pass overwrite) to start the training run over")
+    if saved.get("run") != run_settings:
         raise CheckpointError(
             f"the checkpoint in {work_dir} belongs to a run with other settings (stored "
             f"{saved.get('run')}, asked for {run_settings}); resume with the same "

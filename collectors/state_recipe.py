@@ -45,8 +45,8 @@ the simulation is deterministic, so:
   the real environment (:class:`~lqv_d4rl.car_racing.CarEpisodeRenderer`, ``workers`` processes),
   which checks that every replayed reward and car state equals the stored one.
 * The cpu preset (:func:`car_racing_cpu`) keeps the learning rates 3e-4 but starts the
-  temperature at 0.1 and makes 0.05 updates per agent step (the dm_control cpu values: 0.3 and
-  0.1). The update rate sets how many training episodes come before the band, i.e. medrep, and
+  temperature at 0.1 and makes 0.05 updates per agent step (``collectors.sac.CPU_TASK_SETTINGS``;
+  the dm_control cpu values: 0.3 and 0.06). The update rate sets how many training episodes come before the band, i.e. medrep, and
   the band took about as many updates either way: runs with this training schedule (seed 0,
   outside generate, temperature 0.1) first evaluated in the band after 14,750 updates at 0.25
   updates per step (~120 episodes, far too few for the paper's 400) and after 12,125 at 0.0625
@@ -103,6 +103,7 @@ from .recorders import (
 from .sac import SACAgent, SACConfig, SACPolicy, TransitionReplay
 
 STATE_PRESETS = ("cpu", "smoke")
+RANDOM_BEHAVIOURS = ("early_snapshots", "untrained")
 STATE_NAME = "state.json"
 STATE_VERSION = 2
 """2: the untrained actor is evaluated too, and medium candidates play probe episodes."""
@@ -159,10 +160,19 @@ class StateRecipe:
     checkpoint_every: int = 20
     """Training episodes between checkpoints of the training run."""
 
+    def __post_init__(self):
+        if self.random_behaviour not in RANDOM_BEHAVIOURS:
+            raise ValueError(f"random_behaviour must be one of {', '.join(RANDOM_BEHAVIOURS)}; "
+                             f"got {self.random_behaviour!r}")
+        if self.medium_band is not None and self.medium_mean is None:
+            raise ValueError("a medium_band needs the medium_mean the medium snapshot must match "
+                             "(Table 3's medium row: lqv_d4rl.registry.get_recipe(id)"
+                             ".paper_returns['mean'])")
+
     def describe(self):
-        """The recipe as a JSON-able dict (provenance), the SAC config included. Fields added
-        after datasets were made are left out at their defaults, so those datasets' provenance
-        (which a resumed run compares) stays what it was."""
+        """The recipe as a JSON-able dict (provenance), the SAC config included. The fields in
+        ``_LATER_FIELDS`` (added while datasets were being made) are left out at their defaults,
+        so those datasets' provenance (which a resumed run compares) stays what it was."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                   if f.name != "sac" and not (f.name in _LATER_FIELDS
                                               and getattr(self, f.name) == f.default)}
@@ -295,8 +305,9 @@ class RunState:
 class SACRun:
     """One SAC training run on states with checkpoints in ``work_dir`` (see the module docstring).
 
-    ``on_evaluation(evaluation, agent) -> bool`` decides when to stop (True), as for TIA
-    (:class:`collectors.generate.MediumPolicyTracker`). After :meth:`run`, :attr:`episodes` holds
+    ``on_evaluation(evaluation, agent, play=play) -> bool`` decides when to stop (True);
+    ``play(count, explore, speed_limit=None)`` plays more episodes of the evaluated snapshot and
+    returns their returns (:class:`MediumSearch` judges candidates with it). After :meth:`run`, :attr:`episodes` holds
     every training episode (RecordedEpisode without images) with its policy id and step.
     """
 
@@ -496,7 +507,7 @@ class SACRun:
 
 
 class _ActorSaver:
-    """What MediumPolicyTracker needs of an agent: ``save(path)``, here the actor alone."""
+    """What MediumSearch needs of an agent: ``save(path)``, here the actor alone."""
 
     def __init__(self, agent):
         self.save = agent.save_actor
@@ -582,12 +593,13 @@ class StateJob(GenerateJob):
                   "= snapshot (sac-seedS-stepNNNNNN, env steps) or sac-seedS-prefill "
                   "(uniform random actions)",
         "medium": "one fixed SAC snapshot whose evaluation returns match Table 3's medium row "
-                  "(share in band, mean), actions tanh(mean)",
+                  "(share in band, mean), actions tanh(mean) or sampled "
+                  "(training_run.medium_policy.explore)",
     }
     untrained_random_policies = ("randomly initialized SAC actors on states (policy ids "
                                  "sac-initPP-seedS), sampled actions")
 
-    def __init__(self, task, spec, recipe, workers, root, work_dir, seed, overwrite,
+    def __init__(self, task, spec, recipe, *, workers, root, work_dir, seed, overwrite,
                  progress, provenance, max_shard_bytes, video_pool):
         super().__init__(task, spec, recipe, root, work_dir, seed, overwrite, progress,
                          provenance, max_shard_bytes)
@@ -602,9 +614,9 @@ class StateJob(GenerateJob):
 
     speed_limited_medium = (
         "one fixed SAC snapshot whose evaluation returns match Table 3's medium row (share in "
-        "band, mean), actions tanh(mean), or tanh(mean) under a speed limit when the search "
-        "kept one (training_run.medium_policy.action_transform; the stored actions are the "
-        "limited ones)")
+        "band, mean), actions tanh(mean) or sampled (training_run.medium_policy.explore), or "
+        "tanh(mean) under a speed limit when the search kept one "
+        "(training_run.medium_policy.action_transform; the stored actions are the limited ones)")
 
     def run(self, folders, levels):
         """Write the pending ``levels`` into ``folders`` (level -> folder)."""
@@ -613,15 +625,17 @@ class StateJob(GenerateJob):
 
         self.simulator = make_state_simulator(self.task)
         renderer = CarEpisodeRenderer if self.replayed else EpisodeRenderer
-        with renderer(self.task, video_pool=self.video_pool,
-                      workers=self.workers) as self.renderer:
-            if self.recipe.random_behaviour == "untrained" and "random" in levels:
-                with self.timed("random (record)"):
-                    self.record_untrained_random(folders["random"])
-                levels = [level for level in levels if level != "random"]
-            if levels:
-                self.train_and_record(folders, levels)
-        self.simulator.close()
+        try:
+            with renderer(self.task, video_pool=self.video_pool,
+                          workers=self.workers) as self.renderer:
+                if self.recipe.random_behaviour == "untrained" and "random" in levels:
+                    with self.timed("random (record)"):
+                        self.record_untrained_random(folders["random"])
+                    levels = [level for level in levels if level != "random"]
+                if levels:
+                    self.train_and_record(folders, levels)
+        finally:
+            self.simulator.close()
 
     def write_rendered(self, writer, entries, total, description):
         """Render and write ``entries`` (RecordedEpisode without images, policy id, policy

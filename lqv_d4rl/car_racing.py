@@ -445,7 +445,7 @@ class CarEpisodeRenderer:
 
 def _render_item(env, index, actions, seed, rewards, states=None):
     return _replay(env, actions, seed, rewards, states,
-                   f"episode {index} (seed {int(seed)})")
+                   f"episode {index} of this rendering (seed {int(seed)})")
 
 
 _worker_env = None

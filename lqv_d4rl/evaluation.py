@@ -68,7 +68,6 @@ def evaluate(policy, env_kwargs, episodes=10, *, first_episode_seed=0, workers=1
         warnings.warn("evaluate(seed=...) is deprecated: the argument is now first_episode_seed "
                       "(seed means the training seed elsewhere)", DeprecationWarning, stacklevel=2)
         first_episode_seed = seed
-    seed = first_episode_seed
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -78,10 +77,11 @@ def evaluate(policy, env_kwargs, episodes=10, *, first_episode_seed=0, workers=1
                disable=not progress)
     try:
         if workers == 1 or episodes == 1:
-            outcomes = _play_here(policy, env_kwargs, episodes, seed, max_steps, bar)
+            outcomes = _play_here(policy, env_kwargs, episodes, first_episode_seed, max_steps,
+                                  bar)
         else:
-            outcomes = _play_in_workers(policy, env_kwargs, episodes, seed, max_steps,
-                                        min(workers, episodes), bar)
+            outcomes = _play_in_workers(policy, env_kwargs, episodes, first_episode_seed,
+                                        max_steps, min(workers, episodes), bar)
     finally:
         bar.close()
     returns = np.array([outcome[0] for outcome in outcomes], dtype=np.float64)
@@ -89,7 +89,8 @@ def evaluate(policy, env_kwargs, episodes=10, *, first_episode_seed=0, workers=1
     scores = np.atleast_1d(get_normalized_score(task, returns, reference="paper"))
     table1 = np.atleast_1d(get_normalized_score(task, returns, reference="paper_table1"))
     return {
-        "task": task, "env": env_kwargs, "episodes": episodes, "first_episode_seed": int(seed),
+        "task": task, "env": env_kwargs, "episodes": episodes,
+        "first_episode_seed": int(first_episode_seed),
         "max_steps": max_steps, "returns": returns.tolist(),
         "lengths": [int(outcome[1]) for outcome in outcomes],
         "mean_return": float(returns.mean()), "std_return": float(returns.std()),

@@ -52,6 +52,18 @@ class Verdict:
     low: float
     high: float
 
+    def to_dict(self) -> dict:
+        """A JSON-able dict: the fields, ``passed`` and ``verdict`` (:meth:`describe`)."""
+        return {"statistic": self.statistic, "value": self.value, "paper": self.paper,
+                "low": self.low, "high": self.high, "passed": self.passed,
+                "verdict": self.describe()}
+
+    @classmethod
+    def from_dict(cls, values) -> "Verdict":
+        """The verdict of a :meth:`to_dict` dict."""
+        return cls(values["statistic"], values["value"], values["paper"], values["low"],
+                   values["high"])
+
     @property
     def passed(self) -> bool:
         """True when ``low <= value <= high``."""

@@ -30,7 +30,9 @@ import torch
 from lqv_d4rl.networks import imagination_disagreement, state_disagreement
 from lqv_d4rl.observations import dimension_names, sequence_keys
 from lqv_d4rl.plots import image_grid, line_plot
-from lqv_d4rl.samplers import action_entropy, make_sequence_sampler, mark_window_starts
+from lqv_d4rl.samplers import (
+    action_entropy, gather_sequences, make_sequence_sampler, mark_window_starts,
+)
 from lqv_d4rl.seeding import seeded_torch
 
 from .training import make_sampler
@@ -108,14 +110,10 @@ def sampling_action_entropy(dataset, config, *, batches=8, points=6, seed=0,
         sampler = make_sampler(dataset, mode, config, seed, recycle=False)
         for step in steps:
             sampler.set_step(int(step))
-            actions, first = [], []
-            for _ in range(batches):
-                episodes, starts = sampler.choose_windows()
-                first_rows = np.asarray(dataset.episode_starts)[episodes] + starts
-                window = first_rows[:, None] + np.arange(sampler.seq_len)
-                actions.append(np.asarray(dataset.actions)[window])
-                first.append(np.asarray(dataset.is_first)[window])
-            entropy = action_entropy(np.concatenate(actions), np.concatenate(first))
+            windows = [gather_sequences(dataset, *sampler.choose_windows(), sampler.seq_len,
+                                        keys=("action", "is_first")) for _ in range(batches)]
+            entropy = action_entropy(np.concatenate([w["action"] for w in windows]),
+                                     np.concatenate([w["is_first"] for w in windows]))
             rows.append({"mode": mode, "step": int(step), "entropy": entropy})
     return rows
 

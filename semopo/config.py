@@ -11,13 +11,14 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from lqv_d4rl.algorithms import ConfigError
 from lqv_d4rl.observations import check_observation_fields
+from lqv_d4rl.samplers import CONSERVATIVE_ORDERS
 
 SAMPLING_MODES = ("conservative", "conservative_literal", "conservative_policy", "return_curriculum",
                   "random")
-CONSERVATIVE_ORDERS = ("return", "policy")
 PENALTIES = ("semopo_paper", "semopo_code", "lompo")
 OPTIMIZERS = ("joint", "per_branch")
 SCORED_STATES = ("next", "current")
+"""``imagined_reward_states`` values (lqv_d4rl.networks.rssm checks the same two, with torch)."""
 PRECISIONS = ("float32", "bfloat16", "float16")
 
 

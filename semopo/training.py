@@ -128,7 +128,7 @@ class _Trainer:
 
     def __init__(self, dataset, config, run, device):
         self.run, self.config, self.device = run, config, device
-        state_dim = state_size(dataset, config.observation)  # a clear error for a dataset without
+        state_dim = state_size(dataset, config.observation)  # fails clearly without states
         torch.manual_seed(run.seed)
         self.agent = SeMOPOAgent(dataset.action_dim, config, task=dataset.task, device=device,
                                  seed=run.seed, state_dim=state_dim)

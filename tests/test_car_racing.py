@@ -84,7 +84,7 @@ def test_a_replay_that_differs_is_refused_naming_the_episode(simulated):
         outputs = renderer.render(items)
         images, video_ids = next(outputs)
         assert images.shape == (8, 64, 64, 3) and video_ids == []
-        with pytest.raises(CarReplayError, match=r"episode 1 \(seed 21\).* entry 5"):
+        with pytest.raises(CarReplayError, match=r"episode 1 of this rendering \(seed 21\).* entry 5"):
             next(outputs)
     with pytest.raises(CarReplayError, match="entry 1"):  # another seed: another track
         render_car_episode(steps["action"][:4], SEED + 1, steps["reward"][:4])

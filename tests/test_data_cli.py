@@ -322,6 +322,20 @@ def test_preview_rejects_bad_episodes_and_suffixes(root, tmp_path):
     assert result.exit_code == 2 and ".gif or .png" in result.output
 
 
+@pytest.mark.parametrize("suffix", [".png", ".gif"])
+def test_preview_of_a_dataset_without_episodes_says_so(tmp_path, suffix):
+    from lqv_d4rl.format import ShardWriter
+
+    folder = tmp_path / "walker_walk-random"
+    with pytest.raises(KeyboardInterrupt):
+        with ShardWriter(folder, dataset_id="walker_walk-random", task="walker_walk",
+                         level="random", action_dim=6):
+            raise KeyboardInterrupt  # stopped before its first episode
+    result = run_cli("preview", folder, "--out", tmp_path / f"x{suffix}")
+    assert result.exit_code == 1 and "holds no finished episode yet" in result.output
+    assert "Traceback" not in result.output
+
+
 # ------------------------------------------------------------------------------ import-npz
 
 

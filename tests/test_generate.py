@@ -673,3 +673,22 @@ def test_the_car_racing_cpu_preset_and_its_speed_limited_medium_search(tmp_path)
         "driver", False, 0.5, True)
     assert info["action_transform"]["forward_speed_limit"] == 0.5
     assert info["returns"] == [370.0] * 7
+
+
+def test_an_old_checkpoint_is_named_as_such_and_overwrite_restarts_the_random_levels_run(
+        tmp_path):
+    import json as json_module
+
+    from collectors.online import read_checkpoint_state
+
+    run_state(tmp_path, levels=["random"])  # the random level comes from the training run
+    state_path = tmp_path / ".work" / f"{TASK}-sac-state-seed1" / "state.json"
+    saved = json_module.loads(state_path.read_text())
+    saved["version"] = 1  # as an older lqv-d4rl wrote it
+    state_path.write_text(json_module.dumps(saved))
+    with pytest.raises(CheckpointError, match="written by another lqv-d4rl .* version 1; this "
+                                              "one reads 2"):
+        read_checkpoint_state(state_path, 2, saved["run"])
+    result = run_state(tmp_path, levels=["random"], overwrite=True)  # starts the run over
+    assert read_manifest(result.folders["random"])["complete"]
+    assert json_module.loads(state_path.read_text())["version"] == 2

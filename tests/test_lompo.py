@@ -44,7 +44,7 @@ def transitions(count, reward, feature_dim=4, action_dim=6, offset=0):
     features = torch.arange(offset, offset + count).float()[:, None].expand(count, feature_dim)
     return {"features": features, "action": torch.zeros(count, action_dim),
             "next_features": features + 1, "reward": torch.full((count,), float(reward)),
-            "terminal": torch.zeros(count)}
+            "is_terminal": torch.zeros(count)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,7 +125,7 @@ def test_real_buffer_holds_posterior_transitions_aligned_with_the_dataset(tmp_pa
     steps = int(lengths[0]) - 1
     assert torch.equal(following[:steps - 1], features[1:steps])  # chained within an episode
     assert not torch.equal(following[steps - 1], features[steps])  # not across episodes
-    assert not agent.real.data["terminal"].any()
+    assert not agent.real.data["is_terminal"].any()
     agent.encode_next_episode(dataset)  # LOMPO then cycles through the episodes in order
     assert agent.episodes_encoded == len(dataset) + 1
     np.testing.assert_array_equal(agent.real.data["action"][agent.real.size - steps:agent.real.size],
@@ -198,7 +198,7 @@ def test_twin_q_agent_improves_the_imagined_return_on_toy_dynamics():
     real = agent.world_model.imagine(random_policy, torch.randn(200, 2, generator=generator), 5)
     agent.real.add(features=real.features[:-1].flatten(0, 1), action=real.actions.flatten(0, 1),
                    next_features=real.features[1:].flatten(0, 1),
-                   reward=agent.world_model.reward(real).flatten(), terminal=torch.zeros(1000))
+                   reward=agent.world_model.reward(real).flatten(), is_terminal=torch.zeros(1000))
     start = torch.randn(64, 2, generator=generator)
 
     def imagined_return():

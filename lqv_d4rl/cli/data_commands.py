@@ -226,9 +226,8 @@ def dataset_report(folder: Path) -> dict:
     if dataset_id in DATASET_IDS:
         recipe = get_recipe(dataset_id)
         paper = {"episodes": recipe.episodes, **recipe.paper_returns}
-        fidelity = [{"statistic": v.statistic, "value": v.value, "paper": v.paper, "low": v.low,
-                     "high": v.high, "passed": v.passed, "verdict": v.describe()}
-                    for v in fidelity_verdicts(recipe.task, recipe.level, data.returns)]
+        fidelity = [verdict.to_dict()
+                    for verdict in fidelity_verdicts(recipe.task, recipe.level, data.returns)]
     provenance = manifest.get("provenance", {})
     return {
         "dataset_id": dataset_id,
@@ -297,13 +296,11 @@ def fidelity_lines(report: dict) -> list:
     """The fidelity checks against Table 3 (lqv_d4rl.fidelity) as lines, for a benchmark id."""
     if not report.get("fidelity"):
         return []
-    from ..fidelity import Verdict, format_verdicts
+    from ..fidelity import Verdict, all_passed, format_verdicts
 
-    verdicts = [Verdict(v["statistic"], v["value"], v["paper"], v["low"], v["high"])
-                for v in report["fidelity"]]
-    passed = all(v.passed for v in verdicts)
+    verdicts = [Verdict.from_dict(values) for values in report["fidelity"]]
     return ["", "Against the paper's Table 3 (tolerances in DATASETS.md): "
-                + ("faithful" if passed else "NOT within the tolerances"),
+                + ("faithful" if all_passed(verdicts) else "NOT within the tolerances"),
             format_verdicts([(report["dataset_id"], verdicts)])]
 
 
@@ -411,6 +408,9 @@ def preview_command(dataset, out, episodes, frames, every, fps, scale, root):
         raise click.BadParameter("the file must end in .gif or .png", param_hint="--out")
     folder = resolve_dataset_folder(dataset, root)
     data = load_dataset(folder, lazy=True, verify=False, allow_partial=True)
+    if len(data) == 0:
+        raise click.ClickException(f"{folder} holds no finished episode yet: nothing to preview "
+                                   "(let the command that writes it finish a shard first)")
     if episodes is None:
         indices = spread(len(data), PNG_EPISODES) if suffix == ".png" else [0]
     else:

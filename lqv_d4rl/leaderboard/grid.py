@@ -191,7 +191,7 @@ def find_datasets(dataset_ids, root, *, download=False, echo=print):
     if missing and not download:
         tasks = list(dict.fromkeys(dataset_id.rsplit("-", 1)[0] for dataset_id in missing))
         how = generate_hint(tasks[0], root).replace("Make it", "make them", 1)
-        others = _other_tasks_hint(tasks[1:], root)
+        others = _other_tasks_hint(tasks[1:])
         raise DatasetNotFoundError(
             f"{len(missing)} dataset{'s' if len(missing) > 1 else ''} of the grid "
             f"{'are' if len(missing) > 1 else 'is'} not in {dataset_root(root)}: "
@@ -206,19 +206,10 @@ def find_datasets(dataset_ids, root, *, download=False, echo=print):
     return {dataset_id: folders[dataset_id] for dataset_id in dataset_ids}
 
 
-def _other_tasks_hint(tasks, root):
-    """`` (the same for TASK, ...; car_racing: ...)`` after the generate hint of a grid's first
-    missing task ('' when there are no others)."""
-    from ..folders import root_argument
-
-    parts = []
-    cpu_tasks = [task for task in tasks if task != "car_racing"]
-    if cpu_tasks:
-        parts.append("the same for " + ", ".join(cpu_tasks))
-    if "car_racing" in tasks:
-        parts.append("car_racing: TIA on a GPU, `lqv-d4rl generate car_racing --preset paper "
-                     f"--device cuda{root_argument(root)}`")
-    return f" ({'; '.join(parts)})" if parts else ""
+def _other_tasks_hint(tasks):
+    """`` (the same for TASK, ...)`` after the generate hint of a grid's first missing task ('' when
+    there are no others)."""
+    return f" (the same for {', '.join(tasks)})" if tasks else ""
 
 
 def check_dataset_folders(folders, video_dir=None, rgb_background=False):
