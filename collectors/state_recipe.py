@@ -25,9 +25,16 @@ shown). The levels, all from one SAC training run from scratch (the run comes fi
   (its policy_step).
 * ``medium``: the first snapshot whose returns match Table 3's medium row (:class:`MediumSearch`:
   at least 95 % of its episodes in the band and its mean within 7 % of the paper's, confirmed on
-  30 more episodes; acting with tanh(mean), or with sampled actions when those match) plays
-  ``medium_episodes`` (200) episodes as it was judged; the run trains on past the band until it
-  finds one (if none, the closest, and the fidelity checks say how far off it is).
+  30 more episodes) plays ``medium_episodes`` (200) episodes as it was judged; the run trains on
+  past the band until it finds one (if none, the closest, and the fidelity checks say how far off
+  it is). It is judged acting with tanh(mean), with sampled actions, and, once it acts better
+  than the paper's medium policy, under a fixed handicap: its actions scaled down
+  (``medium_action_scales``, :data:`MEDIUM_ACTION_SCALES`). **A departure**: SAC snapshots of
+  walker_walk near the band fall now and then (episode returns ~15..250 or ~550..700, never
+  95 % in the band), and the first that no longer falls already walks above it (590..660); the
+  same snapshot with weaker actuators walks as consistently, at a medium return. The handicap is
+  part of the medium policy: the stored actions are the scaled ones and the manifest's
+  ``training_run.medium_policy`` records it (``transform``, ``action_transform``).
 
 Every evaluated snapshot is kept under ``<work_dir>/snapshots/`` with its evaluation returns
 (``state.json`` lists them). Presets: ``cpu`` (the published episode counts, full episodes,
@@ -69,7 +76,7 @@ the simulation is deterministic, so:
   evaluation means were 327..862, 40 medium-seeded episodes each under the limit had means
   365..385, std 38..43 and 90..95 % in the band (the episodes outside are the shortest and
   longest tracks). The limit is part of the medium policy: the stored actions are the limited
-  ones and the manifest's ``training_run.medium_policy`` records it (``speed_limit``,
+  ones and the manifest's ``training_run.medium_policy`` records it (``transform``,
   ``action_transform``).
 
 Resuming and bytes: episode ``k`` of a level is reset with ``derived_seed(seed, level, k)`` and
@@ -148,6 +155,11 @@ class StateRecipe:
     """... and its mean within this relative distance of ``medium_mean`` (the dataset: 10 %)."""
     medium_confirm_episodes: int = 30
     """Evaluation episodes added to a promising candidate before the run stops there."""
+    medium_action_scales: tuple = ()
+    """dm_control: action scales (each action multiplied by the scale: weaker actuators) under
+    which the medium search also tries each snapshot whose mean evaluation return is above the
+    paper's medium mean, acting with tanh(mean), from the largest scale down; a scale the search
+    keeps is part of the medium policy (its manifest's ``training_run.medium_policy``)."""
     medium_speed_limits: tuple = ()
     """car_racing only: speed limits (``forward_speed`` feature: world units per second / 50;
     :func:`lqv_d4rl.car_racing.speed_limited_action`) under which the medium search also tries
@@ -177,12 +189,13 @@ class StateRecipe:
                   if f.name != "sac" and not (f.name in _LATER_FIELDS
                                               and getattr(self, f.name) == f.default)}
         fields["medium_band"] = None if self.medium_band is None else list(self.medium_band)
-        if "medium_speed_limits" in fields:
-            fields["medium_speed_limits"] = [float(v) for v in self.medium_speed_limits]
+        for name in ("medium_speed_limits", "medium_action_scales"):
+            if name in fields:
+                fields[name] = [float(v) for v in getattr(self, name)]
         return {**fields, "behaviour": "sac-state", "sac": dataclasses.asdict(self.sac)}
 
 
-_LATER_FIELDS = ("medium_speed_limits",)
+_LATER_FIELDS = ("medium_speed_limits", "medium_action_scales")
 """StateRecipe fields that :meth:`StateRecipe.describe` leaves out at their defaults."""
 CAR_RACING_SPEED_LIMIT = 0.465
 """The car_racing cpu preset's speed limit (``forward_speed`` 0.465 = 23 world units/s). A driver
@@ -204,8 +217,8 @@ def state_recipe(task, preset="cpu"):
                              medrep_episodes=get_recipe(f"{task}-medrep").episodes,
                              medium_episodes=get_recipe(f"{task}-medium").episodes)
         if spec.kind == "gym":
-            recipe = car_racing_cpu(recipe)
-        return recipe
+            return car_racing_cpu(recipe)
+        return dataclasses.replace(recipe, medium_action_scales=MEDIUM_ACTION_SCALES)
     if preset == "smoke":
         return StateRecipe(preset="smoke", sac=SACConfig.smoke(), random_policies=3,
                            random_episodes_per_policy=2, medium_episodes=4, medium_band=None,
@@ -221,14 +234,61 @@ def car_racing_cpu(recipe):
     return dataclasses.replace(recipe, medium_speed_limits=(CAR_RACING_SPEED_LIMIT,))
 
 
-def medium_policy(policy, speed_limit=None):
-    """``policy`` under ``speed_limit`` (car_racing:
-    :class:`lqv_d4rl.car_racing.SpeedLimitedPolicy`) or, without one, ``policy`` itself."""
-    if speed_limit is None:
-        return policy
-    from lqv_d4rl.car_racing import SpeedLimitedPolicy
+MEDIUM_ACTION_SCALES = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
+"""The dm_control cpu preset's action scales for the medium search. SAC snapshots of walker_walk
+near the band fall now and then (returns either ~15..250 or ~550..700); a later snapshot that no
+longer falls returns 590..660 with tanh(mean), above the band (401.5..598): scaled by 0.8 the same
+snapshot returned 520..594 in 10 of 10 probe episodes (0.7: 386..479)."""
 
-    return SpeedLimitedPolicy(policy, speed_limit)
+
+class ScaledPolicy:
+    """A policy (``act(state, deterministic=, generator=)``) whose actions are multiplied by
+    ``scale``: the same behaviour with weaker actuators, its own random draws unchanged."""
+
+    def __init__(self, policy, scale):
+        self.policy, self.scale = policy, float(scale)
+        self.action_dim = getattr(policy, "action_dim", None)
+
+    def act(self, state, *, deterministic=False, generator=None):
+        """The policy's action, scaled."""
+        action = self.policy.act(state, deterministic=deterministic, generator=generator)
+        return (np.asarray(action, np.float32) * np.float32(self.scale)).astype(np.float32)
+
+
+TRANSFORMS = ("action_scale", "speed_limit")
+
+
+def medium_policy(policy, transform=None):
+    """``policy`` under ``transform`` (``(kind, value)``: ``("action_scale", c)``,
+    :class:`ScaledPolicy`; ``("speed_limit", v)``, car_racing's
+    :class:`lqv_d4rl.car_racing.SpeedLimitedPolicy`) or, without one, ``policy`` itself."""
+    if transform is None:
+        return policy
+    kind, value = transform
+    if kind == "action_scale":
+        return ScaledPolicy(policy, value)
+    if kind == "speed_limit":
+        from lqv_d4rl.car_racing import SpeedLimitedPolicy
+
+        return SpeedLimitedPolicy(policy, value)
+    raise ValueError(f"a medium transform is one of {', '.join(TRANSFORMS)}; got {kind!r}")
+
+
+def medium_transform(info):
+    """The ``(kind, value)`` transform of a kept medium snapshot's info (None without one)."""
+    transform = info.get("transform")
+    return None if transform is None else (transform[0], float(transform[1]))
+
+
+def describe_transform(transform):
+    """A transform as a JSON-able dict (provenance of the medium level)."""
+    kind, value = transform
+    if kind == "speed_limit":
+        from lqv_d4rl.car_racing import describe_speed_limit
+
+        return describe_speed_limit(value)
+    return {"transform": "action_scale", "scale": float(value),
+            "rule": f"every action of the snapshot's tanh(mean) multiplied by {float(value):g}"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,7 +366,7 @@ class SACRun:
     """One SAC training run on states with checkpoints in ``work_dir`` (see the module docstring).
 
     ``on_evaluation(evaluation, agent, play=play) -> bool`` decides when to stop (True);
-    ``play(count, explore, speed_limit=None)`` plays more episodes of the evaluated snapshot and
+    ``play(count, explore, transform=None)`` plays more episodes of the evaluated snapshot and
     returns their returns (:class:`MediumSearch` judges candidates with it). After :meth:`run`, :attr:`episodes` holds
     every training episode (RecordedEpisode without images) with its policy id and step.
     """
@@ -418,22 +478,22 @@ class SACRun:
             state.next_eval += config.eval_every
         played = [0]
 
-        def play(count, explore, speed_limit=None):
+        def play(count, explore, transform=None):
             """More episodes of this snapshot, each with its own seed (stream ``probe``)."""
             first = index * PROBES_PER_EVALUATION + played[0]
             played[0] += count
             return self._returns(count, explore=explore, stream="probe", first=first,
-                                 speed_limit=speed_limit)
+                                 transform=transform)
 
         if env_steps > 0 and self.on_evaluation is not None and \
                 self.on_evaluation(evaluation, _ActorSaver(self.agent), play=play):
             state.finished, state.stop_reason = True, "on_evaluation"
 
-    def _returns(self, count, *, explore, stream, first, speed_limit=None):
+    def _returns(self, count, *, explore, stream, first, transform=None):
         """Returns of ``count`` episodes of the current actor, episodes ``first ..`` of
-        ``stream`` (so each has its own seed and action noise), under ``speed_limit`` when given
-        (car_racing)."""
-        policy = medium_policy(SACPolicy.of(self.agent), speed_limit)
+        ``stream`` (so each has its own seed and action noise), under ``transform`` when given
+        (:func:`medium_policy`)."""
+        policy = medium_policy(SACPolicy.of(self.agent), transform)
         return [episode.episode_return for _, episode in simulate_level(
             self.simulator, policy, 0, count, seed=self.seed, stream=stream,
             explore=explore, max_episode_steps=self.max_episode_steps, index_offset=first)]
@@ -594,7 +654,9 @@ class StateJob(GenerateJob):
                   "(uniform random actions)",
         "medium": "one fixed SAC snapshot whose evaluation returns match Table 3's medium row "
                   "(share in band, mean), actions tanh(mean) or sampled "
-                  "(training_run.medium_policy.explore)",
+                  "(training_run.medium_policy.explore), maybe under a fixed handicap "
+                  "(training_run.medium_policy.action_transform: scaled actions, or car_racing's "
+                  "speed limit; the stored actions are the transformed ones)",
     }
     untrained_random_policies = ("randomly initialized SAC actors on states (policy ids "
                                  "sac-initPP-seedS), sampled actions")
@@ -608,15 +670,7 @@ class StateJob(GenerateJob):
         if recipe.random_behaviour == "untrained":
             self.level_policies = dict(self.level_policies, random=self.untrained_random_policies)
         self.replayed = spec.kind == "gym"  # car_racing: frames by replaying the actions live
-        if recipe.medium_speed_limits:  # car_racing (generate checks it)
-            self.level_policies = dict(self.level_policies, medium=self.speed_limited_medium)
         self.simulator = self.renderer = None  # made by run()
-
-    speed_limited_medium = (
-        "one fixed SAC snapshot whose evaluation returns match Table 3's medium row (share in "
-        "band, mean), actions tanh(mean) or sampled (training_run.medium_policy.explore), or "
-        "tanh(mean) under a speed limit when the search kept one "
-        "(training_run.medium_policy.action_transform; the stored actions are the limited ones)")
 
     def run(self, folders, levels):
         """Write the pending ``levels`` into ``folders`` (level -> folder)."""
@@ -695,7 +749,8 @@ class StateJob(GenerateJob):
                                min_share=recipe.medium_min_share,
                                mean_tolerance=recipe.medium_mean_tolerance,
                                confirm_episodes=recipe.medium_confirm_episodes,
-                               speed_limits=recipe.medium_speed_limits)
+                               speed_limits=recipe.medium_speed_limits,
+                               action_scales=recipe.medium_action_scales)
         run = SACRun(recipe.sac, self.task, work_dir=self.work_dir, seed=self.seed,
                      max_episode_steps=recipe.max_episode_steps,
                      checkpoint_every=recipe.checkpoint_every, on_evaluation=tracker,
@@ -797,7 +852,7 @@ class StateJob(GenerateJob):
         under a speed limit)."""
         recipe = self.recipe
         policy = medium_policy(SACPolicy.load(self.work_dir / MEDIUM_POLICY_FILE),
-                               medium.get("speed_limit"))
+                               medium_transform(medium))
 
         def entries(done):
             for _, episode in simulate_level(
@@ -829,21 +884,26 @@ class MediumSearch:
     match still records its best candidate, and the fidelity table says how far off it is.
     Without a band (smoke) the last snapshot is kept, deterministic, and the run never stops.
 
-    ``speed_limits`` (car_racing): after those two modes, a snapshot that reached the band is also
-    judged acting with tanh(mean) under each speed limit in turn
-    (:func:`lqv_d4rl.car_racing.speed_limited_action`), the same way; ``play`` then gets the limit
-    as ``speed_limit``, and the kept info records it (``speed_limit``, ``action_transform``).
+    Two fixed handicaps of a snapshot that acts too well are judged too, each the same way
+    (``play`` gets the transform, and the kept info records it: ``transform``,
+    ``action_transform``): ``speed_limits`` (car_racing: a snapshot that reached the band drives
+    with tanh(mean) under each limit, :func:`lqv_d4rl.car_racing.speed_limited_action`) and
+    ``action_scales`` (dm_control: a snapshot whose mean evaluation return is above the paper's
+    mean acts with its tanh(mean) scaled by each scale in turn, from the largest, until one
+    brings the mean below the band).
     """
 
     rule = "table3"
 
     def __init__(self, band, paper_mean, work_dir, *, min_share=0.95, mean_tolerance=0.07,
-                 confirm_episodes=30, speed_limits=()):
+                 confirm_episodes=30, speed_limits=(), action_scales=()):
         self.band, self.paper_mean = band, paper_mean
         self.work_dir = Path(work_dir)
         self.min_share, self.mean_tolerance = min_share, mean_tolerance
         self.confirm_episodes = confirm_episodes
         self.speed_limits = tuple(float(limit) for limit in speed_limits)
+        self.action_scales = tuple(sorted((float(scale) for scale in action_scales),
+                                          reverse=True))
 
     def shortfalls(self, returns):
         """(share of episodes missing from ``min_share``, relative mean error beyond
@@ -853,47 +913,56 @@ class MediumSearch:
         return max(self.min_share - share, 0.0), max(error - self.mean_tolerance, 0.0)
 
     def __call__(self, evaluation, agent, play=None):
-        """Judge one evaluation; ``play(count, explore)`` plays more episodes of the snapshot and
-        returns their returns. True: stop, the medium snapshot is found."""
+        """Judge one evaluation; ``play(count, explore, transform=None)`` plays more episodes of
+        the snapshot and returns their returns. True: stop, the medium snapshot is found."""
         if self.band is None:
-            self._keep(evaluation, agent, False, evaluation.returns, -float(evaluation.env_steps))
+            self._keep(evaluation, agent, False, None, evaluation.returns,
+                       -float(evaluation.env_steps))
             return False
-        count = len(evaluation.returns)
-        candidates = [(False, None, list(evaluation.returns))]
-        if play is not None and evaluation.mean_return >= self.band[0]:
-            candidates.append((True, None, play(count, True)))
-            candidates += [(False, limit, None) for limit in self.speed_limits]
-        for explore, limit, returns in candidates:
-            if returns is None:  # played only when the earlier modes did not stop the run
-                returns = play(count, explore, speed_limit=limit)
+        for explore, transform, returns in self._candidates(evaluation, play):
             confirmed = False
             if play is not None and sum(self.shortfalls(returns)) == 0:
-                more = (play(self.confirm_episodes, explore) if limit is None else
-                        play(self.confirm_episodes, explore, speed_limit=limit))
-                returns = returns + more
+                returns = returns + play(self.confirm_episodes, explore, transform=transform)
                 confirmed = True
             distance = float(sum(self.shortfalls(returns))) + (0.0 if confirmed else 1e-3)
-            self._keep(evaluation, agent, explore, returns, distance, limit)
+            self._keep(evaluation, agent, explore, transform, returns, distance)
             if confirmed and distance == 0.0:
                 return True
         return False
 
-    def _keep(self, evaluation, agent, explore, returns, distance, speed_limit=None):
+    def _candidates(self, evaluation, play):
+        """``(explore, transform, returns)`` of each way of acting to judge, in order; each is
+        played only when the ones before did not end the search."""
+        count = len(evaluation.returns)
+        yield False, None, list(evaluation.returns)
+        if play is None or evaluation.mean_return < self.band[0]:
+            return
+        yield True, None, play(count, True)
+        for limit in self.speed_limits:
+            transform = ("speed_limit", limit)
+            yield False, transform, play(count, False, transform=transform)
+        if evaluation.mean_return <= self.paper_mean:
+            return  # weaker actuators only lower the return
+        for scale in self.action_scales:
+            transform = ("action_scale", scale)
+            returns = play(count, False, transform=transform)
+            yield False, transform, returns
+            if np.mean(returns) < self.band[0]:
+                return  # smaller scales would only lower it further
+
+    def _keep(self, evaluation, agent, explore, transform, returns, distance):
         """Save the snapshot and its info when it is closer than every earlier candidate (a
         confirmed match is distance 0; an unconfirmed one 0.001)."""
         best = self.load_info()
         if best is not None and distance >= best["distance"]:
             return
         agent.save(self.work_dir / MEDIUM_POLICY_FILE)
-        limit = {}
-        if speed_limit is not None:
-            from lqv_d4rl.car_racing import describe_speed_limit
-
-            limit = {"speed_limit": float(speed_limit),
-                     "action_transform": describe_speed_limit(speed_limit)}
+        handicap = {} if transform is None else {
+            "transform": [transform[0], float(transform[1])],
+            "action_transform": describe_transform(transform)}
         write_json_atomically(self.work_dir / MEDIUM_POLICY_INFO, {
             "policy_id": evaluation.policy_id, "policy_step": evaluation.env_steps,
-            "explore": explore, **limit, "returns": [float(r) for r in returns],
+            "explore": explore, **handicap, "returns": [float(r) for r in returns],
             "evaluation_return": float(np.mean(returns)), "rule": self.rule,
             "distance": distance, "band": None if self.band is None else list(self.band),
             "share_in_band": None if self.band is None else share_in_band(returns, self.band),

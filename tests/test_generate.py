@@ -473,7 +473,7 @@ def test_the_medium_search_confirms_a_candidate_that_matches_table_3(tmp_path):
     played = []
 
     def player(deterministic, sampled):
-        def play(count, explore):
+        def play(count, explore, transform=None):
             played.append((count, explore))
             return ((sampled if explore else deterministic) * count)[:count]
         return play
@@ -619,11 +619,12 @@ def test_the_car_racing_medium_level_drives_as_the_search_kept_it(car_generated,
     work_dir = tmp_path / ".work" / "car_racing-sac-state-seed1"
     info_path = work_dir / "medium-policy.json"
     limit = 0.02
-    info_path.write_text(json.dumps(dict(json.loads(info_path.read_text()), speed_limit=limit)))
+    info_path.write_text(json.dumps(dict(json.loads(info_path.read_text()),
+                                         transform=["speed_limit", limit])))
     result = run_car(tmp_path, levels=["medium"])
     medium = load_dataset(result.folders["medium"])
     assert read_manifest(result.folders["medium"])["provenance"]["training_run"][
-        "medium_policy"]["speed_limit"] == limit
+        "medium_policy"]["transform"] == ["speed_limit", limit]
     policy = SACPolicy.load(work_dir / "medium-policy.pt")
     simulator = CarRacingSimulator()
     limited = 0
@@ -642,8 +643,8 @@ def test_the_car_racing_medium_level_drives_as_the_search_kept_it(car_generated,
 def test_the_car_racing_cpu_preset_and_its_speed_limited_medium_search(tmp_path):
     from collectors.online import Evaluation
     from collectors.sac import SACAgent, SACConfig
-    from collectors.state_recipe import (CAR_RACING_SPEED_LIMIT, MediumSearch, _ActorSaver,
-                                         state_recipe)
+    from collectors.state_recipe import (CAR_RACING_SPEED_LIMIT, MEDIUM_ACTION_SCALES,
+                                         MediumSearch, _ActorSaver, state_recipe)
 
     recipe = state_recipe("car_racing", "cpu")
     assert recipe.medium_band == (302.3, 449.9) and recipe.medium_mean == 372.3
@@ -651,15 +652,17 @@ def test_the_car_racing_cpu_preset_and_its_speed_limited_medium_search(tmp_path)
         0.1, 0.05, 3e-4)
     assert recipe.medium_speed_limits == (CAR_RACING_SPEED_LIMIT,)
     assert recipe.describe()["medium_speed_limits"] == [CAR_RACING_SPEED_LIMIT]
-    walker = state_recipe(TASK, "cpu")  # dm_control: unchanged, and so is its provenance
+    walker = state_recipe(TASK, "cpu")  # dm_control: action scales instead of speed limits
     assert walker.medium_speed_limits == () and "medium_speed_limits" not in walker.describe()
+    assert walker.medium_action_scales == MEDIUM_ACTION_SCALES and recipe.medium_action_scales == ()
     assert walker.sac == SACConfig.cpu()
 
     played = []
 
-    def play(count, explore, speed_limit=None):
-        played.append((count, explore, speed_limit))
-        return [370.0 if speed_limit == 0.5 else 800.0 if not explore else 150.0] * count
+    def play(count, explore, transform=None):
+        played.append((count, explore, transform))
+        return [370.0 if transform == ("speed_limit", 0.5) else 800.0 if not explore else
+                150.0] * count
 
     search = MediumSearch((302.3, 449.9), 372.3, tmp_path, confirm_episodes=3,
                           speed_limits=(0.6, 0.5))
@@ -667,10 +670,11 @@ def test_the_car_racing_cpu_preset_and_its_speed_limited_medium_search(tmp_path)
     assert not search(Evaluation(5000, "below", [100.0] * 4), agent, play=play)
     assert played == []  # below the band: neither sampled nor limited modes are tried
     assert search(Evaluation(10000, "driver", [800.0] * 4), agent, play=play)
-    assert played == [(4, True, None), (4, False, 0.6), (4, False, 0.5), (3, False, 0.5)]
+    assert played == [(4, True, None), (4, False, ("speed_limit", 0.6)),
+                      (4, False, ("speed_limit", 0.5)), (3, False, ("speed_limit", 0.5))]
     info = search.load_info()
-    assert (info["policy_id"], info["explore"], info["speed_limit"], info["in_band"]) == (
-        "driver", False, 0.5, True)
+    assert (info["policy_id"], info["explore"], info["transform"], info["in_band"]) == (
+        "driver", False, ["speed_limit", 0.5], True)
     assert info["action_transform"]["forward_speed_limit"] == 0.5
     assert info["returns"] == [370.0] * 7
 
@@ -692,3 +696,44 @@ def test_an_old_checkpoint_is_named_as_such_and_overwrite_restarts_the_random_le
     result = run_state(tmp_path, levels=["random"], overwrite=True)  # starts the run over
     assert read_manifest(result.folders["random"])["complete"]
     assert json_module.loads(state_path.read_text())["version"] == 2
+
+
+def test_the_medium_search_tries_weaker_actuators_on_a_snapshot_that_acts_too_well(tmp_path):
+    from collectors.online import Evaluation
+    from collectors.sac import SACAgent, SACConfig, SACPolicy
+    from collectors.state_recipe import MediumSearch, _ActorSaver, medium_policy
+
+    played = []
+
+    def play(count, explore, transform=None):
+        played.append((count, explore, transform))
+        scale = 1.0 if transform is None else transform[1]
+        return [640.0 * scale ** 2 - (60.0 if explore else 0.0)] * count  # 0.9: 518.4, 0.8: 409.6
+
+    search = MediumSearch((401.5, 598.0), 513.1, tmp_path, confirm_episodes=3,
+                          action_scales=(0.8, 0.9, 0.95))
+    agent = _ActorSaver(SACAgent(SACConfig.smoke(), 24, 6))
+    assert search(Evaluation(5000, "walker", [640.0] * 4), agent, play=play)
+    assert played == [(4, True, None), (4, False, ("action_scale", 0.95)),
+                      (4, False, ("action_scale", 0.9)), (3, False, ("action_scale", 0.9))]
+    info = search.load_info()
+    assert (info["transform"], info["action_transform"]["scale"], info["in_band"]) == (
+        ["action_scale", 0.9], 0.9, True)
+    played.clear()  # a snapshot at the paper's mean or below is never weakened further
+    search(Evaluation(10000, "slow", [500.0, 450.0, 450.0, 450.0]), agent, play=play)
+    assert [transform for _, _, transform in played] == [None]  # sampled actions only
+    scales = []  # the scales stop once one brings the mean below the band
+
+    def strong(count, explore, transform=None):
+        if transform is not None:
+            scales.append(transform[1])
+        return [900.0 * (1.0 if transform is None else transform[1]) ** 2] * count
+
+    (tmp_path / "x").mkdir()
+    MediumSearch((401.5, 598.0), 513.1, tmp_path / "x", action_scales=(0.9, 0.8, 0.7, 0.6, 0.5))(
+        Evaluation(15000, "strong", [900.0] * 4), agent, play=strong)
+    assert scales == [0.9, 0.8, 0.7, 0.6]  # 729, 576, 441 (no match), then 324 < 401.5: stop
+    policy = SACPolicy.of(SACAgent(SACConfig.smoke(), 24, 6))
+    state = np.zeros(24, np.float32)
+    assert np.allclose(medium_policy(policy, ("action_scale", 0.5)).act(state, deterministic=True),
+                       0.5 * policy.act(state, deterministic=True))
