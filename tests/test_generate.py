@@ -500,7 +500,7 @@ def test_the_medium_search_confirms_a_candidate_that_matches_table_3(tmp_path):
 
 
 def test_random_snapshots_are_matched_to_the_quantiles_of_table_3():
-    from collectors.state_recipe import match_snapshots, quantile_targets
+    from collectors.state_recipe import choose_random_snapshots, match_snapshots, quantile_targets
 
     paper = {"min": 0.0, "p25": 40.0, "median": 60.0, "p75": 120.0, "max": 200.0}
     assert quantile_targets(paper, 4) == pytest.approx([20.0, 50.0, 90.0, 160.0])
@@ -508,6 +508,12 @@ def test_random_snapshots_are_matched_to_the_quantiles_of_table_3():
                    for i, value in enumerate([30.0, 10.0, 50.0, 170.0, 90.0])]
     chosen = match_snapshots(evaluations, [20.0, 50.0, 90.0, 160.0])
     assert [e["policy_id"] for e in chosen] == ["s0", "s2", "s4", "s3"]  # 20: a tie, the earlier
+    late = [dict(e, env_steps=1000 * i + 1000, returns=[e["mean_return"]] * 2)
+            for i, e in enumerate(evaluations)] + [{"policy_id": "band", "env_steps": 9000,
+                                                     "mean_return": 450.0, "returns": [450.0]}]
+    targets, chosen = choose_random_snapshots(late, (401.5, 598.0), paper, 4, max_ratio=0.8)
+    assert targets == pytest.approx([20.0, 50.0, 90.0, 160.0])
+    assert [e["policy_id"] for e in chosen] == ["s0", "s2", "s4", "s1"]  # s3 (170 > 0.8 x 200) out
     twice = match_snapshots(evaluations[:2], [20.0, 25.0, 30.0])
     assert [e["policy_id"] for e in twice] == ["s0", "s1", "s0"]  # reused once all are chosen
 
