@@ -71,7 +71,7 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.0),
+    figure, axes = plt.subplots(1, len(results), figsize=(max(5.2 * len(results), 8.0), 4.0),
                                 squeeze=False)
     for axis, (dataset_id, result) in zip(axes[0], results.items()):
         for label, curve in result["curves"].items():

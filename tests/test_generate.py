@@ -303,7 +303,8 @@ def test_medrep_ends_at_the_first_evaluation_whose_mean_reaches_the_band():
 def test_a_state_recipe_medrep_keeps_only_the_episodes_before_the_band(tmp_path):
     from collectors.generate import generate
 
-    recipe = dataclasses.replace(tiny_state_recipe(), medium_band=(-1.0, 1e9), medium_mean=1.0)
+    recipe = dataclasses.replace(tiny_state_recipe(), medium_band=(-1.0, 1e9), medium_mean=1.0,
+                                 medrep_until="band")
     result = generate(TASK, root=tmp_path, seed=1, recipe=recipe, progress=False,
                       levels=["medrep"], max_shard_bytes=60_000)
     provenance = read_manifest(result.folders["medrep"])["provenance"]
@@ -337,6 +338,10 @@ def test_the_state_recipe_writes_three_datasets_with_its_policy_structure(state_
     assert medrep.policy_steps.tolist() == [0, 0, 40, 60, 80, 100]
     medium = data["medium"]
     run = read_manifest(result.folders["medium"])["provenance"]["training_run"]
+    selection = read_manifest(result.folders["medrep"])["provenance"]["medrep_selection"]
+    assert selection["until"] == "medium"  # the replay of the run up to the medium snapshot
+    assert selection["until_env_steps"] == run["medium_policy"]["policy_step"]
+    assert medrep.policy_steps.max() < selection["until_env_steps"]
     assert medium.policies() == [run["medium_policy"]["policy_id"]] == \
         [run["evaluations"][-1]["policy_id"]]  # smoke: the last evaluated snapshot
     work_dir = root / ".work" / f"{TASK}-sac-state-seed1"
