@@ -272,7 +272,8 @@ def tiny_state_recipe():
     sac = dataclasses.replace(smoke.sac, random_steps=40, learning_starts=20, eval_every=40,
                               total_steps=120)
     return dataclasses.replace(smoke, sac=sac, random_policies=2, random_episodes_per_policy=2,
-                               medium_episodes=3, max_episode_steps=10, num_video_frames=40)
+                               medium_episodes=3, max_episode_steps=10, num_video_frames=40,
+                               medrep_until="medium")
 
 
 def run_state(root, seed=1, **options):
@@ -298,6 +299,17 @@ def test_medrep_ends_at_the_first_evaluation_whose_mean_reaches_the_band():
     assert first_band_evaluation(evaluations, (401.5, 598.0)) == 80  # not 160, where the run stopped
     assert first_band_evaluation(evaluations, (800.0, 900.0)) is None
     assert first_band_evaluation(evaluations, None) is None
+
+
+def test_medrep_ends_where_table_3_says_the_papers_replay_ended():
+    from collectors.state_recipe import medrep_end, state_recipe
+
+    assert medrep_end("cheetah_run") == "medium"  # its medrep max 396.5 is inside 300.5..403.2
+    for task in ("walker_walk", "hopper_hop", "humanoid_walk", "car_racing"):
+        assert medrep_end(task) == "band"  # their medrep max lies below the band's min
+    assert state_recipe("walker_walk").medrep_until == "band"
+    with pytest.raises(ValueError, match="medrep_until"):
+        dataclasses.replace(state_recipe("walker_walk"), medrep_until="end")
 
 
 def test_a_state_recipe_medrep_keeps_only_the_episodes_before_the_band(tmp_path):
@@ -339,7 +351,7 @@ def test_the_state_recipe_writes_three_datasets_with_its_policy_structure(state_
     medium = data["medium"]
     run = read_manifest(result.folders["medium"])["provenance"]["training_run"]
     selection = read_manifest(result.folders["medrep"])["provenance"]["medrep_selection"]
-    assert selection["until"] == "medium"  # the replay of the run up to the medium snapshot
+    assert selection["until"] == "medium"  # tiny_state_recipe: up to the medium snapshot
     assert selection["until_env_steps"] == run["medium_policy"]["policy_step"]
     assert medrep.policy_steps.max() < selection["until_env_steps"]
     assert medium.policies() == [run["medium_policy"]["policy_id"]] == \
