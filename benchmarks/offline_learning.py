@@ -130,20 +130,27 @@ def run_check(args):
     task, dataset_mean = data.task, float(data.returns.mean())
     data.close()
     overrides = overrides_for(args.algorithm, args.observation, json.loads(args.set))
+    # metrics.csv rows (which count the updates done) must fall on the chunks' ends
+    overrides.setdefault("log_every", math.gcd(args.eval_every, 100))
     name = check_name(args.algorithm, args.dataset, args.variant, args.seed)
     out = Path(args.work_dir) / name
-    cpu_spent, evaluations, finished = 0.0, [], False
+    progress = out / "offline-check.json"  # the curve so far: an interrupted check resumes
     resume = (out / "config.json").is_file()
-    started = time.perf_counter()
+    done = json.loads(progress.read_text()) if resume and progress.is_file() else {}
+    cpu_spent, evaluations = done.get("cpu_s", 0.0), done.get("evaluations", [])
+    started, wall_before = time.perf_counter(), done.get("wall_s", 0.0)
+    finished = done.get("finished", False)
     while cpu_spent < args.cpu_budget and not finished:
         seconds, finished = train_chunk(args, out, overrides, resume)
         cpu_spent += seconds
         resume = True
         result = evaluate_now(args, out)
-        evaluations.append({"updates": updates_done(out), "cpu_s": cpu_spent,
-                            "wall_s": time.perf_counter() - started,
+        wall = wall_before + time.perf_counter() - started
+        evaluations.append({"updates": updates_done(out), "cpu_s": cpu_spent, "wall_s": wall,
                             "returns": result["returns"], "mean_return": result["mean_return"],
                             "normalized_score": result["normalized_score"]})
+        progress.write_text(json.dumps({"cpu_s": cpu_spent, "wall_s": wall,
+                                        "finished": finished, "evaluations": evaluations}))
         print(f"{evaluations[-1]['updates']:7d} updates  {cpu_spent:7.0f} CPU s  return "
               f"{result['mean_return']:7.1f}", flush=True)
     random_return = random_level_return(task, args.root)

@@ -163,15 +163,20 @@ def test_the_offline_learning_check_trains_in_chunks_and_reports_its_curve(tmp_p
                     "sac-state", "--preset", "smoke", "--levels", "random,medium", "--root",
                     str(root)], check=True, cwd=repo, capture_output=True)
     command = [sys.executable, "benchmarks/offline_learning.py", "bc", "walker_walk-medium",
-               "--root", str(root), "--preset", "smoke", "--eval-every", "20",
+               "--root", str(root), "--preset", "smoke", "--eval-every", "25",
                "--eval-episodes", "1", "--cpu-budget", "1000", "--work-dir",
                str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
     done = subprocess.run(command, cwd=repo, capture_output=True, text=True)
     summary = json.loads((tmp_path / "out" / "offline-bc-walker_walk-medium-seed0.json")
                          .read_text())
-    assert [e["updates"] for e in summary["evaluations"]] == [20, 40, 60]  # smoke: 60 updates
+    # smoke: 60 updates; metrics rows (smoke: every 10 updates) are made to fall on the chunks
+    assert [e["updates"] for e in summary["evaluations"]] == [25, 50, 60]
     assert summary["threshold"] == pytest.approx(0.5 * summary["dataset_mean_return"])
     assert summary["random_return"] is not None and summary["commit"]
     assert summary["best_return"] == max(e["mean_return"] for e in summary["evaluations"])
     assert done.returncode == (0 if summary["best_return"] >= summary["threshold"] else 1)
     assert (tmp_path / "out" / "offline-bc-walker_walk-medium-seed0.png").is_file()
+    again = subprocess.run(command, cwd=repo, capture_output=True, text=True)  # resumes: done
+    assert again.returncode == done.returncode
+    assert json.loads((tmp_path / "out" / "offline-bc-walker_walk-medium-seed0.json")
+                      .read_text())["evaluations"] == summary["evaluations"]
