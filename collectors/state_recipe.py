@@ -1011,8 +1011,8 @@ class MediumSearch:
 def first_band_evaluation(evaluations, band):
     """Environment steps of the first evaluation of a trained actor whose mean return reached the
     band's min: where medrep ends with ``medrep_until="band"``, even when the medium search
-    keeps training longer, and where the random level's candidates end. ``None`` without a band (smoke) or if none reached
-    it."""
+    keeps training longer, and where the random level's candidates end. ``None`` without a band
+    (smoke) or if none reached it."""
     if band is None:
         return None
     return next((e["env_steps"] for e in evaluations
