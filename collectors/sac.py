@@ -88,7 +88,7 @@ class SACConfig:
     def cpu(cls, task=None):
         """The ``cpu`` preset of ``generate --behaviour sac-state`` (for ``task``: with its
         :data:`CPU_TASK_SETTINGS`). Departures from V-D4RL's values, chosen so that a 2-core
-        machine makes the paper's levels in about an hour per task: learning rates 3e-4 (the SAC
+        machine makes the paper's levels in one to two hours per task: learning rates 3e-4 (the SAC
         paper's, and the default of the same code's ``SAC_Agent``) instead of 1e-4; initial
         temperature 0.3 instead of 1 (V-D4RL's 1 keeps the training episodes near-random for the
         first ~15,000 updates, so most of the replay until the band is random-like; 0.1 learns so
