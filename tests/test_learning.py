@@ -160,8 +160,8 @@ def test_the_offline_learning_check_trains_in_chunks_and_reports_its_curve(tmp_p
     repo = Path(__file__).resolve().parents[1]
     root = tmp_path / "data"
     subprocess.run([sys.executable, "-m", "lqv_d4rl", "generate", "walker_walk", "--behaviour",
-                    "sac-state", "--preset", "smoke", "--levels", "random,medium", "--root",
-                    str(root)], check=True, cwd=repo, capture_output=True)
+                    "sac-state", "--preset", "smoke", "--root", str(root)], check=True, cwd=repo,
+                   capture_output=True)  # all three levels: the table normalizes with them
     command = [sys.executable, "benchmarks/offline_learning.py", "bc", "walker_walk-medium",
                "--root", str(root), "--preset", "smoke", "--eval-every", "25",
                "--eval-episodes", "1", "--cpu-budget", "1000", "--work-dir",
@@ -180,3 +180,15 @@ def test_the_offline_learning_check_trains_in_chunks_and_reports_its_curve(tmp_p
     assert again.returncode == done.returncode
     assert json.loads((tmp_path / "out" / "offline-bc-walker_walk-medium-seed0.json")
                       .read_text())["evaluations"] == summary["evaluations"]
+    table = subprocess.run([sys.executable, "benchmarks/offline_learning_table.py",
+                            str(tmp_path / "out"), "--root", str(root)], cwd=repo, check=True,
+                           capture_output=True, text=True).stdout.splitlines()
+    from lqv_d4rl.scores import get_normalized_score
+
+    cells = [cell.strip() for cell in table[2].split("|")[1:-1]]
+    assert cells[:5] == ["bc", "walker_walk-medium", "image", "60",
+                         f"{summary['evaluations'][-1]['cpu_s']:.0f}"]
+    best = summary["best_return"]
+    assert cells[7] == f"{get_normalized_score('walker_walk', best, 'dataset', root=root):.2f}"
+    assert cells[8] == f"{get_normalized_score('walker_walk', best, 'paper_table1'):.2f}"
+    assert cells[9] == "0.69"  # the paper's BC on walker_walk-medium
