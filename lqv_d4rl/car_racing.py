@@ -24,16 +24,14 @@ in another process, and whatever episodes the env played before). So:
 rewards and states byte for byte.
 """
 
-import collections
 import dataclasses
 import math
-import multiprocessing
 
 import gymnasium
 import numpy as np
 from gymnasium.envs.box2d import car_racing as gym_car_racing
 
-from .envs import CarRacingEnv
+from .envs import CarRacingEnv, InfoObservation
 from .errors import LQVError
 from .tasks import get_task
 
@@ -124,7 +122,7 @@ def make_unrendered_car_racing(gym_id="CarRacing-v3"):
     return gymnasium.make(spec, disable_env_checker=True)
 
 
-class CarRacingSimulator(CarRacingEnv):
+class CarRacingSimulator(InfoObservation, CarRacingEnv):
     """car_racing stepped like :class:`~lqv_d4rl.envs.CarRacingEnv`, without drawing frames.
 
     ``reset(seed=None) -> (features, info)``; ``step(action) -> (features, reward, terminated,
@@ -134,6 +132,8 @@ class CarRacingSimulator(CarRacingEnv):
     ``physics_state``. Same seeds and actions give the same rewards, flags and states as the live
     env (``seed`` only seeds a ``reset()`` without a seed, as in the live env).
     """
+
+    observation_key = "features"
 
     def __init__(self, task="car_racing", *, seed=0):
         spec = get_task(task)
@@ -145,17 +145,6 @@ class CarRacingSimulator(CarRacingEnv):
         self._gym_env = make_unrendered_car_racing(spec.gym_id)
         self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (FEATURE_DIM,), np.float32)
         self._track = None
-
-    def reset(self, *, seed=None, options=None):
-        """Start an episode (re-seeded when ``seed`` is given); return (features, info)."""
-        _, info = super().reset(seed=seed, options=options)
-        return info["features"], info
-
-    def step(self, action):
-        """One agent step (action repeat 2 included); return (features, reward, terminated,
-        truncated, info)."""
-        _, reward, terminated, truncated, info = super().step(action)
-        return info["features"], reward, terminated, truncated, info
 
     def _reset_episode(self, seed):
         observation, info = super()._reset_episode(seed)
@@ -405,8 +394,9 @@ class CarEpisodeRenderer:
         self.workers = int(workers)
         self._env = self._pool = None
         if self.workers > 1:
-            context = multiprocessing.get_context("spawn")
-            self._pool = context.Pool(self.workers, initializer=_start_worker)
+            from .rerender import OrderedPool
+
+            self._pool = OrderedPool(self.workers, _start_worker)
         else:
             from .envs import make_env
 
@@ -418,19 +408,14 @@ class CarEpisodeRenderer:
             for index, item in enumerate(items):
                 yield _render_item(self._env, index, *item), []
             return
-        pending = collections.deque()
-        for index, item in enumerate(items):
-            pending.append(self._pool.apply_async(_render_in_worker, (index, *item)))
-            while len(pending) > 2 * self.workers:
-                yield pending.popleft().get(), []
-        while pending:
-            yield pending.popleft().get(), []
+        indexed = ((index, *item) for index, item in enumerate(items))
+        for images in self._pool.map(_render_in_worker, indexed):
+            yield images, []
 
     def close(self):
         """Stop the worker processes and close the environment."""
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            self._pool.close()
             self._pool = None
         if self._env is not None:
             self._env.close()

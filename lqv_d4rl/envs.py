@@ -292,6 +292,24 @@ def apply_fast_render_settings(model):
         setattr(model.vis.quality, name, value)
 
 
+class InfoObservation:
+    """Mixin for an unrendered simulator: ``reset`` and ``step`` return the info entry
+    ``observation_key`` as the observation, in place of the image the environment does not draw."""
+
+    observation_key = "state"
+
+    def reset(self, *, seed=None, options=None):
+        """Start an episode (re-seeded when ``seed`` is given); return (observation, info)."""
+        _, info = super().reset(seed=seed, options=options)
+        return info[self.observation_key], info
+
+    def step(self, action):
+        """One agent step (action repeat included); return (observation, reward, terminated,
+        truncated, info)."""
+        _, reward, terminated, truncated, info = super().step(action)
+        return info[self.observation_key], reward, terminated, truncated, info
+
+
 class SceneRenderer:
     """Renders one fixed camera of a dm_control ``Physics`` into (size, size, 3) uint8 images.
 

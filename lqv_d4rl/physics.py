@@ -17,11 +17,11 @@ import numpy as np
 
 import distractors
 
-from .envs import _BACKGROUND_SEED_STREAM, DMCEnv, derive_seed
+from .envs import _BACKGROUND_SEED_STREAM, DMCEnv, InfoObservation, derive_seed
 from .tasks import get_task
 
 
-class StateSimulator(DMCEnv):
+class StateSimulator(InfoObservation, DMCEnv):
     """A dm_control task stepped like DMCEnv, without rendering.
 
     ``reset(seed=) -> (state, info)`` and ``step(action) -> (state, reward, terminated,
@@ -39,17 +39,6 @@ class StateSimulator(DMCEnv):
 
     def _observe(self, *, discount):
         return None, {"discount": discount, "physics_state": self.physics.get_state()}
-
-    def reset(self, *, seed=None, options=None):
-        """Start an episode (re-seeded when ``seed`` is given); return (state, info)."""
-        _, info = super().reset(seed=seed, options=options)
-        return info["state"], info
-
-    def step(self, action):
-        """One agent step (action repeat included); return (state, reward, terminated,
-        truncated, info)."""
-        _, reward, terminated, truncated, info = super().step(action)
-        return info["state"], reward, terminated, truncated, info
 
 
 class FrameRenderer(DMCEnv):

@@ -39,6 +39,32 @@ class RerenderError(LQVError, ValueError):
 # ----------------------------------------------------------------------------------------------
 
 
+class OrderedPool:
+    """``workers`` processes (started with ``spawn``, each set up by ``initializer(*initargs)``)
+    that run one call per item and give the results back in the items' order, up to
+    ``2 * workers`` items ahead of the caller."""
+
+    def __init__(self, workers, initializer, initargs=()):
+        self.workers = int(workers)
+        context = multiprocessing.get_context("spawn")
+        self._pool = context.Pool(self.workers, initializer=initializer, initargs=initargs)
+
+    def map(self, function, items):
+        """Yield ``function(*item)`` for each argument tuple in ``items``, in order."""
+        pending = collections.deque()
+        for item in items:
+            pending.append(self._pool.apply_async(function, item))
+            while len(pending) > 2 * self.workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+    def close(self):
+        """Stop the worker processes."""
+        self._pool.terminate()
+        self._pool.join()
+
+
 class EpisodeRenderer:
     """Renders episodes from their physics states, in order, with ``workers`` processes.
 
@@ -56,9 +82,7 @@ class EpisodeRenderer:
         self._renderer = None
         self._pool = None
         if self.workers > 1:
-            context = multiprocessing.get_context("spawn")
-            self._pool = context.Pool(self.workers, initializer=_start_worker,
-                                      initargs=self._settings)
+            self._pool = OrderedPool(self.workers, _start_worker, self._settings)
         else:
             self._renderer = _make_renderer(*self._settings)
 
@@ -68,19 +92,12 @@ class EpisodeRenderer:
             for physics, seed in items:
                 yield self._renderer.render_episode(physics, seed)
             return
-        pending = collections.deque()
-        for item in items:
-            pending.append(self._pool.apply_async(_render_in_worker, item))
-            while len(pending) > 2 * self.workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        yield from self._pool.map(_render_in_worker, items)
 
     def close(self):
         """Stop the worker processes and free the renderer."""
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            self._pool.close()
             self._pool = None
         if self._renderer is not None:
             self._renderer.close()
