@@ -187,7 +187,7 @@ def plot(summary, path):
     axis.set_xlabel("updates")
     axis.set_ylabel(f"evaluation return ({len(summary['evaluations'][0]['returns'])} episodes)"
                     if summary["evaluations"] else "evaluation return")
-    axis.set_title(f"{summary['check']}: {summary['cpu_budget_s']:.0f} CPU s budget")
+    axis.set_title(f"{summary['check']}\n{summary['cpu_budget_s']:.0f} CPU s budget", fontsize=10)
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     figure.tight_layout()
