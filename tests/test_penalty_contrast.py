@@ -1,0 +1,67 @@
+"""benchmarks/penalty_contrast.py: the four action sources on a tiny Offline DV2 and SeMOPO agent."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import semopo
+from baselines.offline_dv2 import OfflineDV2Agent, OfflineDV2Config
+from lqv_d4rl.synthetic import noise_batch
+
+torch.set_num_threads(1)
+
+TINY = dict(batch_size=4, seq_len=8, depth=4, deter=16, stoch=4, classes=4, hidden=16,
+            ensemble=3, units=32, reward_layers=1, actor_layers=1, critic_layers=1)
+
+
+def load_script():
+    """The script as a module."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "penalty_contrast.py"
+    spec = importlib.util.spec_from_file_location("penalty_contrast", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def agents():
+    """A tiny Offline DV2 and a tiny SeMOPO agent (image models, untrained)."""
+    torch.manual_seed(0)
+    return [OfflineDV2Agent(6, OfflineDV2Config(**TINY)),
+            semopo.SeMOPOAgent(6, semopo.SeMOPOConfig(**TINY, exo_ensemble=3, exo_only_scale=0.0))]
+
+
+def saturated_batch():
+    """A noise batch whose recorded actions are all +-1 and whose reward at entry t is t."""
+    batch = noise_batch(4, 8, 6)
+    batch["action"] = np.where(batch["action"] >= 0, 1.0, -1.0).astype(np.float32)
+    batch["reward"] = np.tile(np.arange(8, dtype=np.float32), (4, 1))
+    return batch
+
+
+@pytest.mark.parametrize("agent", agents(), ids=["offline_dv2", "semopo"])
+def test_each_source_is_scored_from_the_same_starts_with_its_own_actions(agent):
+    rows = load_script().contrast(agent, saturated_batch(), horizon=3)
+    # starts at entries 0..4; the data's next actions and rewards are entries t+1..t+3:
+    # the mean of (t + 1 + k) over t = 0..4, k = 0..2 is 4
+    assert rows["dataset"]["recorded_reward"] == pytest.approx(4.0)
+    assert rows["dataset"]["saturated_share"] == 1.0
+    assert rows["saturated"]["saturated_share"] == 1.0
+    assert 0.0 < rows["uniform"]["saturated_share"] < 0.15  # 5 % of uniform components
+    lam = agent.config.penalty_lambda
+    for row in rows.values():
+        assert row["penalized_reward"] == pytest.approx(row["model_reward"] - lam * row["penalty"],
+                                                        rel=1e-5, abs=1e-6)
+        assert row["penalty"] > 0.0
+    assert rows == load_script().contrast(agent, saturated_batch(), horizon=3)  # seeded
+
+
+def test_the_dataset_source_replays_the_recorded_actions_in_order():
+    script = load_script()
+    recorded = torch.arange(2 * 3 * 6, dtype=torch.float32).reshape(3, 2, 6)  # (H, N, A)
+    policy = script.action_source("dataset", None, recorded, torch.Generator())
+    features = torch.zeros(2, 5)
+    for step in range(3):
+        assert torch.equal(policy(features), recorded[step])
