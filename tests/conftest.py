@@ -52,6 +52,18 @@ EVALUABLE_PROVENANCE = {"seed": 0, "distractor": {"kind": "procedural", "seed": 
 environment the toolkit can rebuild (procedural background), for end-to-end train + evaluate tests."""
 
 
+def load_benchmark_script(name: str):
+    """``benchmarks/<name>.py`` as a module (benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_policy_id(policy_index: int) -> str:
     """Policy id used by :func:`write_tiny_dataset` for its ``policy_index``-th policy."""
     return f"policy-{policy_index:02d}"

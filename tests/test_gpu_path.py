@@ -327,14 +327,9 @@ def test_training_on_a_gpu_that_is_not_there_fails_before_the_run_folder_exists(
 
 
 def load_bench_gpu():
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_benchmark_script
 
-    path = Path(__file__).parents[1] / "benchmarks" / "bench_gpu.py"
-    spec = importlib.util.spec_from_file_location("bench_gpu", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("bench_gpu")
 
 
 def test_the_gpu_benchmark_says_there_is_no_gpu_and_exits(capsys):

@@ -101,15 +101,10 @@ def test_the_shared_core_learns_walker_walk_from_states():
 
 
 def load_learning_script():
-    """``benchmarks/learning.py`` as a module (benchmarks are scripts, not a package)."""
-    import importlib.util
-    from pathlib import Path
+    """``benchmarks/learning.py`` as a module."""
+    from conftest import load_benchmark_script
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learning.py"
-    spec = importlib.util.spec_from_file_location("learning_check", path)
-    learning = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(learning)
-    return learning
+    return load_benchmark_script("learning")
 
 
 def test_tia_check_cartpole_renders_with_and_without_the_video():

@@ -30,11 +30,9 @@ the masks (~5e-6) to ~1e-3 of its gradients. With both, every parameter agrees t
 of 3e-4.
 """
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import load_benchmark_script
 
 from baselines import bc, drq_bc, drq_cql, infogating
 
@@ -59,12 +57,8 @@ AGENTS = {"bc": bc.BCAgent, "drq_bc": drq_bc.DrQBCAgent, "drq_cql": drq_cql.DrQC
 
 
 def load_benchmark():
-    """``benchmarks/bench_model_free.py`` as a module (benchmarks are scripts, not a package)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_model_free.py"
-    spec = importlib.util.spec_from_file_location("bench_model_free", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``benchmarks/bench_model_free.py`` as a module."""
+    return load_benchmark_script("bench_model_free")
 
 
 BENCH = load_benchmark()

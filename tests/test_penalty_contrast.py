@@ -1,13 +1,11 @@
 """benchmarks/penalty_contrast.py: the four action sources on a tiny Offline DV2 and SeMOPO agent."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 import semopo
+from conftest import load_benchmark_script
 from baselines.offline_dv2 import OfflineDV2Agent, OfflineDV2Config
 from lqv_d4rl.synthetic import noise_batch
 
@@ -19,11 +17,7 @@ TINY = dict(batch_size=4, seq_len=8, depth=4, deter=16, stoch=4, classes=4, hidd
 
 def load_script():
     """The script as a module."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "penalty_contrast.py"
-    spec = importlib.util.spec_from_file_location("penalty_contrast", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("penalty_contrast")
 
 
 def agents():
