@@ -40,8 +40,8 @@ STATE_SCHEDULES = {
     # paper-size SeMOPO update on states takes seconds); smaller networks, 3,000 model updates on
     # batches of 32 x 32 (Offline DV2: ~480 CPU s on one thread, walker_walk-medium's state
     # log-likelihood -25.9 after them against -32.4 after 1,000 on 16 x 32), and a policy phase
-    # that the budget ends. Everything else (ensemble of 7 prior heads, penalty, horizon, learning rates)
-    # stays the paper's.
+    # that the budget ends. Everything else (ensemble of 7 prior heads, penalty, horizon,
+    # learning rates) stays the paper's.
     "offline_dv2": {**_SMALL_STATE_MODEL, "stoch": 16, "classes": 16},
     # SeMOPO trains two branches: its model update costs about twice Offline DV2's, so its
     # batches are half as many sequences (the same CPU seconds for its 3,000 model updates)

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 import lqv_d4rl  # noqa: F401  (pins the CPU kernels before torch starts)
+from baselines.uncertainty import AGENTS
 from lqv_d4rl.observations import sequence_keys
-from lqv_d4rl.runs import read_run_config
+from lqv_d4rl.runs import read_run_config, run_dataset_source
 from lqv_d4rl.samplers import make_sequence_sampler, mark_window_starts
 
-AGENTS = {"offline_dv2": ("baselines.offline_dv2", "OfflineDV2Agent"),
-          "semopo": ("semopo.agent", "SeMOPOAgent")}
+PENALIZED = ("offline_dv2", "semopo")
 """The algorithms whose agents have ``world_model.observe / imagine`` and ``penalized_reward``."""
 SOURCES = ("dataset", "actor", "uniform", "saturated")
 
@@ -42,10 +42,10 @@ SOURCES = ("dataset", "actor", "uniform", "saturated")
 def load_agent(run_dir):
     """The trained agent of an Offline DV2 or SeMOPO run folder."""
     record = read_run_config(run_dir)
-    if record["algorithm"] not in AGENTS:
+    if record["algorithm"] not in PENALIZED:
         sys.exit(f"{run_dir}: a {record['algorithm']} run; this script reads "
-                 f"{' or '.join(AGENTS)} runs")
-    module, name = AGENTS[record["algorithm"]]
+                 f"{' or '.join(PENALIZED)} runs")
+    module, name, _ = AGENTS[record["algorithm"]]
     return record, getattr(importlib.import_module(module), name).load(run_dir)
 
 
@@ -102,16 +102,19 @@ def measure(run_dir, root, batches, horizon, seed):
 
     record, agent = load_agent(run_dir)
     config = agent.config
-    source = record.get("dataset_source") or record["dataset"]["dataset_ids"]
-    data = load_dataset(source, root=root, lazy=True)
-    sampler = make_sequence_sampler(data, "random", batch_size=config.batch_size,
-                                    seq_len=config.seq_len, seed=seed,
-                                    keys=sequence_keys(config.observation))
-    parts = [contrast(agent, sampler.sample(), horizon, seed + index) for index in range(batches)]
-    data.close()
+    dataset = run_dataset_source(record)
+    data = load_dataset(dataset, root=root, lazy=True)
+    try:
+        sampler = make_sequence_sampler(data, "random", batch_size=config.batch_size,
+                                        seq_len=config.seq_len, seed=seed,
+                                        keys=sequence_keys(config.observation))
+        parts = [contrast(agent, sampler.sample(), horizon, seed + index)
+                 for index in range(batches)]
+    finally:
+        data.close()
     rows = {source: {key: float(np.mean([part[source][key] for part in parts]))
                      for key in parts[0][source]} for source in SOURCES}
-    return {"run": str(run_dir), "algorithm": record["algorithm"], "dataset": str(source),
+    return {"run": str(run_dir), "algorithm": record["algorithm"], "dataset": str(dataset),
             "penalty_lambda": config.penalty_lambda, "horizon": horizon,
             "model_updates": agent.model_updates, "policy_updates": agent.policy_updates,
             "sources": rows}
@@ -122,7 +125,8 @@ def print_table(result):
     print(f"\n{result['algorithm']} on {result['dataset']} ({result['model_updates']} model + "
           f"{result['policy_updates']} policy updates, lambda {result['penalty_lambda']:g}, "
           f"horizon {result['horizon']})\n")
-    print("| actions | saturated share | model reward | penalty u | r - lambda u | recorded reward |")
+    print("| actions | saturated share | model reward | penalty u | r - lambda u "
+          "| recorded reward |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for source, row in result["sources"].items():
         recorded = f"{row['recorded_reward']:.3f}" if "recorded_reward" in row else ""

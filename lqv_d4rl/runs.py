@@ -98,6 +98,13 @@ def read_run_config(path):
     return record
 
 
+def run_dataset_source(record):
+    """What :func:`lqv_d4rl.dataset.load_dataset` loads to get a run's training data back, from
+    the run's ``config.json`` record: the id or folder it was trained on, or else the ids of its
+    dataset."""
+    return record.get("dataset_source") or record["dataset"]["dataset_ids"]
+
+
 class Run:
     """One run folder. Make it with :meth:`open`; algorithms use :meth:`phase`, :meth:`log`,
     :meth:`save_checkpoint` and :meth:`load_checkpoint`.

@@ -289,13 +289,13 @@ def analyse(run_dir, out, root, device):
     """Write the analysis figures and tables of the trained run in RUN_DIR."""
     from .. import algorithms
     from ..dataset import load_dataset
-    from ..runs import read_run_config
+    from ..runs import read_run_config, run_dataset_source
 
     record = read_run_config(run_dir)
     algorithm = algorithms.get(record["algorithm"])
     if algorithm.analyse is None:
         raise click.ClickException(f"{algorithm.name} has no analysis")
-    source = record.get("dataset_source") or record["dataset"]["dataset_ids"]
+    source = run_dataset_source(record)
     try:
         data = load_dataset(source, root=root)
     except DatasetNotFoundError as err:

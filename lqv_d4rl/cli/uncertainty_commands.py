@@ -34,10 +34,10 @@ def uncertainty(run_dirs, out, states, context, seed, root, device):
     from baselines.uncertainty import compare_uncertainty
 
     from ..dataset import load_dataset
-    from ..runs import read_run_config
+    from ..runs import read_run_config, run_dataset_source
 
     record = read_run_config(run_dirs[0])
-    source = record.get("dataset_source") or record["dataset"]["dataset_ids"]
+    source = run_dataset_source(record)
     try:
         data = load_dataset(source, root=root)
     except DatasetNotFoundError as err:
