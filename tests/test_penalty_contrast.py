@@ -59,3 +59,13 @@ def test_the_dataset_source_replays_the_recorded_actions_in_order():
     features = torch.zeros(2, 5)
     for step in range(3):
         assert torch.equal(policy(features), recorded[step])
+
+
+def test_a_run_without_a_penalized_ensemble_is_refused_by_name(tmp_path):
+    import json
+
+    from lqv_d4rl.runs import CONFIG_NAME, RUN_FORMAT
+
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({"format": RUN_FORMAT, "algorithm": "lompo"}))
+    with pytest.raises(SystemExit, match="a lompo run; this script reads offline_dv2 or semopo"):
+        load_script().load_agent(tmp_path)
