@@ -13,8 +13,16 @@ maximizes, and the share of action components beyond 0.95 in magnitude (saturate
 
 A penalty that protects the policy is larger for actions unlike the data's; if the actor's
 actions earn a higher penalized reward than the dataset's while the real environment returns
-less, the model is being exploited where its ensemble agrees. Offline DV2 and SeMOPO runs (the
-endogenous branch: the one the policy is penalized on) on images or states::
+less, the model is being exploited where its ensemble agrees.
+
+Where the dataset stores physics states (the dm_control tasks), ``real reward`` replays each
+source's imagined actions open loop in the real simulator from the start's stored physics state
+(``--real-starts`` starts per batch): the reward the environment gives for the very action
+sequences the model scored. For the ``dataset`` source it repeats the recorded reward (a check of
+the alignment); for the ``actor`` it tells the model's error on the actor's actions (model reward
+far above the real one: the model is exploited) from a myopic policy that the model scores
+correctly over its short horizon. Offline DV2 and SeMOPO runs (the endogenous branch: the one the
+policy is penalized on) on images or states::
 
     python benchmarks/penalty_contrast.py RUN_DIR [RUN_DIR ...] --root R [--json out.json]
 """
@@ -64,16 +72,19 @@ def action_source(source, agent, recorded, generator):
 
 
 @torch.no_grad()
-def contrast(agent, batch, horizon, seed=0):
+def contrast(agent, batch, horizon, seed=0, replay=None):
     """``{source: {model_reward, penalty, penalized_reward, saturated_share}}`` (and the recorded
     reward for ``dataset``) over imagined rollouts from the posteriors at entries 0..T-H-1; the
-    same for the same ``seed`` (the caller's torch RNG is left as it was)."""
+    same for the same ``seed`` (the caller's torch RNG is left as it was).
+
+    ``replay(actions (H, N, A)) -> mean real reward or None`` (:class:`RealReplay`) adds each
+    source's ``real_reward``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _contrast(agent, batch, horizon, seed)
+        return _contrast(agent, batch, horizon, seed, replay)
 
 
-def _contrast(agent, batch, horizon, seed):
+def _contrast(agent, batch, horizon, seed, replay):
     mark_window_starts(batch)
     post, _ = agent.world_model.observe(batch)
     starts = post[next(iter(post))].shape[1] - horizon
@@ -92,11 +103,46 @@ def _contrast(agent, batch, horizon, seed):
         rows[source] = {"model_reward": float(reward.mean()), "penalty": float(penalty.mean()),
                         "penalized_reward": float(total.mean()),
                         "saturated_share": float((imagination.actions.abs() > 0.95).float().mean())}
+        if replay is not None:
+            rows[source]["real_reward"] = replay(imagination.actions.numpy())
     rows["dataset"]["recorded_reward"] = float(window("reward").float().mean())
     return rows
 
 
-def measure(run_dir, root, batches, horizon, seed):
+class RealReplay:
+    """Replays imagined actions in the real simulator from a batch's stored physics states.
+
+    ``bind(batch, starts)`` points it at the physics states of entries 0..starts-1 of each window
+    (flattened window-major, as the imagination's starts are); calling it with actions
+    ``(H, N, A)`` resets the simulator to each of the first ``count`` starts' states, plays the H
+    actions open loop and returns the mean reward per step.
+    """
+
+    def __init__(self, data, count):
+        from lqv_d4rl.physics import StateSimulator
+
+        self.data, self.count = data, int(count)
+        self.simulator = StateSimulator(data.task)
+        self.states = None
+
+    def bind(self, batch, starts):
+        rows = (np.asarray(self.data.episode_starts)[batch["episode"]][:, None]
+                + np.asarray(batch["start"])[:, None] + np.arange(starts))
+        self.states = np.asarray(self.data.physics)[rows.reshape(-1)[:self.count]]
+
+    def __call__(self, actions):
+        simulator, physics = self.simulator, self.simulator.physics
+        total = 0.0
+        for index, state in enumerate(self.states):
+            simulator.reset(seed=0)
+            with physics.reset_context():
+                physics.set_state(state)
+            for step in range(actions.shape[0]):
+                total += simulator.step(actions[step, index])[1]
+        return total / (actions.shape[0] * len(self.states))
+
+
+def measure(run_dir, root, batches, horizon, seed, real_starts=0):
     """The contrast of one run, averaged over ``batches`` batches of its dataset's windows."""
     from lqv_d4rl.dataset import load_dataset
 
@@ -108,8 +154,14 @@ def measure(run_dir, root, batches, horizon, seed):
         sampler = make_sequence_sampler(data, "random", batch_size=config.batch_size,
                                         seq_len=config.seq_len, seed=seed,
                                         keys=sequence_keys(config.observation))
-        parts = [contrast(agent, sampler.sample(), horizon, seed + index)
-                 for index in range(batches)]
+        replay = (RealReplay(data, real_starts)
+                  if real_starts and getattr(data, "physics", None) is not None else None)
+        parts = []
+        for index in range(batches):
+            batch = sampler.sample()
+            if replay is not None:
+                replay.bind(batch, config.seq_len - horizon)
+            parts.append(contrast(agent, batch, horizon, seed + index, replay))
     finally:
         data.close()
     rows = {source: {key: float(np.mean([part[source][key] for part in parts]))
@@ -126,12 +178,13 @@ def print_table(result):
           f"{result['policy_updates']} policy updates, lambda {result['penalty_lambda']:g}, "
           f"horizon {result['horizon']})\n")
     print("| actions | saturated share | model reward | penalty u | r - lambda u "
-          "| recorded reward |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+          "| recorded reward | real reward |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for source, row in result["sources"].items():
-        recorded = f"{row['recorded_reward']:.3f}" if "recorded_reward" in row else ""
+        recorded, real = (f"{row[key]:.3f}" if key in row else ""
+                          for key in ("recorded_reward", "real_reward"))
         print(f"| {source} | {row['saturated_share']:.2f} | {row['model_reward']:.3f} | "
-              f"{row['penalty']:.4f} | {row['penalized_reward']:.3f} | {recorded} |")
+              f"{row['penalty']:.4f} | {row['penalized_reward']:.3f} | {recorded} | {real} |")
 
 
 def main(argv=None):
@@ -141,6 +194,9 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, default=4, help="batches of windows averaged")
     parser.add_argument("--horizon", type=int, default=None,
                         help="imagined steps (default: each run's own horizon)")
+    parser.add_argument("--real-starts", type=int, default=64,
+                        help="starts per batch whose actions are replayed in the real simulator "
+                             "(dm_control datasets; 0: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write the results to this file")
     args = parser.parse_args(argv)
@@ -148,7 +204,8 @@ def main(argv=None):
     results = []
     for run_dir in args.runs:
         horizon = args.horizon or read_run_config(run_dir)["config"]["horizon"]
-        results.append(measure(run_dir, args.root, args.batches, horizon, args.seed))
+        results.append(measure(run_dir, args.root, args.batches, horizon, args.seed,
+                               args.real_starts))
         print_table(results[-1])
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

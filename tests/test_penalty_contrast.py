@@ -69,3 +69,40 @@ def test_a_run_without_a_penalized_ensemble_is_refused_by_name(tmp_path):
     (tmp_path / CONFIG_NAME).write_text(json.dumps({"format": RUN_FORMAT, "algorithm": "lompo"}))
     with pytest.raises(SystemExit, match="a lompo run; this script reads offline_dv2 or semopo"):
         load_script().load_agent(tmp_path)
+
+
+def test_replaying_the_recorded_actions_from_stored_physics_gives_the_recorded_rewards():
+    """RealReplay resets the real walker to each start's stored physics state and plays the
+    actions open loop: with the actions an episode took it earns that episode's rewards."""
+    from types import SimpleNamespace
+
+    from lqv_d4rl.physics import StateSimulator
+
+    simulator, rng = StateSimulator("walker_walk"), np.random.default_rng(0)
+    _, info = simulator.reset(seed=3)
+    physics, actions, rewards = [info["physics_state"]], [np.zeros(6)], [0.0]
+    for _ in range(12):  # entry t holds the state, the action taken before it and its reward
+        actions.append(rng.uniform(-1, 1, 6))
+        _, reward, _, _, info = simulator.step(actions[-1])
+        physics.append(info["physics_state"])
+        rewards.append(reward)
+    data = SimpleNamespace(task="walker_walk", episode_starts=np.array([0]),
+                           physics=np.stack(physics))
+    horizon, starts = 3, 8
+    replay = load_script().RealReplay(data, count=starts)
+    replay.bind({"episode": np.array([0]), "start": np.array([2])}, starts)
+    # starts at entries 2..9; the actions after entry t are entries t+1..t+3
+    window = lambda values: np.stack([np.asarray(values)[3 + k:3 + k + starts]
+                                      for k in range(horizon)])
+    assert replay(window(actions)) == pytest.approx(window(rewards).mean(), rel=1e-6)
+    assert replay(np.zeros((horizon, starts, 6))) != pytest.approx(window(rewards).mean(),
+                                                                    rel=1e-3)
+
+
+def test_each_source_hands_its_own_imagined_actions_to_the_real_replay():
+    agent = agents()[0]
+    mean_magnitude = lambda actions: float(np.abs(actions).mean())  # (H, N, A) -> a number
+    rows = load_script().contrast(agent, saturated_batch(), horizon=3, replay=mean_magnitude)
+    assert rows["dataset"]["real_reward"] == 1.0  # the recorded +-1 actions
+    assert rows["saturated"]["real_reward"] == 1.0
+    assert rows["uniform"]["real_reward"] == pytest.approx(0.5, abs=0.1)
