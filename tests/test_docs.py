@@ -127,7 +127,7 @@ def test_readme_starts_with_the_two_commands_and_ci_finds_the_test_command():
     blocks = read_blocks("README.md")
     first, second = blocks[0], blocks[1]
     assert "pip install -e . && lqv-d4rl generate" in first.code
-    assert second.code.strip().endswith("python -m pytest -q")
+    assert second.code.strip().endswith("python -m pytest -q -n 2")
     # the line .ci/run executes: the awk program it uses, on the README
     script = (REPO / ".ci" / "run").read_text()
     awk = re.search(r"awk '([^']+)' README\.md", script).group(1)
