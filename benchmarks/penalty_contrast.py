@@ -77,7 +77,7 @@ def contrast(agent, batch, horizon, seed=0, replay=None):
     reward for ``dataset``) over imagined rollouts from the posteriors at entries 0..T-H-1; the
     same for the same ``seed`` (the caller's torch RNG is left as it was).
 
-    ``replay(actions (H, N, A)) -> mean real reward or None`` (:class:`RealReplay`) adds each
+    ``replay(actions (H, N, A)) -> mean real reward`` (:class:`RealReplay`), if given, adds each
     source's ``real_reward``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -150,6 +150,7 @@ def measure(run_dir, root, batches, horizon, seed, real_starts=0):
     config = agent.config
     dataset = run_dataset_source(record)
     data = load_dataset(dataset, root=root, lazy=True)
+    replay = None
     try:
         sampler = make_sequence_sampler(data, "random", batch_size=config.batch_size,
                                         seq_len=config.seq_len, seed=seed,
@@ -164,6 +165,8 @@ def measure(run_dir, root, batches, horizon, seed, real_starts=0):
             parts.append(contrast(agent, batch, horizon, seed + index, replay))
     finally:
         data.close()
+        if replay is not None:
+            replay.simulator.close()
     rows = {source: {key: float(np.mean([part[source][key] for part in parts]))
                      for key in parts[0][source]} for source in SOURCES}
     return {"run": str(run_dir), "algorithm": record["algorithm"], "dataset": str(dataset),
