@@ -13,7 +13,7 @@ A variant may change any field of the run's config (``horizon``, ``actor_lr``,
 (``actor_grad``). Every ``--log-every`` updates the table gets the means of the actor-critic's
 metrics (the model's reward for the actor's imagined actions, the penalty, the actor's entropy)
 and the share of the actor's action components beyond 0.95 in magnitude at the batch's posterior
-states (the dataset's actions have none on the CPU-recipe datasets); every ``--eval-every``
+states (walker_walk-medium's recorded actions have none); every ``--eval-every``
 updates, the mean return of ``--episodes`` evaluation episodes. If every variant's actor saturates
 and scores like the random level, the collapse lies in the frozen model, not in the policy
 phase's settings.
