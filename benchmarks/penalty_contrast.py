@@ -45,6 +45,13 @@ from lqv_d4rl.samplers import make_sequence_sampler, mark_window_starts
 PENALIZED = ("offline_dv2", "semopo")
 """The algorithms whose agents have ``world_model.observe / imagine`` and ``penalized_reward``."""
 SOURCES = ("dataset", "actor", "uniform", "saturated")
+SATURATED = 0.95
+"""An action component beyond this magnitude counts as saturated."""
+
+
+def saturated_share(actions):
+    """Share of the components of ``actions`` beyond :data:`SATURATED` in magnitude."""
+    return float((actions.abs() > SATURATED).float().mean())
 
 
 def load_agent(run_dir):
@@ -102,7 +109,7 @@ def _contrast(agent, batch, horizon, seed, replay):
         total, reward, penalty = agent.penalized_reward(imagination)
         rows[source] = {"model_reward": float(reward.mean()), "penalty": float(penalty.mean()),
                         "penalized_reward": float(total.mean()),
-                        "saturated_share": float((imagination.actions.abs() > 0.95).float().mean())}
+                        "saturated_share": saturated_share(imagination.actions)}
         if replay is not None:
             rows[source]["real_reward"] = replay(imagination.actions.numpy())
     rows["dataset"]["recorded_reward"] = float(window("reward").float().mean())

@@ -33,13 +33,11 @@ import lqv_d4rl  # noqa: F401  (pins the CPU kernels before torch starts)
 from baselines.model_based import RunBatches
 from lqv_d4rl.networks import ActorCritic, BehaviorConfig
 from lqv_d4rl.observations import sequence_keys
-from penalty_contrast import load_agent
+from penalty_contrast import load_agent, saturated_share
 from run_info import git_commit
 
 LOGGED = ("model_reward", "penalty", "imagined_return", "actor_entropy")
 """Actor-critic metrics averaged into each row."""
-SATURATED = 0.95
-"""An action component beyond this magnitude counts as saturated."""
 
 
 def with_variant(agent, overrides):
@@ -61,14 +59,12 @@ def with_variant(agent, overrides):
     return agent
 
 
-def saturated_share(agent, batch):
-    """Share of the actor's mode action components beyond :data:`SATURATED` at every posterior
-    state of ``batch``."""
+def actor_saturated_share(agent, batch):
+    """Share of the actor's mode action components beyond 0.95 in magnitude
+    (:func:`penalty_contrast.saturated_share`) at every posterior state of ``batch``."""
     with torch.no_grad():
-        start = agent.start_states(batch)
-        features = agent.world_model.rssm.features(start)
-        action = agent.behavior.actor(features).mode
-    return float((action.abs() > SATURATED).float().mean())
+        features = agent.world_model.rssm.features(agent.start_states(batch))
+        return saturated_share(agent.behavior.actor(features).mode)
 
 
 def train_variant(agent, next_batch, updates, *, log_every=100, eval_every=None, evaluate=None):
@@ -85,7 +81,7 @@ def train_variant(agent, next_batch, updates, *, log_every=100, eval_every=None,
             count = log_every if update % log_every == 0 else update % log_every
             row = {"updates": update, "cpu_s": time.process_time() - started,
                    **{key: value / count for key, value in sums.items()},
-                   "saturated_share": saturated_share(agent, batch)}
+                   "saturated_share": actor_saturated_share(agent, batch)}
             if evaluate is not None and eval_every and (update % eval_every == 0
                                                         or update == updates):
                 row["eval_return"] = evaluate(agent)

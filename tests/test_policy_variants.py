@@ -74,7 +74,7 @@ def test_the_saturated_share_counts_mode_components_beyond_095(script, bias, sha
     with torch.no_grad():
         last.weight.zero_()
         last.bias.fill_(bias)  # the mode is tanh(bias) everywhere: 1.0, 0.46, -1.0
-    assert script.saturated_share(agent, batches()()) == share
+    assert script.actor_saturated_share(agent, batches()()) == share
 
 
 def test_variants_are_parsed_as_name_equals_json_object(script):
