@@ -9,12 +9,16 @@ make the datasets are then rendered from their stored physics states with the di
 shown). The levels, all from one SAC training run from scratch (the run comes first):
 
 * ``random``: ``random_policies`` (paper: 10) snapshots from the start of the run, the untrained
-  actor included, one per quantile (p + 0.5) / 10 of Table 3's random row (the evaluated
-  snapshot before the band whose mean return is closest, among those whose best evaluation
-  episode is at most ``random_max_ratio`` (1.0) x the row's max; one snapshot may serve two
-  quantiles), each playing
-  ``random_episodes_per_policy`` (20) episodes with tanh(mean). The paper's random returns
-  (walker_walk mean 87 and max 199, cheetah_run 78 and 198) are out of reach of untrained
+  actor included, one per quantile (p + 0.5) / 10 of Table 3's random row, each playing
+  ``random_episodes_per_policy`` (20) episodes with tanh(mean). Each candidate (an evaluated
+  snapshot before the band, its evaluation mean at most the row's max) first plays its 20
+  episodes on the physics alone; each quantile then takes the unused candidate whose 20 episodes'
+  mean is closest, among those whose episodes all stay within ``random_max_ratio`` (1.0) x the
+  row's max (:func:`choose_random_policies`), and the level records exactly those episodes. The
+  match is made on the recorded episodes because an early snapshot's returns vary widely from
+  episode to episode: matched on its ten evaluation episodes, a snapshot's recorded episodes
+  regressed far below them (walker_walk: evaluation mean 106, recorded 46.5). The paper's random
+  returns (walker_walk mean 87 and max 199, cheetah_run 78 and 198) are out of reach of untrained
   policies (randomly initialized SAC actors: walker_walk 45, cheetah_run 8; uniform, bang-bang and
   TIA-like actors at most 69 and 13; DATASETS.md), so the level is made of barely trained ones.
   ``random_behaviour="untrained"`` keeps the randomly initialized actors (policy ids
@@ -119,6 +123,9 @@ STATE_VERSION = 2
 """2: the untrained actor is evaluated too, and medium candidates play probe episodes."""
 PROBES_PER_EVALUATION = 1000
 """Probe episodes numbered per evaluation (each evaluation's probes get their own seeds)."""
+RANDOM_CANDIDATES_NAME = "random_candidates.json"
+"""The work dir's record of the random level's candidates' returns
+(:meth:`StateJob.play_random_candidates`)."""
 
 
 @dataclass(frozen=True)
@@ -143,11 +150,8 @@ class StateRecipe:
     random_explore: bool = True
     """``untrained`` only: sample the actors' Gaussian; False: tanh(mean), which barely moves."""
     random_max_ratio: float = 1.0
-    """``early_snapshots``: a snapshot whose best evaluation episode returned more than this
-    times Table 3's random max is no candidate: one episode sets the level's max (allowed +-40 %),
-    and the recorded episodes of a snapshot reach beyond its ten evaluation episodes (cheetah_run:
-    a snapshot with best evaluation episode 230 recorded 281 and 297 against the paper's 198;
-    at 1.2 the level's max failed, DATASETS.md)."""
+    """``early_snapshots``: a candidate with an episode above this times Table 3's random max is
+    taken only when no other is left: one episode sets the level's max (allowed +-40 %)."""
     medrep_episodes: int = 400
     """Most training episodes kept in medrep (evenly spaced when the run made more)."""
     medrep_until: str = "band"
@@ -818,43 +822,91 @@ class StateJob(GenerateJob):
         finally:
             self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
 
-    def random_snapshots(self, run_info):
-        """The random level's policies (``early_snapshots``): the evaluated snapshots of the run
-        before it reached the medium band, matched one each to the quantiles of Table 3's random
-        row (:func:`quantile_targets`, :func:`match_snapshots`)."""
+    def random_policies(self, run_info):
+        """``(targets, chosen)`` of the random level (``early_snapshots``): the quantile targets of
+        Table 3's random row and, one per target, the candidate snapshot whose own episodes match
+        it (:func:`random_candidates`, :meth:`play_random_candidates`,
+        :func:`choose_random_policies`)."""
         recipe = self.recipe
-        return choose_random_snapshots(
-            run_info["training_run"]["evaluations"], recipe.medium_band,
-            get_recipe(f"{self.task}-random").paper_returns, recipe.random_policies,
-            recipe.random_max_ratio)
+        paper = get_recipe(f"{self.task}-random").paper_returns
+        candidates = random_candidates(run_info["training_run"]["evaluations"],
+                                       recipe.medium_band, paper, recipe.random_policies)
+        played = self.play_random_candidates(candidates)
+        targets = quantile_targets(paper, recipe.random_policies)
+        return targets, choose_random_policies(played, targets,
+                                               recipe.random_max_ratio * paper["max"])
 
-    def record_early_snapshots(self, folder, run_info):
-        """The random level: each matched snapshot plays ``random_episodes_per_policy`` episodes
-        with tanh(mean), in order of their target return."""
+    def play_random_candidates(self, candidates):
+        """Each candidate with the returns of the ``random_episodes_per_policy`` episodes it
+        would record (``returns``; its episodes are numbered from its position in the run's
+        evaluations, ``index``). Played on the physics alone and kept in
+        ``<work_dir>/random_candidates.json``, so an interrupted run does not play them again."""
         recipe = self.recipe
         per_policy = recipe.random_episodes_per_policy
-        targets, snapshots = self.random_snapshots(run_info)
+        cache_file = self.work_dir / RANDOM_CANDIDATES_NAME
+        setting = {"seed": self.seed, "episodes_per_policy": per_policy,
+                   "max_episode_steps": recipe.max_episode_steps}
+        cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+        returns = cache.get("returns", {}) if cache.get("setting") == setting else {}
+        bar = self.bar(len(candidates), sum(c["policy_id"] in returns for c in candidates),
+                       f"play {self.task}-random candidates")
+        for candidate in candidates:
+            if candidate["policy_id"] in returns:
+                continue
+            returns[candidate["policy_id"]] = [
+                float(episode.steps["reward"].sum())
+                for _, episode in self.simulate_random(candidate, 0)]
+            write_json_atomically(cache_file, {"setting": setting, "returns": returns})
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return [dict(candidate, returns=returns[candidate["policy_id"]])
+                for candidate in candidates]
+
+    def simulate_random(self, candidate, first):
+        """Episodes ``first ..`` of a random-level candidate, tanh(mean), on the physics alone."""
+        recipe = self.recipe
+        per_policy = recipe.random_episodes_per_policy
+        policy = SACPolicy.load(self.work_dir / candidate["snapshot"])
+        return simulate_level(self.simulator, policy, first, per_policy, seed=self.seed,
+                              stream="random", explore=False,
+                              max_episode_steps=recipe.max_episode_steps,
+                              index_offset=candidate["index"] * per_policy)
+
+    def record_early_snapshots(self, folder, run_info):
+        """The random level: each chosen snapshot records the episodes it was chosen by, in
+        order of their target return."""
+        recipe = self.recipe
+        per_policy = recipe.random_episodes_per_policy
+        targets, chosen = self.random_policies(run_info)
 
         def entries(done):
-            for p in range(done // per_policy, len(snapshots)):
-                policy = SACPolicy.load(self.work_dir / snapshots[p]["snapshot"])
-                for _, episode in simulate_level(
-                        self.simulator, policy, max(done - p * per_policy, 0), per_policy,
-                        seed=self.seed, stream="random", explore=False,
-                        max_episode_steps=recipe.max_episode_steps,
-                        index_offset=p * per_policy):
-                    yield episode, snapshots[p]["policy_id"], snapshots[p]["env_steps"]
+            for p in range(done // per_policy, len(chosen)):
+                for k, episode in self.simulate_random(chosen[p], max(done - p * per_policy, 0)):
+                    if float(episode.steps["reward"].sum()) != chosen[p]["returns"][k]:
+                        raise GenerateError(
+                            f"{chosen[p]['policy_id']}'s random-level episode {k} returned "
+                            f"{float(episode.steps['reward'].sum())!r}, not the "
+                            f"{chosen[p]['returns'][k]!r} it was chosen by: the simulation is "
+                            "not deterministic here; delete "
+                            f"{self.work_dir / RANDOM_CANDIDATES_NAME} and run again, and report "
+                            "it if it repeats")
+                    yield episode, chosen[p]["policy_id"], chosen[p]["env_steps"]
 
         selection = {"random_selection": {
-            "rule": "evaluated snapshots before the band whose best evaluation episode is at "
-                    f"most {recipe.random_max_ratio:g} x Table 3's random max, one per quantile "
-                    f"(p + 0.5) / {len(targets)} of Table 3's random row, closest evaluation "
-                    "mean return",
+            "rule": "one per quantile (p + 0.5) / "
+                    f"{len(targets)} of Table 3's random row: among the evaluated snapshots "
+                    "before the band whose evaluation mean is at most the row's max, the unused "
+                    f"one whose {per_policy} recorded episodes' mean return is closest, among "
+                    f"those whose episodes all stay within {recipe.random_max_ratio:g} x the "
+                    "row's max (any unused one if none does)",
             "targets": targets,
-            "snapshots": [{key: s[key] for key in ("policy_id", "env_steps", "mean_return")}
-                          for s in snapshots]}}
+            "snapshots": [{"policy_id": c["policy_id"], "env_steps": c["env_steps"],
+                           "mean_return": float(np.mean(c["returns"])),
+                           "evaluation_mean_return": c["mean_return"]} for c in chosen]}}
         with self.writer(folder, "random", dict(run_info, **selection)) as writer:
-            self.write_rendered(writer, entries(writer.num_episodes), per_policy * len(snapshots),
+            self.write_rendered(writer, entries(writer.num_episodes), per_policy * len(chosen),
                                 f"record {self.task}-random")
 
     def write_medrep(self, folder, run, run_info):
@@ -1019,17 +1071,39 @@ def first_band_evaluation(evaluations, band):
                  if e["env_steps"] > 0 and e["mean_return"] >= band[0]), None)
 
 
-def choose_random_snapshots(evaluations, band, paper_returns, count, max_ratio):
-    """``(targets, snapshots)`` of the random level: the ``count`` quantile targets of the paper's
-    random row and, for each, the evaluated snapshot before the band (:func:`first_band_evaluation`)
-    whose mean return is closest, among those whose best evaluation episode is at most
-    ``max_ratio`` times the row's max (all of them if none is)."""
+def random_candidates(evaluations, band, paper_returns, count):
+    """The random level's candidates: the evaluated snapshots before the band
+    (:func:`first_band_evaluation`) whose evaluation mean is at most the row's max (the others
+    would set the level's max), or, when fewer than ``count`` are, the ``count`` early ones of
+    lowest evaluation mean; each with ``index``, its position in ``evaluations``, which numbers
+    its episodes."""
     reached = first_band_evaluation(evaluations, band)
-    early = [e for e in evaluations if reached is None or e["env_steps"] < reached]
-    cap = max_ratio * paper_returns["max"]
-    candidates = [e for e in early if max(e["returns"]) <= cap] or early
-    targets = quantile_targets(paper_returns, count)
-    return targets, match_snapshots(candidates, targets)
+    early = [dict(e, index=i) for i, e in enumerate(evaluations)
+             if reached is None or e["env_steps"] < reached]
+    below = [e for e in early if e["mean_return"] <= paper_returns["max"]]
+    if len(below) >= count:
+        return below
+    lowest = sorted(early, key=lambda e: e["mean_return"])[:count]
+    return sorted(lowest, key=lambda e: e["index"])
+
+
+def choose_random_policies(candidates, targets, cap):
+    """For each target return in turn, the unused candidate whose ``returns`` have the closest
+    mean, among those with no return above ``cap`` (any unused one if none; ties: the earlier
+    snapshot). Distinct, since a snapshot chosen twice would record the same episodes twice."""
+    if len(candidates) < len(targets):
+        raise GenerateError(
+            f"the random level needs {len(targets)} distinct snapshots from before the medium "
+            f"band and the training run evaluated only {len(candidates)}: evaluate more often "
+            "(SACConfig.eval_every) or lower random_policies")
+    unused, chosen = list(candidates), []
+    for target in targets:
+        pool = [c for c in unused if max(c["returns"]) <= cap] or unused
+        best = min(pool, key=lambda c: (abs(float(np.mean(c["returns"])) - target),
+                                        c["env_steps"]))
+        chosen.append(best)
+        unused.remove(best)
+    return chosen
 
 
 def quantile_targets(paper_returns, count):
@@ -1038,13 +1112,3 @@ def quantile_targets(paper_returns, count):
     knots = (0.0, 0.25, 0.5, 0.75, 1.0)
     values = [paper_returns[key] for key in ("min", "p25", "median", "p75", "max")]
     return [float(np.interp((p + 0.5) / count, knots, values)) for p in range(count)]
-
-
-def match_snapshots(evaluations, targets):
-    """For each target return, the evaluation whose mean return is closest (ties: the earlier
-    snapshot). One evaluation may serve several targets: forcing distinct snapshots hands the top
-    quantiles, where a run has few snapshots, ones far below them (cheetah_run: the 0.95 target
-    182 got a snapshot of mean 105 while one of 125 served 151, and the level's p75 failed)."""
-    return [evaluations[min(range(len(evaluations)),
-                            key=lambda i: (abs(evaluations[i]["mean_return"] - target), i))]
-            for target in targets]

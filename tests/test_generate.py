@@ -340,9 +340,12 @@ def test_the_state_recipe_writes_three_datasets_with_its_policy_structure(state_
         assert manifest["provenance"]["behaviour"] == "sac-state"
     random_manifest = read_manifest(result.folders["random"])["provenance"]
     chosen = random_manifest["random_selection"]["snapshots"]
-    assert len(chosen) == 2  # one snapshot of the run per quantile (the same one may serve both)
-    assert data["random"].policies() == list(dict.fromkeys(s["policy_id"] for s in chosen))
+    assert len({s["policy_id"] for s in chosen}) == 2  # a distinct snapshot per quantile
+    assert data["random"].policies() == [s["policy_id"] for s in chosen]
     assert data["random"].policy_steps.tolist() == [s["env_steps"] for s in chosen for _ in "ab"]
+    recorded = data["random"].returns  # the episodes each snapshot was chosen by
+    assert [float(np.mean(recorded[2 * p:2 * p + 2])) for p in range(2)] == pytest.approx(
+        [s["mean_return"] for s in chosen])
     medrep = data["medrep"]
     assert len(medrep) == 6  # 120 env steps of 20: two prefill episodes, then four snapshots
     assert medrep.policies() == ["sac-seed1-prefill"] + [
@@ -382,10 +385,9 @@ def test_a_killed_state_recipe_run_resumes_to_the_same_bytes(state_generated, tm
             "def slow(self, batch):\n    time.sleep(0.05)\n    return update(self, batch)\n"
             "sac.SACAgent.update = slow\n"
             f"from test_generate import run_state; run_state({str(root)!r})")
-    # killed mid-training: random done, medrep and medium not
+    # killed mid-training: no level written yet (all three come from the training run)
     kill_when_written(code, root / ".work" / f"{TASK}-sac-state-seed1" / "state.json", tmp_path)
-    assert read_manifest(root / f"{TASK}-random")["complete"]
-    assert not (root / f"{TASK}-medrep").exists()
+    assert not any((root / f"{TASK}-{level}").exists() for level in ("random", "medrep", "medium"))
     run_state(root)
     assert shard_hashes(root) == shard_hashes(reference_root)
 
@@ -516,23 +518,32 @@ def test_the_medium_search_confirms_a_candidate_that_matches_table_3(tmp_path):
     assert without_play.load_info()["distance"] == 1e-3
 
 
-def test_random_snapshots_are_matched_to_the_quantiles_of_table_3():
-    from collectors.state_recipe import choose_random_snapshots, match_snapshots, quantile_targets
+def test_random_policies_are_matched_to_the_quantiles_of_table_3_on_their_own_episodes():
+    from collectors.generate import GenerateError
+    from collectors.state_recipe import (
+        choose_random_policies, quantile_targets, random_candidates,
+    )
 
     paper = {"min": 0.0, "p25": 40.0, "median": 60.0, "p75": 120.0, "max": 200.0}
     assert quantile_targets(paper, 4) == pytest.approx([20.0, 50.0, 90.0, 160.0])
-    evaluations = [{"policy_id": f"s{i}", "mean_return": value}
-                   for i, value in enumerate([30.0, 10.0, 50.0, 170.0, 90.0])]
-    chosen = match_snapshots(evaluations, [20.0, 50.0, 90.0, 160.0])
-    assert [e["policy_id"] for e in chosen] == ["s0", "s2", "s4", "s3"]  # 20: a tie, the earlier
-    late = [dict(e, env_steps=1000 * i + 1000, returns=[e["mean_return"]] * 2)
-            for i, e in enumerate(evaluations)] + [{"policy_id": "band", "env_steps": 9000,
-                                                     "mean_return": 450.0, "returns": [450.0]}]
-    targets, chosen = choose_random_snapshots(late, (401.5, 598.0), paper, 4, max_ratio=0.8)
-    assert targets == pytest.approx([20.0, 50.0, 90.0, 160.0])
-    assert [e["policy_id"] for e in chosen] == ["s0", "s2", "s4", "s4"]  # s3 (170 > 0.8 x 200) out
-    twice = match_snapshots(evaluations, [150.0, 160.0, 20.0])
-    assert [e["policy_id"] for e in twice] == ["s3", "s3", "s0"]  # the closest, even if chosen
+    evaluations = [{"policy_id": f"s{i}", "env_steps": 1000 * i, "mean_return": value}
+                   for i, value in enumerate([30.0, 10.0, 250.0, 170.0, 90.0, 450.0, 5.0])]
+    candidates = random_candidates(evaluations, (401.5, 598.0), paper, 4)
+    assert [c["policy_id"] for c in candidates] == ["s0", "s1", "s3", "s4"]  # s2 above the max,
+    assert [c["index"] for c in candidates] == [0, 1, 3, 4]  # s5 in the band, s6 after it
+    few = random_candidates(evaluations, (401.5, 598.0), paper, 5)  # too few below the max:
+    assert [c["policy_id"] for c in few] == ["s0", "s1", "s2", "s3", "s4"]  # the lowest five
+
+    returns = {"s0": [20.0, 30.0], "s1": [5.0, 15.0], "s3": [100.0, 260.0], "s4": [80.0, 120.0]}
+    played = [dict(c, returns=returns[c["policy_id"]]) for c in candidates]
+    chosen = choose_random_policies(played, [20.0, 50.0, 90.0, 160.0], cap=200.0)
+    # 20: s1 (mean 10) and s0 (25) are 10 and 5 off: s0; 50: s1 is the closest unused one within
+    # the cap; 90: s4 (100); 160: only s3 is left, though its 260 is above the cap
+    assert [c["policy_id"] for c in chosen] == ["s0", "s1", "s4", "s3"]
+    chosen = choose_random_policies(played, [180.0, 100.0], cap=200.0)
+    assert [c["policy_id"] for c in chosen] == ["s4", "s0"]  # s3's 260 is above the cap
+    with pytest.raises(GenerateError, match="needs 5 distinct snapshots"):
+        choose_random_policies(played, [1.0] * 5, cap=200.0)
 
 
 # -- the sac-state behaviour on car_racing -------------------------------------------------------
