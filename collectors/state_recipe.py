@@ -848,7 +848,8 @@ class StateJob(GenerateJob):
                    "max_episode_steps": recipe.max_episode_steps}
         cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
         returns = cache.get("returns", {}) if cache.get("setting") == setting else {}
-        bar = self.bar(len(candidates), sum(c["policy_id"] in returns for c in candidates),
+        bar = self.bar(len(candidates) * per_policy,
+                       sum(c["policy_id"] in returns for c in candidates) * per_policy,
                        f"play {self.task}-random candidates")
         for candidate in candidates:
             if candidate["policy_id"] in returns:
@@ -858,7 +859,7 @@ class StateJob(GenerateJob):
                 for _, episode in self.simulate_random(candidate, 0)]
             write_json_atomically(cache_file, {"setting": setting, "returns": returns})
             if bar is not None:
-                bar.update(1)
+                bar.update(per_policy)
         if bar is not None:
             bar.close()
         return [dict(candidate, returns=returns[candidate["policy_id"]])
