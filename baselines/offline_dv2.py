@@ -252,12 +252,12 @@ class DV2WorldModel(WorldModel):
         super().__init__(action_dim, WorldModelConfig.from_config(
             config, reward_stop_grad=False, seed=seed,
             **world_model_overrides(config, state_dim)), device=device)
-        self.penalty_kind = PENALTIES[config.penalty]
 
-    def disagreement(self, imagination):
-        """Ensemble disagreement ``u`` ``(H, N)`` at the imagination's scored states (1..H, or 0..H-1
-        with ``imagined_reward_states="current"``; keeps its gradient)."""
-        return imagination_disagreement(self.rssm, imagination, self.penalty_kind)
+    def disagreement(self, imagination, penalty):
+        """Ensemble disagreement ``u`` ``(H, N)`` of kind ``penalty`` (a config ``penalty`` name) at
+        the imagination's scored states (1..H, or 0..H-1 with ``imagined_reward_states="current"``;
+        keeps its gradient)."""
+        return imagination_disagreement(self.rssm, imagination, PENALTIES[penalty])
 
 
 class OfflineDV2Agent:
@@ -301,7 +301,7 @@ class OfflineDV2Agent:
     def penalized_reward(self, imagination):
         """``r - lambda * u`` of each imagined transition, ``(H, N)``; also returns ``(r, u)``."""
         reward = self.world_model.reward(imagination).float()
-        penalty = self.world_model.disagreement(imagination).float()
+        penalty = self.world_model.disagreement(imagination, self.config.penalty).float()
         return reward - self.config.penalty_lambda * penalty, reward, penalty
 
     def start_states(self, batch):

@@ -203,7 +203,7 @@ class ToyDynamics:
     def reward(self, imagination):
         return -((imagination.actions - torch.tensor([0.6, -0.4])) ** 2).sum(-1)
 
-    def disagreement(self, imagination):
+    def disagreement(self, imagination, penalty):
         return 0.2 * (imagination.features[1:] ** 2).sum(-1)
 
 

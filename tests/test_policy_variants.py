@@ -45,6 +45,24 @@ def test_a_variant_changes_the_config_and_the_actor_critic_and_refuses_unknown_n
         script.with_variant(tiny_agent(), {"horizn": 3})
 
 
+def test_a_penalty_variant_changes_the_penalty_the_frozen_model_scores(script):
+    from lqv_d4rl.networks.losses import imagination_disagreement
+
+    agent = tiny_agent()
+    start = agent.start_states(batches()())
+    torch.manual_seed(1)
+    imagination = agent.behavior.imagine(agent.world_model.imagine, start)
+    meandis = imagination_disagreement(agent.world_model.rssm, imagination, "semopo_code")
+    log_prob = imagination_disagreement(agent.world_model.rssm, imagination, "lompo")
+    assert not torch.allclose(meandis, log_prob)
+    _, _, penalty = agent.penalized_reward(imagination)
+    assert torch.allclose(penalty, meandis)  # the run's own: meandis
+    script.with_variant(agent, {"penalty": "log_prob_ens", "penalty_lambda": 5.0})
+    total, reward, penalty = agent.penalized_reward(imagination)
+    assert torch.allclose(penalty, log_prob)
+    assert torch.allclose(total, reward - 5.0 * log_prob)
+
+
 def test_training_a_variant_logs_rows_evaluates_and_repeats_with_the_seed(script):
     def run():
         agent = script.with_variant(tiny_agent(), {"actor_lr": 1e-3})
