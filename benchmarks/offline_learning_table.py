@@ -1,11 +1,11 @@
 """The offline learning checks as one table: ``offline-*.json`` from a folder, normalized two ways.
 
-For each check written by ``benchmarks/offline_learning.py``: updates and CPU seconds trained, the
-best evaluation return, the check's threshold and verdict, and that return normalized with the
-task's datasets on disk (``reference="dataset"``: the min and max episode return of its random,
-medrep and medium levels) and with the paper's Table 1 references (``"paper_table1"``), beside the
-paper's Table 1 score of the same algorithm on the same dataset (on images, after 25k + 100k or
-550k updates). Prints Markdown.
+For each check written by ``benchmarks/offline_learning.py``: its seed, updates and CPU seconds
+trained, the best evaluation return, the check's threshold and verdict, and that return
+normalized with the task's datasets on disk (``reference="dataset"``: the min and max episode
+return of its random, medrep and medium levels) and with the paper's Table 1 references
+(``"paper_table1"``), beside the paper's Table 1 score of the same algorithm on the same dataset
+(on images, after 25k + 100k or 550k updates). Prints Markdown.
 
 Usage: ``python benchmarks/offline_learning_table.py [docs/learning] [--root R]``.
 """
@@ -28,16 +28,16 @@ def row(check, root):
     paper = paper_score(task, level, check["algorithm"])
     verdict = "pass" if best >= check["threshold"] else "miss"
     return (f"| {check['algorithm']} | {check['dataset']} | {check['observation']} | "
-            f"{last['updates']} | {last['cpu_s']:.0f} | {best:.1f} | {check['threshold']:.1f} "
-            f"({verdict}) | {ours:.2f} | {paper_norm:.2f} | "
+            f"{check['seed']} | {last['updates']} | {last['cpu_s']:.0f} | {best:.1f} | "
+            f"{check['threshold']:.1f} ({verdict}) | {ours:.2f} | {paper_norm:.2f} | "
             f"{'-' if paper is None else f'{paper[0]:.2f}'} |")
 
 
 def table(folder, root):
     """The Markdown table of every ``offline-*.json`` in ``folder``."""
-    lines = ["| algorithm | dataset | input | updates | CPU s | best return | threshold | "
+    lines = ["| algorithm | dataset | input | seed | updates | CPU s | best return | threshold | "
              "normalized (our datasets) | normalized (paper's references) | paper, Table 1 |",
-             "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
     for path in sorted(Path(folder).glob("offline-*.json")):
         lines.append(row(json.loads(path.read_text()), root))
     return "\n".join(lines)

@@ -181,9 +181,9 @@ def test_the_offline_learning_check_trains_in_chunks_and_reports_its_curve(tmp_p
     from lqv_d4rl.scores import get_normalized_score
 
     cells = [cell.strip() for cell in table[2].split("|")[1:-1]]
-    assert cells[:5] == ["bc", "walker_walk-medium", "image", "60",
+    assert cells[:6] == ["bc", "walker_walk-medium", "image", "0", "60",
                          f"{summary['evaluations'][-1]['cpu_s']:.0f}"]
     best = summary["best_return"]
-    assert cells[7] == f"{get_normalized_score('walker_walk', best, 'dataset', root=root):.2f}"
-    assert cells[8] == f"{get_normalized_score('walker_walk', best, 'paper_table1'):.2f}"
-    assert cells[9] == "0.69"  # the paper's BC on walker_walk-medium
+    assert cells[8] == f"{get_normalized_score('walker_walk', best, 'dataset', root=root):.2f}"
+    assert cells[9] == f"{get_normalized_score('walker_walk', best, 'paper_table1'):.2f}"
+    assert cells[10] == "0.69"  # the paper's BC on walker_walk-medium
