@@ -845,7 +845,8 @@ class StateJob(GenerateJob):
         per_policy = recipe.random_episodes_per_policy
         cache_file = self.work_dir / RANDOM_CANDIDATES_NAME
         setting = {"seed": self.seed, "episodes_per_policy": per_policy,
-                   "max_episode_steps": recipe.max_episode_steps}
+                   "max_episode_steps": recipe.max_episode_steps,
+                   "return": "float64 sum of the rewards"}  # the dataset's own episode return
         cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
         returns = cache.get("returns", {}) if cache.get("setting") == setting else {}
         bar = self.bar(len(candidates) * per_policy,
@@ -855,8 +856,7 @@ class StateJob(GenerateJob):
             if candidate["policy_id"] in returns:
                 continue
             returns[candidate["policy_id"]] = [
-                float(episode.steps["reward"].sum())
-                for _, episode in self.simulate_random(candidate, 0)]
+                episode.episode_return for _, episode in self.simulate_random(candidate, 0)]
             write_json_atomically(cache_file, {"setting": setting, "returns": returns})
             if bar is not None:
                 bar.update(per_policy)
@@ -885,10 +885,10 @@ class StateJob(GenerateJob):
         def entries(done):
             for p in range(done // per_policy, len(chosen)):
                 for k, episode in self.simulate_random(chosen[p], max(done - p * per_policy, 0)):
-                    if float(episode.steps["reward"].sum()) != chosen[p]["returns"][k]:
+                    if episode.episode_return != chosen[p]["returns"][k]:
                         raise GenerateError(
                             f"{chosen[p]['policy_id']}'s random-level episode {k} returned "
-                            f"{float(episode.steps['reward'].sum())!r}, not the "
+                            f"{episode.episode_return!r}, not the "
                             f"{chosen[p]['returns'][k]!r} it was chosen by: the simulation is "
                             "not deterministic here; delete "
                             f"{self.work_dir / RANDOM_CANDIDATES_NAME} and run again, and report "
