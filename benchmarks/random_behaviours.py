@@ -1,9 +1,10 @@
 """Which "random" behaviour gives the paper's random level? Untrained policies, measured.
 
-The random level of Table 3 has walker_walk mean 86.6 / max 199.1 and cheetah_run mean 77.6 / max
-198.2. This plays candidate untrained behaviours on the physics alone (no rendering; the returns
-are the datasets' returns) and prints their return statistics next to Table 3's, so the choice of
-the CPU recipe's random level rests on measurements:
+The random level of Table 3 has walker_walk mean 86.6 / max 199.1, cheetah_run mean 77.6 / max
+198.2 and car_racing mean 10.3 / max 149.2. This plays candidate untrained behaviours on the
+physics alone (no rendering; the returns are the datasets' returns) and prints their return
+statistics next to Table 3's, so the choice of the CPU recipe's random level rests on
+measurements:
 
 * ``uniform``: uniform actions in [-1, 1] (the prefill of every training run);
 * ``bang-bang``: tanh of N(0, 5^2) per dimension, what an untrained tanh-Normal actor with
@@ -15,7 +16,8 @@ the CPU recipe's random level rests on measurements:
 
 Each candidate plays ``--policies`` x ``--episodes`` episodes (distinct seeds per policy, as the
 random level's 10 x 20). Usage: ``python benchmarks/random_behaviours.py walker_walk cheetah_run
-[--policies 10] [--episodes 20] [--out docs/datasets]``.
+[--policies 10] [--episodes 20] [--out docs/datasets] [--name random-behaviours]`` (car_racing's
+record: ``--name random-behaviours-car_racing``).
 """
 
 import argparse
@@ -26,9 +28,9 @@ from pathlib import Path
 import lqv_d4rl  # noqa: F401  (pins the CPU kernels before torch starts)
 import torch
 from collectors.sac import SACAgent, SACConfig, SACPolicy
+from lqv_d4rl.car_racing import make_state_simulator
 from lqv_d4rl.fidelity import format_verdicts, fidelity_verdicts
 from lqv_d4rl.networks.heads import ActionHead
-from lqv_d4rl.physics import StateSimulator
 from lqv_d4rl.registry import get_recipe
 from lqv_d4rl.stats import format_statistics_table, return_statistics
 from run_info import git_commit
@@ -97,7 +99,7 @@ def play(simulator, act, seed):
 
 def measure(task, make, policies, episodes):
     """Returns of ``policies`` x ``episodes`` episodes of one candidate."""
-    simulator = StateSimulator(task)
+    simulator = make_state_simulator(task)
     state_dim = len(simulator.reset(seed=0)[0])
     action_dim = simulator.action_space.shape[0]
     returns = []
@@ -116,6 +118,7 @@ def main(argv=None):
     parser.add_argument("--policies", type=int, default=10)
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--out", default="docs/datasets")
+    parser.add_argument("--name", default="random-behaviours", help="the record's file name")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     record = {"command": "python benchmarks/random_behaviours.py " + " ".join(sys.argv[1:]),
@@ -135,8 +138,9 @@ def main(argv=None):
         print(format_verdicts(verdicts))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "random-behaviours.json").write_text(json.dumps(record, indent=1))
-    print(f"\nwrote {out / 'random-behaviours.json'}")
+    path = out / f"{args.name}.json"
+    path.write_text(json.dumps(record, indent=1))
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

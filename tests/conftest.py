@@ -53,11 +53,16 @@ environment the toolkit can rebuild (procedural background), for end-to-end trai
 
 
 def load_benchmark_script(name: str):
-    """``benchmarks/<name>.py`` as a module (benchmarks are scripts, not a package)."""
+    """``benchmarks/<name>.py`` as a module (benchmarks are scripts, not a package; as when run,
+    their folder is on ``sys.path`` for the helpers they share, e.g. ``run_info``)."""
     import importlib.util
+    import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+    path = folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -8,6 +8,7 @@ updates) so that the real pipeline (MuJoCo rendering, TIA training, HDF5 shards)
 """
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -366,6 +367,39 @@ def test_the_state_recipe_writes_three_datasets_with_its_policy_structure(state_
     assert [e["env_steps"] for e in run["evaluations"]] == [0, 40, 80, 120]  # 0: untrained
     for level in ("random", "medrep"):  # distinct episodes
         assert len(set(data[level].returns.tolist())) == len(data[level])
+
+
+def test_training_progress_reports_the_run_against_table_3(state_generated, tmp_path, capsys):
+    """``benchmarks/training_progress.py`` on a finished tiny run: its curve, updates and pace."""
+    from conftest import load_benchmark_script
+
+    root, _ = state_generated
+    progress = load_benchmark_script("training_progress")
+    assert progress.main([TASK, "--root", str(root), "--seed", "1", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / f"training-{TASK}.json").read_text())
+    state = json.loads((root / ".work" / f"{TASK}-sac-state-seed1" / "state.json").read_text())
+    assert [e["env_steps"] for e in record["evaluations"]] == [0, 40, 80, 120]
+    assert record["best_mean_return"] == max(e["mean_return"] for e in state["state"]["evaluations"])
+    config = state["run"]["config"]  # 120 env steps, 20 before learning, action repeat 2
+    assert record["updates"] == int((120 - 20) / 2 * config["updates_per_step"])
+    assert record["medium_band"] == [401.5, 598.0] and record["finished"]
+    assert record["medium_candidate"]["policy_id"] == "sac-seed1-step000120"
+    assert (tmp_path / f"training-{TASK}.png").stat().st_size > 10_000
+    assert "medium search: best so far sac-seed1-step000120" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no SAC training run of this task and seed"):
+        progress.main([TASK, "--root", str(root), "--seed", "7", "--out", str(tmp_path)])
+
+
+def test_training_progress_measures_the_pace_after_the_latest_pause():
+    from conftest import load_benchmark_script
+
+    recent_pace = load_benchmark_script("training_progress").recent_pace
+    written = [0.0, 10.0, 20.0, 1000.0, 1010.0, 1030.0, 1040.0]  # a pause after 20 s
+    evaluations = [{"env_steps": 5000 * i, "written": t} for i, t in enumerate(written)]
+    pace, timed = recent_pace(evaluations)
+    assert timed == 4 and pace == pytest.approx(3 * 5000 / 40.0)
+    assert recent_pace(evaluations[:1]) == (None, 1)
+    assert recent_pace([{"env_steps": 0, "written": None}] * 3) == (None, 0)
 
 
 def test_the_state_recipe_bytes_do_not_depend_on_the_render_workers(state_generated, tmp_path):

@@ -1,0 +1,212 @@
+"""How far the CPU recipe's SAC training run of a task has got, while it runs or after it: its
+evaluation curve against Table 3's medium band and random row, the medium search's best candidate
+so far, and the run's recent pace with the time its step budget would still take.
+
+Reads ``<root>/.work/<task>-sac-state-seed<S>/state.json`` (rewritten at every checkpoint of
+``lqv-d4rl generate TASK --behaviour sac-state --preset cpu``; reading it does not disturb a run),
+prints a table of the evaluations, and writes ``<out>/training-<task>.json`` and ``.png``. The pace
+comes from the times the evaluation snapshots were written, over the latest stretch without a
+pause (an interrupted run's restart does not count), so it says as much about the machine's load
+as about the recipe.
+
+Usage: ``python benchmarks/training_progress.py hopper_hop [--root R] [--seed 0] [--out DIR]
+[--every 10]``.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from collectors.generate import MEDIUM_POLICY_INFO
+from collectors.state_recipe import STATE_NAME, state_recipe
+from lqv_d4rl.fidelity import share_in_band
+from lqv_d4rl.registry import dataset_root, get_recipe
+from lqv_d4rl.tasks import get_task
+from run_info import git_commit
+
+PAUSE_FACTOR = 5.0
+"""A gap between two snapshots this many times the usual one is a pause (the run was stopped)."""
+PACE_WINDOW = 20
+"""Evaluations over which the recent pace is measured."""
+
+
+def work_dir(root, task, seed):
+    """Where ``generate`` keeps the task's SAC training run."""
+    return dataset_root(root) / ".work" / f"{task}-sac-state-seed{seed}"
+
+
+def load_run(folder):
+    """The run's config and evaluations (its ``state.json``), with each snapshot's write time."""
+    path = Path(folder) / STATE_NAME
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist: no SAC training run of this task and seed under "
+                         "this root (start one with `lqv-d4rl generate TASK --behaviour sac-state "
+                         "--preset cpu --root R`)")
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    evaluations = saved["state"]["evaluations"]
+    for evaluation in evaluations:
+        snapshot = Path(folder) / evaluation["snapshot"]
+        evaluation["written"] = snapshot.stat().st_mtime if snapshot.is_file() else None
+    return saved["run"]["config"], saved["state"], evaluations
+
+
+def approximate_updates(env_steps, config, action_repeat):
+    """SAC updates made by ``env_steps`` (one per ``1 / updates_per_step`` agent steps after
+    ``learning_starts``; exact up to the episode in progress)."""
+    agent_steps = max(env_steps - config["learning_starts"], 0) / action_repeat
+    return int(agent_steps * config["updates_per_step"])
+
+
+def recent_pace(evaluations):
+    """``(env steps per second, evaluations measured)`` over the latest stretch of at most
+    :data:`PACE_WINDOW` + 1 timed evaluations, cut at the latest pause (a gap between two snapshots
+    over :data:`PAUSE_FACTOR` times the stretch's median gap: the run was stopped and resumed);
+    ``(None, n)`` when fewer than two are timed."""
+    timed = [e for e in evaluations[-(PACE_WINDOW + 1):] if e["written"] is not None]
+    if len(timed) < 2:
+        return None, len(timed)
+    gaps = np.diff([e["written"] for e in timed])
+    pauses = np.flatnonzero(gaps > PAUSE_FACTOR * max(float(np.median(gaps)), 1e-9))
+    stretch = timed[pauses[-1] + 1:] if pauses.size else timed
+    if len(stretch) < 2:
+        return None, len(stretch)
+    steps = stretch[-1]["env_steps"] - stretch[0]["env_steps"]
+    seconds = stretch[-1]["written"] - stretch[0]["written"]
+    return (steps / seconds if seconds > 0 else None), len(stretch)
+
+
+def summarize(task, config, state, evaluations, medium, band, paper):
+    """The JSON record: the curve and what it means against Table 3."""
+    spec = get_task(task)
+    returns = [np.asarray(e["returns"], dtype=np.float64) for e in evaluations]
+    means = [float(r.mean()) for r in returns]
+    first_in_band = next((e["env_steps"] for e, m in zip(evaluations, means) if m >= band[0]),
+                         None)
+    latest = np.concatenate(returns[-10:]) if returns else np.zeros(0)
+    pace, timed = recent_pace(evaluations)
+    left = max(config["total_steps"] - state["env_steps"], 0)
+    per_step = config["updates_per_step"] / spec.action_repeat
+    return {
+        "task": task, "env_steps": state["env_steps"], "total_steps": config["total_steps"],
+        "updates": approximate_updates(state["env_steps"], config, spec.action_repeat),
+        "updates_per_env_step": per_step, "finished": state["finished"],
+        "stop_reason": state["stop_reason"], "medium_band": list(band),
+        "paper_medium_mean": paper["medium"]["mean"], "paper_random_max": paper["random"]["max"],
+        "best_mean_return": max(means, default=None),
+        "first_evaluation_reaching_band_min": first_in_band,
+        "last_10_evaluations": {
+            "mean_return": float(latest.mean()) if latest.size else None,
+            "share_in_band": share_in_band(latest, band) if latest.size else None,
+            "share_zero_return": float(np.mean(latest == 0.0)) if latest.size else None},
+        "medium_candidate": medium,
+        "recent_pace": None if pace is None else {
+            "env_steps_per_s": pace, "updates_per_s": pace * per_step,
+            "evaluations": timed, "hours_to_step_budget": left / pace / 3600},
+        "evaluations": [{"env_steps": e["env_steps"], "mean_return": m,
+                         "returns": r.tolist()} for e, m, r in zip(evaluations, means, returns)],
+    }
+
+
+def print_table(record, every):
+    """The evaluations (every ``every``-th and the last) and the summary lines."""
+    print(f"{'env steps':>10} {'updates':>8} {'mean':>7} {'min':>7} {'max':>7} {'in band':>8}")
+    band = record["medium_band"]
+    rows = record["evaluations"]
+    per_step = record["updates_per_env_step"]
+    for index, row in enumerate(rows):
+        if index % every and index != len(rows) - 1:
+            continue
+        returns = np.asarray(row["returns"])
+        print(f"{row['env_steps']:>10} {int(row['env_steps'] * per_step):>8} "
+              f"{row['mean_return']:>7.1f} {returns.min():>7.1f} {returns.max():>7.1f} "
+              f"{share_in_band(returns, band):>8.0%}")
+    latest = record["last_10_evaluations"]
+    print(f"\n{record['task']}: {record['env_steps']:,} of {record['total_steps']:,} environment "
+          f"steps, ~{record['updates']:,} updates; best evaluation mean "
+          f"{record['best_mean_return']:.1f}; band {band[0]}..{band[1]} (Table 3 medium mean "
+          f"{record['paper_medium_mean']})")
+    if latest["mean_return"] is not None:
+        print(f"last 10 evaluations: mean {latest['mean_return']:.1f}, "
+              f"{latest['share_in_band']:.0%} of episodes in the band, "
+              f"{latest['share_zero_return']:.0%} with return 0")
+    medium = record["medium_candidate"]
+    if medium is not None:
+        how = "explore" if medium.get("explore") else "tanh(mean)"
+        if medium.get("transform"):
+            how += f" under {medium['transform'][0]} {medium['transform'][1]:g}"
+        share = medium["share_in_band"]
+        in_band = "" if share is None else f", {share:.0%} in band"  # None: a smoke run, no band
+        print(f"medium search: best so far {medium['policy_id']} ({how}), mean "
+              f"{medium['evaluation_return']:.1f}{in_band}, "
+              f"{'found' if medium['in_band'] else 'not yet a match'}")
+    pace = record["recent_pace"]
+    if pace is not None:
+        print(f"recent pace: {pace['env_steps_per_s']:.0f} environment steps/s, "
+              f"{pace['updates_per_s']:.1f} updates/s (last {pace['evaluations']} evaluations); "
+              f"the step budget needs {pace['hours_to_step_budget']:.1f} h more at that pace")
+
+
+def plot(record, path):
+    """Evaluation returns against environment steps, with Table 3's band and random max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = record["evaluations"]
+    steps = np.asarray([row["env_steps"] for row in rows]) / 1e6
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for x, row in zip(steps, rows):
+        ax.scatter(np.full(len(row["returns"]), x), row["returns"], s=4, color="tab:blue",
+                   alpha=0.25, linewidths=0)
+    ax.plot(steps, [row["mean_return"] for row in rows], color="tab:blue",
+            label="evaluation mean (10 episodes, tanh(mean)); dots: episodes")
+    low, high = record["medium_band"]
+    ax.axhspan(low, high, color="tab:green", alpha=0.15, label=f"Table 3 medium band {low}..{high}")
+    ax.axhline(record["paper_medium_mean"], color="tab:green", linestyle="--",
+               label=f"Table 3 medium mean {record['paper_medium_mean']}")
+    ax.axhline(record["paper_random_max"], color="tab:red", linestyle=":",
+               label=f"Table 3 random max {record['paper_random_max']}")
+    ax.set_xlabel("environment steps (millions); updates = steps x "
+                  f"{record['updates_per_env_step']:g}")
+    ax.set_ylabel("episode return")
+    ax.set_title(f"{record['task']}: the CPU recipe's SAC run, {record['env_steps']:,} steps")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("task", help="walker_walk, cheetah_run, hopper_hop, humanoid_walk or "
+                                     "car_racing")
+    parser.add_argument("--root", default=None, help="dataset root (default: $LQV_D4RL_ROOT)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="docs/datasets", help="folder of the JSON and PNG")
+    parser.add_argument("--every", type=int, default=10, help="print every N-th evaluation")
+    args = parser.parse_args(argv)
+    folder = work_dir(args.root, args.task, args.seed)
+    config, state, evaluations = load_run(folder)
+    recipe = state_recipe(args.task)
+    info = folder / MEDIUM_POLICY_INFO
+    medium = json.loads(info.read_text(encoding="utf-8")) if info.is_file() else None
+    paper = {level: get_recipe(f"{args.task}-{level}").paper_returns
+             for level in ("random", "medium")}
+    record = summarize(args.task, config, state, evaluations, medium, recipe.medium_band, paper)
+    record.update(command=f"python benchmarks/training_progress.py {args.task} --seed {args.seed}",
+                  commit=git_commit())
+    print_table(record, max(args.every, 1))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"training-{args.task}.json").write_text(json.dumps(record, indent=1))
+    plot(record, out / f"training-{args.task}.png")
+    print(f"wrote {out / f'training-{args.task}.json'} and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
