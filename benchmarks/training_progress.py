@@ -173,8 +173,15 @@ def plot(record, path):
     ax.set_xlabel("environment steps (millions); updates = steps x "
                   f"{record['updates_per_env_step']:g}")
     ax.set_ylabel("episode return")
-    ax.set_title(f"{record['task']}: the CPU recipe's SAC run, {record['env_steps']:,} steps")
-    ax.legend(fontsize=8, loc="upper left")
+    top = max((max(row["returns"]) for row in rows), default=0.0)
+    if top < low / 10:  # a run still near zero: a log scale above 1 shows it and the band
+        lowest = min(min(row["returns"]) for row in rows)
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_ylim(min(lowest, 0.0), high * 1.5)
+        ax.set_ylabel("episode return (symlog scale)")
+    ax.set_title(f"{record['task']}: the CPU recipe's SAC run, {record['env_steps']:,} steps, "
+                 f"~{record['updates']:,} updates")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -197,8 +204,8 @@ def main(argv=None):
     paper = {level: get_recipe(f"{args.task}-{level}").paper_returns
              for level in ("random", "medium")}
     record = summarize(args.task, config, state, evaluations, medium, recipe.medium_band, paper)
-    record.update(command=f"python benchmarks/training_progress.py {args.task} --seed {args.seed}",
-                  commit=git_commit())
+    record.update(command=f"python benchmarks/training_progress.py {args.task} --seed {args.seed} "
+                          f"--out {args.out}", commit=git_commit())
     print_table(record, max(args.every, 1))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
