@@ -127,6 +127,13 @@ CPU_TASK_SETTINGS = {
     # more of them per step reach the band within the 3M-step budget (the replay until then is
     # mostly zero-return episodes, as the paper's medrep: median 0, p75 3.7).
     "hopper_hop": {"updates_per_step": 0.25},
+    # humanoid_walk's band is far more updates away than the 400 medrep episodes need: at 0.06
+    # updates per step its evaluation return stayed at the random level (0.7..2.5) for 1.04M
+    # environment steps and 31,000 updates (docs/datasets/humanoid_walk-utd0.06), and the 3M-step
+    # budget would end at 90,000 updates. Per update, one per agent step is the cheapest on these
+    # machines (benchmarks/bench_humanoid.py: 0.082 s of updates and playing per update, 0.17 s
+    # at 0.06, where playing the physics takes over half the time), and it is V-D4RL's own value.
+    "humanoid_walk": {"updates_per_step": 1.0},
 }
 """Per-task departures from :meth:`SACConfig.cpu`'s shared values (measured, DATASETS.md)."""
 

@@ -515,6 +515,7 @@ def test_the_cpu_preset_follows_v_d4rl_and_the_paper_counts():
     assert (recipe.sac.init_alpha, recipe.sac.updates_per_step) == (0.1, 0.1)  # per task
     walker = state_recipe("walker_walk", "cpu").sac
     assert (walker.init_alpha, walker.updates_per_step) == (0.3, 0.06)
+    assert state_recipe("humanoid_walk", "cpu").sac.updates_per_step == 1.0  # V-D4RL's value
 
 
 def test_the_medium_search_confirms_a_candidate_that_matches_table_3(tmp_path):
