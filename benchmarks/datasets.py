@@ -8,10 +8,12 @@ tolerance. An interrupted run resumes when started again with the same arguments
 skipped are then missing from the timings).
 
 Usage: ``python benchmarks/datasets.py walker_walk [--root R] [--render-workers 2] [--seed 0]
-[--out docs/datasets]``.
+[--out docs/datasets] [--set FIELD=JSON ...]`` (``--set``: an experiment's change to the cpu
+preset's recipe, e.g. ``--set training_shaping=5``).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import lqv_d4rl  # noqa: F401  (pins the CPU kernels before torch starts)
 from collectors.generate import generate, summarize
+from collectors.state_recipe import StateRecipe, state_recipe
 from lqv_d4rl.cpu_kernels import kernel_settings
 from lqv_d4rl.dataset import load_dataset
 from lqv_d4rl.errors import DatasetExistsError
@@ -37,10 +40,12 @@ def machine():
             "load_average_at_end": os.getloadavg(), "cpu_kernels": kernel_settings()}
 
 
-def run(task, root, render_workers, seed):
-    """Generate (or resume, or find finished) the three datasets; the GenerateResult."""
+def run(task, root, render_workers, seed, changes=None):
+    """Generate (or resume, or find finished) the three datasets; the GenerateResult.
+    ``changes``: StateRecipe fields set on top of the cpu preset (an experiment's recipe)."""
+    recipe = dataclasses.replace(state_recipe(task, "cpu"), **changes) if changes else None
     try:
-        return generate(task, root=root, behaviour="sac-state", preset="cpu",
+        return generate(task, root=root, behaviour="sac-state", preset="cpu", recipe=recipe,
                         workers=render_workers, seed=seed)
     except DatasetExistsError:  # all three finished: check them as they are
         folders = {level: dataset_path(f"{task}-{level}", root) for level in LEVELS}
@@ -58,10 +63,23 @@ def report(task, result, wall_seconds, args):
             "verdicts": [verdict.to_dict() for verdict in result.verdicts[level]]}
         data.close()
     command = (f"python benchmarks/datasets.py {task} --render-workers {args.render_workers} "
-               f"--seed {args.seed}")
+               f"--seed {args.seed}" + "".join(f" --set {item}" for item in args.set))
     return {"task": task, "command": command, "commit": git_commit(), "machine": machine(),
             "wall_seconds_this_call": wall_seconds, "phase_seconds_this_call": result.timings,
             "faithful": result.faithful, "levels": levels}
+
+
+def recipe_changes(items):
+    """``FIELD=JSON`` strings as a dict of StateRecipe fields (unknown fields are refused)."""
+    fields = {field.name for field in dataclasses.fields(StateRecipe)}
+    changes = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in fields or not value:
+            raise SystemExit(f"--set {item!r}: expected FIELD=JSON with FIELD one of the "
+                             f"StateRecipe fields ({', '.join(sorted(fields))})")
+        changes[name] = json.loads(value)
+    return changes
 
 
 def main(argv=None):
@@ -71,9 +89,13 @@ def main(argv=None):
     parser.add_argument("--render-workers", type=int, default=2, help="render processes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/datasets", help="folder of the JSON record")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                        help="a StateRecipe field on top of the cpu preset, e.g. "
+                             "training_shaping=5 (an experiment: its datasets' provenance says "
+                             "so, and a run with other settings will not resume it)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    result = run(args.task, args.root, args.render_workers, args.seed)
+    result = run(args.task, args.root, args.render_workers, args.seed, recipe_changes(args.set))
     record = report(args.task, result, time.perf_counter() - start, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

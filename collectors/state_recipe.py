@@ -43,6 +43,10 @@ shown). The levels, all from one SAC training run from scratch (the run comes fi
   part of the medium policy: the stored actions are the scaled ones and the manifest's
   ``training_run.medium_policy`` records it (``transform``, ``action_transform``).
 
+An experiment may shape the learner's rewards (``training_shaping``, :data:`SHAPING_POTENTIALS`:
+potential-based, so the learner's optimal policy is the task's; the datasets keep the task's
+rewards); no preset does.
+
 Every evaluated snapshot is kept under ``<work_dir>/snapshots/`` with its evaluation returns
 (``state.json`` lists them). Presets: ``cpu`` (the published episode counts, full episodes,
 :meth:`SACConfig.cpu`) and ``smoke`` (tiny, for tests).
@@ -183,6 +187,12 @@ class StateRecipe:
     :func:`lqv_d4rl.car_racing.speed_limited_action`) under which the medium search also tries
     each snapshot that reached the band, acting with tanh(mean), in this order; a limit the search
     keeps is part of the medium policy (its manifest's ``training_run.medium_policy``)."""
+    training_shaping: float = 0.0
+    """Weight k of potential-based reward shaping (Ng, Harada & Russell 1999) in the SAC
+    learner's replay only: each transition's reward gets ``gamma * k * phi(s') - k * phi(s)``,
+    phi the task's :data:`SHAPING_POTENTIALS` entry (hopper_hop: the torso's height). Such a term
+    leaves the learner's optimal policy unchanged; the datasets keep the task's own rewards.
+    0: none (every preset)."""
     max_episode_steps: int | None = None
     """Cut episodes after this many agent steps; None: the task's full episodes."""
     num_video_frames: int = 1000
@@ -215,7 +225,7 @@ class StateRecipe:
         return {**fields, "behaviour": "sac-state", "sac": dataclasses.asdict(self.sac)}
 
 
-_LATER_FIELDS = ("medium_speed_limits", "medium_action_scales")
+_LATER_FIELDS = ("medium_speed_limits", "medium_action_scales", "training_shaping")
 """StateRecipe fields that :meth:`StateRecipe.describe` leaves out at their defaults."""
 CAR_RACING_SPEED_LIMIT = 0.465
 """The car_racing cpu preset's speed limit (``forward_speed`` 0.465 = 23 world units/s). A driver
@@ -374,6 +384,31 @@ def simulate_level(simulator, policy, first, count, *, seed, stream, explore,
 
 
 # ----------------------------------------------------------------------------------------------
+# Reward shaping of the learner (never of the datasets)
+# ----------------------------------------------------------------------------------------------
+
+
+def hopper_torso_height(states):
+    """hopper_hop's shaping potential: the torso's height relative to its start (``rootz``, the
+    first ``position`` entry of the state; ~-0.92 lying on its back, -0.4..-0.2 hopping)."""
+    return np.asarray(states, np.float64)[..., 0]
+
+
+SHAPING_POTENTIALS = {"hopper_hop": hopper_torso_height}
+"""Tasks whose learner may be given a shaping potential (``StateRecipe.training_shaping``)."""
+
+
+def shaped_rewards(rewards, potentials, weight, gamma):
+    """Entry rewards with potential-based shaping added: entry t (the transition from entry
+    t - 1) gets ``gamma * weight * potentials[t] - weight * potentials[t - 1]``; entry 0 has no
+    transition and keeps its reward."""
+    phi = float(weight) * np.asarray(potentials, np.float64)
+    shaped = np.asarray(rewards, np.float64).copy()
+    shaped[1:] += float(gamma) * phi[1:] - phi[:-1]
+    return shaped
+
+
+# ----------------------------------------------------------------------------------------------
 # The SAC training run
 # ----------------------------------------------------------------------------------------------
 
@@ -404,10 +439,15 @@ class SACRun:
     """
 
     def __init__(self, config, task, *, work_dir, seed=0, max_episode_steps=None,
-                 checkpoint_every=20, on_evaluation=None, progress=True, settings=None):
+                 checkpoint_every=20, on_evaluation=None, progress=True, settings=None,
+                 shaping=0.0):
         from lqv_d4rl.car_racing import make_state_simulator
 
+        if shaping and task not in SHAPING_POTENTIALS:
+            raise ValueError(f"training_shaping needs a shaping potential, which only "
+                             f"{', '.join(SHAPING_POTENTIALS)} has; {task} has none")
         self.config, self.task = config, task
+        self.shaping = float(shaping)
         self.work_dir = Path(work_dir)
         self.seed = int(seed)
         self.max_episode_steps = max_episode_steps
@@ -473,7 +513,12 @@ class SACRun:
 
     def _add_episode(self, episode, policy_id, policy_step):
         self.episodes.append((episode, policy_id, int(policy_step)))
-        self.replay.add_episode(episode.learner_steps)  # the policy's observations
+        steps = episode.learner_steps  # the policy's observations
+        if self.shaping:
+            potentials = SHAPING_POTENTIALS[self.task](steps["state"])
+            steps = {**steps, "reward": shaped_rewards(steps["reward"], potentials,
+                                                       self.shaping, self.config.gamma)}
+        self.replay.add_episode(steps)
 
     def _train(self):
         count = int(self.state.update_credit)
@@ -786,8 +831,8 @@ class StateJob(GenerateJob):
         run = SACRun(recipe.sac, self.task, work_dir=self.work_dir, seed=self.seed,
                      max_episode_steps=recipe.max_episode_steps,
                      checkpoint_every=recipe.checkpoint_every, on_evaluation=tracker,
-                     progress=self.progress,
-                     settings={"torch_threads": self.provenance["torch_threads"]})
+                     progress=self.progress, shaping=recipe.training_shaping,
+                     settings=self.run_settings())
         with self.timed("SAC training"):
             state = run.run()
         medium = tracker.load_info()
@@ -812,6 +857,14 @@ class StateJob(GenerateJob):
         if "medium" in levels:
             with self.timed("medium (record)"):
                 self.record_medium(folders["medium"], medium, run_info)
+
+    def run_settings(self):
+        """What a resumed training run must share with this one besides its SAC config (the
+        shaping weight only when there is one, so that earlier runs' settings stay valid)."""
+        settings = {"torch_threads": self.provenance["torch_threads"]}
+        if self.recipe.training_shaping:
+            settings["training_shaping"] = float(self.recipe.training_shaping)
+        return settings
 
     @contextlib.contextmanager
     def timed(self, phase):

@@ -369,6 +369,65 @@ def test_the_state_recipe_writes_three_datasets_with_its_policy_structure(state_
         assert len(set(data[level].returns.tolist())) == len(data[level])
 
 
+def test_shaped_rewards_add_the_discounted_potential_difference():
+    from collectors.state_recipe import shaped_rewards
+
+    rewards = np.array([0.0, 1.0, 0.5, 0.0], np.float32)
+    potentials = np.array([-0.9, -0.5, -0.4, -0.9])
+    shaped = shaped_rewards(rewards, potentials, weight=2.0, gamma=0.5)
+    # entry t: r_t + 0.5 * 2 * phi_t - 2 * phi_(t-1)
+    assert shaped.tolist() == pytest.approx([0.0, 1.0 - 0.5 + 1.8, 0.5 - 0.4 + 1.0,
+                                             0.0 - 0.9 + 0.8])
+    assert shaped_rewards(rewards, potentials, weight=0.0, gamma=0.99).tolist() == \
+        pytest.approx(rewards.tolist())
+
+
+def test_a_shaped_learner_trains_on_shaped_rewards_and_its_episodes_keep_the_task_rewards(
+        tmp_path):
+    from collectors.sac import SACConfig
+    from collectors.state_recipe import SACRun, hopper_torso_height, shaped_rewards
+
+    config = dataclasses.replace(SACConfig.smoke(), random_steps=40, learning_starts=20,
+                                 eval_every=1000, total_steps=40)
+    run = SACRun(config, "hopper_hop", work_dir=tmp_path, max_episode_steps=10, progress=False,
+                 shaping=3.0)
+    run.run()
+    episode = run.episodes[0][0]
+    steps = episode.learner_steps
+    expected = shaped_rewards(steps["reward"], hopper_torso_height(steps["state"]), 3.0,
+                              config.gamma)
+    assert not np.allclose(expected, steps["reward"])  # the hopper moved: shaping did something
+    stored = run.replay._data["reward"][:episode.num_agent_steps].numpy()
+    assert stored == pytest.approx(expected[1:].astype(np.float32))
+    assert episode.episode_return == pytest.approx(float(np.sum(steps["reward"])))  # untouched
+    with pytest.raises(ValueError, match="only hopper_hop has; walker_walk has none"):
+        SACRun(config, "walker_walk", work_dir=tmp_path / "w", shaping=1.0)
+
+
+def test_training_shaping_is_in_the_provenance_only_when_used(tmp_path):
+    from collectors.generate import generate
+    from collectors.state_recipe import state_recipe
+
+    recipe = state_recipe("hopper_hop")
+    assert "training_shaping" not in recipe.describe()  # earlier datasets' provenance unchanged
+    shaped = dataclasses.replace(recipe, training_shaping=5.0)
+    assert shaped.describe()["training_shaping"] == 5.0
+    with pytest.raises(GenerateError, match="training_shaping needs a shaping potential"):
+        generate(TASK, root=tmp_path, recipe=dataclasses.replace(tiny_state_recipe(),
+                                                                 training_shaping=1.0),
+                 progress=False)
+
+
+def test_the_datasets_benchmark_sets_recipe_fields_for_an_experiment():
+    from conftest import load_benchmark_script
+
+    recipe_changes = load_benchmark_script("datasets").recipe_changes
+    assert recipe_changes(["training_shaping=5", "medium_action_scales=[0.9]"]) == {
+        "training_shaping": 5, "medium_action_scales": [0.9]}
+    with pytest.raises(SystemExit, match="expected FIELD=JSON with FIELD one of the StateRecipe"):
+        recipe_changes(["shaping=5"])
+
+
 def test_training_progress_reports_the_run_against_table_3(state_generated, tmp_path, capsys):
     """``benchmarks/training_progress.py`` on a finished tiny run: its curve, updates and pace."""
     from conftest import load_benchmark_script
