@@ -254,11 +254,12 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
         raise GenerateError(f"medium_speed_limits apply to car_racing only (a speed limit on its "
                             f"state features); {task} has none")
     if behaviour == "sac-state" and recipe.training_shaping:
-        from .state_recipe import SHAPING_POTENTIALS
+        from .state_recipe import shaping_potential
 
-        if task not in SHAPING_POTENTIALS:
-            raise GenerateError(f"training_shaping needs a shaping potential, which only "
-                                f"{', '.join(SHAPING_POTENTIALS)} has; {task} has none")
+        try:
+            shaping_potential(task)
+        except ValueError as error:
+            raise GenerateError(str(error)) from None
     if behaviour == "tia" and num_envs is not None:  # the recipe records what was played
         recipe = dataclasses.replace(recipe, num_envs=int(num_envs))
     num_envs = int(getattr(recipe, "num_envs", 1))

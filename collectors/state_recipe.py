@@ -398,6 +398,14 @@ SHAPING_POTENTIALS = {"hopper_hop": hopper_torso_height}
 """Tasks whose learner may be given a shaping potential (``StateRecipe.training_shaping``)."""
 
 
+def shaping_potential(task):
+    """``task``'s entry of :data:`SHAPING_POTENTIALS`; a ValueError when it has none."""
+    if task not in SHAPING_POTENTIALS:
+        raise ValueError(f"training_shaping needs a shaping potential, which only "
+                         f"{', '.join(SHAPING_POTENTIALS)} has; {task} has none")
+    return SHAPING_POTENTIALS[task]
+
+
 def shaped_rewards(rewards, potentials, weight, gamma):
     """Entry rewards with potential-based shaping added: entry t (the transition from entry
     t - 1) gets ``gamma * weight * potentials[t] - weight * potentials[t - 1]``; entry 0 has no
@@ -443,11 +451,9 @@ class SACRun:
                  shaping=0.0):
         from lqv_d4rl.car_racing import make_state_simulator
 
-        if shaping and task not in SHAPING_POTENTIALS:
-            raise ValueError(f"training_shaping needs a shaping potential, which only "
-                             f"{', '.join(SHAPING_POTENTIALS)} has; {task} has none")
         self.config, self.task = config, task
         self.shaping = float(shaping)
+        self.potential = shaping_potential(task) if self.shaping else None
         self.work_dir = Path(work_dir)
         self.seed = int(seed)
         self.max_episode_steps = max_episode_steps
@@ -515,9 +521,8 @@ class SACRun:
         self.episodes.append((episode, policy_id, int(policy_step)))
         steps = episode.learner_steps  # the policy's observations
         if self.shaping:
-            potentials = SHAPING_POTENTIALS[self.task](steps["state"])
-            steps = {**steps, "reward": shaped_rewards(steps["reward"], potentials,
-                                                       self.shaping, self.config.gamma)}
+            steps = {**steps, "reward": shaped_rewards(steps["reward"], self.potential(
+                steps["state"]), self.shaping, self.config.gamma)}
         self.replay.add_episode(steps)
 
     def _train(self):
