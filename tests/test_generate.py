@@ -408,10 +408,10 @@ def test_training_shaping_is_in_the_provenance_only_when_used(tmp_path):
     from collectors.generate import generate
     from collectors.state_recipe import state_recipe
 
-    recipe = state_recipe("hopper_hop")
-    assert "training_shaping" not in recipe.describe()  # earlier datasets' provenance unchanged
-    shaped = dataclasses.replace(recipe, training_shaping=5.0)
-    assert shaped.describe()["training_shaping"] == 5.0
+    for task in ("walker_walk", "cheetah_run", "humanoid_walk", "car_racing"):
+        recipe = state_recipe(task)  # earlier datasets' provenance unchanged
+        assert recipe.training_shaping == 0.0 and "training_shaping" not in recipe.describe()
+    assert state_recipe("hopper_hop").describe()["training_shaping"] == 5.0  # the cpu preset's
     with pytest.raises(GenerateError, match="training_shaping needs a shaping potential"):
         generate(TASK, root=tmp_path, recipe=dataclasses.replace(tiny_state_recipe(),
                                                                  training_shaping=1.0),
