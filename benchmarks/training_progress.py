@@ -87,7 +87,7 @@ def summarize(task, config, state, evaluations, medium, band, paper):
                          None)
     latest = np.concatenate(returns[-10:]) if returns else np.zeros(0)
     pace, timed = recent_pace(evaluations)
-    left = max(config["total_steps"] - state["env_steps"], 0)
+    left = 0 if state["finished"] else max(config["total_steps"] - state["env_steps"], 0)
     per_step = config["updates_per_step"] / spec.action_repeat
     return {
         "task": task, "env_steps": state["env_steps"], "total_steps": config["total_steps"],
@@ -143,10 +143,14 @@ def print_table(record, every):
               f"{medium['evaluation_return']:.1f}{in_band}, "
               f"{'found' if medium['in_band'] else 'not yet a match'}")
     pace = record["recent_pace"]
+    if record["finished"]:
+        print(f"the run has finished ({record['stop_reason']})")
     if pace is not None:
+        rest = "" if record["finished"] else (f"; the step budget needs "
+                                              f"{pace['hours_to_step_budget']:.1f} h more at that pace")
         print(f"recent pace: {pace['env_steps_per_s']:.0f} environment steps/s, "
-              f"{pace['updates_per_s']:.1f} updates/s (last {pace['evaluations']} evaluations); "
-              f"the step budget needs {pace['hours_to_step_budget']:.1f} h more at that pace")
+              f"{pace['updates_per_s']:.1f} updates/s (last {pace['evaluations']} "
+              f"evaluations){rest}")
 
 
 def plot(record, path):

@@ -444,7 +444,9 @@ def test_training_progress_reports_the_run_against_table_3(state_generated, tmp_
     assert record["medium_band"] == [401.5, 598.0] and record["finished"]
     assert record["medium_candidate"]["policy_id"] == "sac-seed1-step000120"
     assert (tmp_path / f"training-{TASK}.png").stat().st_size > 10_000
-    assert "medium search: best so far sac-seed1-step000120" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "medium search: best so far sac-seed1-step000120" in printed
+    assert "the run has finished (max_env_steps)" in printed and "h more" not in printed
     with pytest.raises(SystemExit, match="no SAC training run of this task and seed"):
         progress.main([TASK, "--root", str(root), "--seed", "7", "--out", str(tmp_path)])
 
