@@ -471,7 +471,10 @@ class SACRun:
         self.checkpoint_every = int(checkpoint_every)
         self.on_evaluation = on_evaluation
         self.progress = progress
-        self.settings = settings or {}
+        # A resumed run must share the shaping too; recorded only when there is one, so that
+        # earlier runs' settings stay valid.
+        self.settings = {**(settings or {}),
+                         **({"training_shaping": self.shaping} if self.shaping else {})}
         self.simulator = make_state_simulator(task)
         self.action_repeat = get_task(task).action_repeat
         self.action_dim = get_task(task).action_dim
@@ -848,7 +851,7 @@ class StateJob(GenerateJob):
                      max_episode_steps=recipe.max_episode_steps,
                      checkpoint_every=recipe.checkpoint_every, on_evaluation=tracker,
                      progress=self.progress, shaping=recipe.training_shaping,
-                     settings=self.run_settings())
+                     settings={"torch_threads": self.provenance["torch_threads"]})
         with self.timed("SAC training"):
             state = run.run()
         medium = tracker.load_info()
@@ -873,14 +876,6 @@ class StateJob(GenerateJob):
         if "medium" in levels:
             with self.timed("medium (record)"):
                 self.record_medium(folders["medium"], medium, run_info)
-
-    def run_settings(self):
-        """What a resumed training run must share with this one besides its SAC config (the
-        shaping weight only when there is one, so that earlier runs' settings stay valid)."""
-        settings = {"torch_threads": self.provenance["torch_threads"]}
-        if self.recipe.training_shaping:
-            settings["training_shaping"] = float(self.recipe.training_shaping)
-        return settings
 
     @contextlib.contextmanager
     def timed(self, phase):

@@ -400,6 +400,8 @@ def test_a_shaped_learner_trains_on_shaped_rewards_and_its_episodes_keep_the_tas
     stored = run.replay._data["reward"][:episode.num_agent_steps].numpy()
     assert stored == pytest.approx(expected[1:].astype(np.float32))
     assert episode.episode_return == pytest.approx(float(np.sum(steps["reward"])))  # untouched
+    saved = json.loads((tmp_path / "state.json").read_text())["run"]["settings"]
+    assert saved["training_shaping"] == 3.0  # a resume with another weight is refused
     with pytest.raises(ValueError, match="only hopper_hop has; walker_walk has none"):
         SACRun(config, "walker_walk", work_dir=tmp_path / "w", shaping=1.0)
 
