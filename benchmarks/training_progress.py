@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from collectors.generate import MEDIUM_POLICY_INFO
-from collectors.state_recipe import STATE_NAME, state_recipe
+from collectors.state_recipe import STATE_NAME, first_band_evaluation, state_recipe
 from lqv_d4rl.fidelity import share_in_band
 from lqv_d4rl.registry import dataset_root, get_recipe
 from lqv_d4rl.tasks import get_task
@@ -82,9 +82,7 @@ def summarize(task, config, state, evaluations, medium, band, paper):
     """The JSON record: the curve and what it means against Table 3."""
     spec = get_task(task)
     returns = [np.asarray(e["returns"], dtype=np.float64) for e in evaluations]
-    means = [float(r.mean()) for r in returns]
-    first_in_band = next((e["env_steps"] for e, m in zip(evaluations, means) if m >= band[0]),
-                         None)
+    means = [e["mean_return"] for e in evaluations]
     latest = np.concatenate(returns[-10:]) if returns else np.zeros(0)
     pace, timed = recent_pace(evaluations)
     left = 0 if state["finished"] else max(config["total_steps"] - state["env_steps"], 0)
@@ -96,7 +94,7 @@ def summarize(task, config, state, evaluations, medium, band, paper):
         "stop_reason": state["stop_reason"], "medium_band": list(band),
         "paper_medium_mean": paper["medium"]["mean"], "paper_random_max": paper["random"]["max"],
         "best_mean_return": max(means, default=None),
-        "first_evaluation_reaching_band_min": first_in_band,
+        "first_evaluation_reaching_band_min": first_band_evaluation(evaluations, band),
         "last_10_evaluations": {
             "mean_return": float(latest.mean()) if latest.size else None,
             "share_in_band": share_in_band(latest, band) if latest.size else None,
@@ -105,7 +103,8 @@ def summarize(task, config, state, evaluations, medium, band, paper):
         "recent_pace": None if pace is None else {
             "env_steps_per_s": pace, "updates_per_s": pace * per_step,
             "evaluations": timed, "hours_to_step_budget": left / pace / 3600},
-        "evaluations": [{"env_steps": e["env_steps"], "mean_return": m,
+        "evaluations": [{"env_steps": e["env_steps"], "mean_return": m, "updates":
+                         approximate_updates(e["env_steps"], config, spec.action_repeat),
                          "returns": r.tolist()} for e, m, r in zip(evaluations, means, returns)],
     }
 
@@ -115,12 +114,11 @@ def print_table(record, every):
     print(f"{'env steps':>10} {'updates':>8} {'mean':>7} {'min':>7} {'max':>7} {'in band':>8}")
     band = record["medium_band"]
     rows = record["evaluations"]
-    per_step = record["updates_per_env_step"]
     for index, row in enumerate(rows):
         if index % every and index != len(rows) - 1:
             continue
         returns = np.asarray(row["returns"])
-        print(f"{row['env_steps']:>10} {int(row['env_steps'] * per_step):>8} "
+        print(f"{row['env_steps']:>10} {row['updates']:>8} "
               f"{row['mean_return']:>7.1f} {returns.min():>7.1f} {returns.max():>7.1f} "
               f"{share_in_band(returns, band):>8.0%}")
     latest = record["last_10_evaluations"]

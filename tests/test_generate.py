@@ -443,6 +443,7 @@ def test_training_progress_reports_the_run_against_table_3(state_generated, tmp_
     assert record["best_mean_return"] == max(e["mean_return"] for e in state["state"]["evaluations"])
     config = state["run"]["config"]  # 120 env steps, 20 before learning, action repeat 2
     assert record["updates"] == int((120 - 20) / 2 * config["updates_per_step"])
+    assert record["evaluations"][-1]["updates"] == record["updates"]
     assert record["medium_band"] == [401.5, 598.0] and record["finished"]
     assert record["medium_candidate"]["policy_id"] == "sac-seed1-step000120"
     assert (tmp_path / f"training-{TASK}.png").stat().st_size > 10_000
