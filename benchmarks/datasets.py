@@ -78,7 +78,11 @@ def recipe_changes(items):
         if name not in fields or not value:
             raise SystemExit(f"--set {item!r}: expected FIELD=JSON with FIELD one of the "
                              f"StateRecipe fields ({', '.join(sorted(fields))})")
-        changes[name] = json.loads(value)
+        try:
+            changes[name] = json.loads(value)
+        except json.JSONDecodeError:
+            raise SystemExit(f"--set {item!r}: {value!r} is not JSON (a number, true/false, "
+                             "a quoted string or a list)") from None
     return changes
 
 

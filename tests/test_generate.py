@@ -428,6 +428,8 @@ def test_the_datasets_benchmark_sets_recipe_fields_for_an_experiment():
         "training_shaping": 5, "medium_action_scales": [0.9]}
     with pytest.raises(SystemExit, match="expected FIELD=JSON with FIELD one of the StateRecipe"):
         recipe_changes(["shaping=5"])
+    with pytest.raises(SystemExit, match="'five' is not JSON"):
+        recipe_changes(["training_shaping=five"])
 
 
 def test_training_progress_reports_the_run_against_table_3(state_generated, tmp_path, capsys):
