@@ -9,7 +9,8 @@ skipped are then missing from the timings).
 
 Usage: ``python benchmarks/datasets.py walker_walk [--root R] [--render-workers 2] [--seed 0]
 [--out docs/datasets] [--set FIELD=JSON ...]`` (``--set``: an experiment's change to the cpu
-preset's recipe, e.g. ``--set training_shaping=5``).
+preset's recipe, e.g. ``--set training_shaping=5`` or, for a field of its SAC settings,
+``--set sac.init_alpha=1.0``).
 """
 
 import argparse
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import lqv_d4rl  # noqa: F401  (pins the CPU kernels before torch starts)
 from collectors.generate import generate, summarize
+from collectors.sac import SACConfig
 from collectors.state_recipe import StateRecipe, state_recipe
 from lqv_d4rl.cpu_kernels import kernel_settings
 from lqv_d4rl.dataset import load_dataset
@@ -43,7 +45,7 @@ def machine():
 def run(task, root, render_workers, seed, changes=None):
     """Generate (or resume, or find finished) the three datasets; the GenerateResult.
     ``changes``: StateRecipe fields set on top of the cpu preset (an experiment's recipe)."""
-    recipe = dataclasses.replace(state_recipe(task, "cpu"), **changes) if changes else None
+    recipe = apply_changes(state_recipe(task, "cpu"), changes) if changes else None
     try:
         return generate(task, root=root, behaviour="sac-state", preset="cpu", recipe=recipe,
                         workers=render_workers, seed=seed)
@@ -70,20 +72,30 @@ def report(task, result, wall_seconds, args):
 
 
 def recipe_changes(items):
-    """``FIELD=JSON`` strings as a dict of StateRecipe fields (unknown fields are refused)."""
+    """``FIELD=JSON`` strings as a dict of StateRecipe fields, ``sac.FIELD`` naming a field of
+    its SACConfig (unknown fields are refused)."""
     fields = {field.name for field in dataclasses.fields(StateRecipe)}
+    fields |= {f"sac.{field.name}" for field in dataclasses.fields(SACConfig)}
     changes = {}
     for item in items:
         name, _, value = item.partition("=")
         if name not in fields or not value:
             raise SystemExit(f"--set {item!r}: expected FIELD=JSON with FIELD one of the "
-                             f"StateRecipe fields ({', '.join(sorted(fields))})")
+                             f"StateRecipe fields or sac.FIELD of its SACConfig "
+                             f"({', '.join(sorted(fields))})")
         try:
             changes[name] = json.loads(value)
         except json.JSONDecodeError:
             raise SystemExit(f"--set {item!r}: {value!r} is not JSON (a number, true/false, "
                              "a quoted string or a list)") from None
     return changes
+
+
+def apply_changes(recipe, changes):
+    """``recipe`` with :func:`recipe_changes`' fields set (``sac.FIELD`` on its SACConfig)."""
+    sac = {name[len("sac."):]: value for name, value in changes.items() if name.startswith("sac.")}
+    fields = {name: value for name, value in changes.items() if not name.startswith("sac.")}
+    return dataclasses.replace(recipe, sac=dataclasses.replace(recipe.sac, **sac), **fields)
 
 
 def main(argv=None):
@@ -95,7 +107,7 @@ def main(argv=None):
     parser.add_argument("--out", default="docs/datasets", help="folder of the JSON record")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                         help="a StateRecipe field on top of the cpu preset, e.g. "
-                             "training_shaping=5 (an experiment: its datasets' provenance says "
+                             "training_shaping=5, or sac.FIELD of its SACConfig (an experiment: its datasets' provenance says "
                              "so, and a run with other settings will not resume it)")
     args = parser.parse_args(argv)
     start = time.perf_counter()

@@ -428,8 +428,25 @@ def test_the_datasets_benchmark_sets_recipe_fields_for_an_experiment():
         "training_shaping": 5, "medium_action_scales": [0.9]}
     with pytest.raises(SystemExit, match="expected FIELD=JSON with FIELD one of the StateRecipe"):
         recipe_changes(["shaping=5"])
+    with pytest.raises(SystemExit, match="or sac.FIELD of its SACConfig"):
+        recipe_changes(["sac.alpha=1"])
     with pytest.raises(SystemExit, match="'five' is not JSON"):
         recipe_changes(["training_shaping=five"])
+
+
+def test_the_datasets_benchmark_sets_sac_fields_on_the_cpu_preset():
+    from collectors.state_recipe import state_recipe
+    from conftest import load_benchmark_script
+
+    datasets = load_benchmark_script("datasets")
+    preset = state_recipe("car_racing")
+    changes = datasets.recipe_changes(["sac.init_alpha=1.0", "sac.actor_lr=1e-4",
+                                       "medrep_episodes=300"])
+    recipe = datasets.apply_changes(preset, changes)
+    assert (recipe.sac.init_alpha, recipe.sac.actor_lr, recipe.medrep_episodes) == (1.0, 1e-4, 300)
+    assert recipe.sac.updates_per_step == preset.sac.updates_per_step == 0.05  # the rest kept
+    assert recipe.sac.critic_lr == preset.sac.critic_lr and recipe.preset == preset.preset
+    assert preset.sac.init_alpha == 0.1  # the preset itself is untouched
 
 
 def test_training_progress_reports_the_run_against_table_3(state_generated, tmp_path, capsys):
