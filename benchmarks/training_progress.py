@@ -14,6 +14,7 @@ Usage: ``python benchmarks/training_progress.py hopper_hop [--root R] [--seed 0]
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -39,7 +40,8 @@ def work_dir(root, task, seed):
 
 
 def load_run(folder):
-    """The run's config and evaluations (its ``state.json``), with each snapshot's write time."""
+    """The run's config, run settings, state and evaluations (its ``state.json``), with each
+    snapshot's write time."""
     path = Path(folder) / STATE_NAME
     if not path.is_file():
         raise SystemExit(f"{path} does not exist: no SAC training run of this task and seed under "
@@ -50,7 +52,20 @@ def load_run(folder):
     for evaluation in evaluations:
         snapshot = Path(folder) / evaluation["snapshot"]
         evaluation["written"] = snapshot.stat().st_mtime if snapshot.is_file() else None
-    return saved["run"]["config"], saved["state"], evaluations
+    return saved["run"]["config"], saved["run"]["settings"], saved["state"], evaluations
+
+
+def preset_departures(task, config, settings):
+    """The run's SAC settings (and learner shaping) that differ from the task's cpu preset: an
+    experiment's run (e.g. one made with ``benchmarks/datasets.py --set sac.init_alpha=1``)."""
+    recipe = state_recipe(task)
+    preset = dataclasses.asdict(recipe.sac)
+    departures = {name: value for name, value in config.items()
+                  if name in preset and value != preset[name]}
+    shaping = settings.get("training_shaping", 0.0)
+    if shaping != recipe.training_shaping:
+        departures["training_shaping"] = shaping
+    return departures
 
 
 def approximate_updates(env_steps, config, action_repeat):
@@ -78,8 +93,9 @@ def recent_pace(evaluations):
     return (steps / seconds if seconds > 0 else None), len(stretch)
 
 
-def summarize(task, config, state, evaluations, medium, band, paper):
-    """The JSON record: the curve and what it means against Table 3."""
+def summarize(task, config, state, evaluations, medium, band, paper, departures=None):
+    """The JSON record: the curve and what it means against Table 3 (``departures``: the run's
+    settings that are not the cpu preset's)."""
     spec = get_task(task)
     returns = [np.asarray(e["returns"], dtype=np.float64) for e in evaluations]
     means = [e["mean_return"] for e in evaluations]
@@ -90,7 +106,8 @@ def summarize(task, config, state, evaluations, medium, band, paper):
     return {
         "task": task, "env_steps": state["env_steps"], "total_steps": config["total_steps"],
         "updates": approximate_updates(state["env_steps"], config, spec.action_repeat),
-        "updates_per_env_step": per_step, "finished": state["finished"],
+        "updates_per_env_step": per_step, "departures_from_cpu_preset": departures or {},
+        "finished": state["finished"],
         "stop_reason": state["stop_reason"], "medium_band": list(band),
         "paper_medium_mean": paper["medium"]["mean"], "paper_random_max": paper["random"]["max"],
         "best_mean_return": max(means, default=None),
@@ -181,8 +198,12 @@ def plot(record, path):
         ax.set_yscale("symlog", linthresh=1.0)
         ax.set_ylim(min(lowest, 0.0), high * 1.5)
         ax.set_ylabel("episode return (symlog scale)")
-    ax.set_title(f"{record['task']}: the CPU recipe's SAC run, {record['env_steps']:,} steps, "
-                 f"~{record['updates']:,} updates")
+    departures = record["departures_from_cpu_preset"]
+    which = "the CPU recipe's SAC run" if not departures else "SAC run with " + ", ".join(
+        f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+        for name, value in departures.items())
+    ax.set_title(f"{record['task']}: {which}, {record['env_steps']:,} steps, "
+                 f"~{record['updates']:,} updates", fontsize=10 if departures else None)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -199,16 +220,19 @@ def main(argv=None):
     parser.add_argument("--every", type=int, default=10, help="print every N-th evaluation")
     args = parser.parse_args(argv)
     folder = work_dir(args.root, args.task, args.seed)
-    config, state, evaluations = load_run(folder)
+    config, settings, state, evaluations = load_run(folder)
     recipe = state_recipe(args.task)
     info = folder / MEDIUM_POLICY_INFO
     medium = json.loads(info.read_text(encoding="utf-8")) if info.is_file() else None
     paper = {level: get_recipe(f"{args.task}-{level}").paper_returns
              for level in ("random", "medium")}
-    record = summarize(args.task, config, state, evaluations, medium, recipe.medium_band, paper)
+    record = summarize(args.task, config, state, evaluations, medium, recipe.medium_band, paper,
+                       preset_departures(args.task, config, settings))
     record.update(command=f"python benchmarks/training_progress.py {args.task} --seed {args.seed} "
                           f"--out {args.out}", commit=git_commit())
     print_table(record, max(args.every, 1))
+    if record["departures_from_cpu_preset"]:
+        print(f"not the cpu preset's run: {record['departures_from_cpu_preset']}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"training-{args.task}.json").write_text(json.dumps(record, indent=1))

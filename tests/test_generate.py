@@ -465,12 +465,27 @@ def test_training_progress_reports_the_run_against_table_3(state_generated, tmp_
     assert record["evaluations"][-1]["updates"] == record["updates"]
     assert record["medium_band"] == [401.5, 598.0] and record["finished"]
     assert record["medium_candidate"]["policy_id"] == "sac-seed1-step000120"
+    assert record["departures_from_cpu_preset"]["units"] == 32  # the tiny run's smoke networks
     assert (tmp_path / f"training-{TASK}.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "medium search: best so far sac-seed1-step000120" in printed
     assert "the run has finished (max_env_steps)" in printed and "h more" not in printed
     with pytest.raises(SystemExit, match="no SAC training run of this task and seed"):
         progress.main([TASK, "--root", str(root), "--seed", "7", "--out", str(tmp_path)])
+
+
+def test_training_progress_names_an_experiments_departures_from_the_cpu_preset():
+    from collectors.state_recipe import state_recipe
+    from conftest import load_benchmark_script
+
+    departures = load_benchmark_script("training_progress").preset_departures
+    config = dataclasses.asdict(state_recipe("car_racing").sac)
+    assert departures("car_racing", config, {"torch_threads": 1}) == {}
+    config.update(init_alpha=1.0, actor_lr=1e-4)
+    assert departures("car_racing", config, {}) == {"init_alpha": 1.0, "actor_lr": 1e-4}
+    hopper = dataclasses.asdict(state_recipe("hopper_hop").sac)
+    assert departures("hopper_hop", hopper, {"training_shaping": 5.0}) == {}  # the preset's
+    assert departures("hopper_hop", hopper, {}) == {"training_shaping": 0.0}  # unshaped
 
 
 def test_training_progress_measures_the_pace_after_the_latest_pause():
