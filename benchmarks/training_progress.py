@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -202,8 +203,8 @@ def plot(record, path):
     which = "the CPU recipe's SAC run" if not departures else "SAC run with " + ", ".join(
         f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
         for name, value in departures.items())
-    ax.set_title(f"{record['task']}: {which}, {record['env_steps']:,} steps, "
-                 f"~{record['updates']:,} updates", fontsize=10 if departures else None)
+    ax.set_title(textwrap.fill(f"{record['task']}: {which}, {record['env_steps']:,} steps, "
+                               f"~{record['updates']:,} updates", 80))
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
