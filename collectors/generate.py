@@ -50,6 +50,9 @@ setting afterwards. How a CPU reduction is split over threads changes its float 
 torch's default (one thread per core) the trained snapshots, hence the medrep and medium bytes,
 would depend on the machine's core count. One thread is also the fastest on small machines: acting
 on a few 64x64 images is far too small to split, and spare cores serve the environment workers.
+The sac-state recipe's training run takes its own fixed count, ``StateRecipe.training_threads``
+(humanoid_walk's 2: its updates are most of its time), for the same reason a recipe's value and
+never the machine's.
 """
 
 import dataclasses
@@ -292,10 +295,10 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
                            seed=seed, overwrite=overwrite, progress=progress,
                            provenance=provenance, max_shard_bytes=max_shard_bytes,
                            video_pool=pool)
-            with _torch_threads(TORCH_THREADS):
+            with torch_threads(TORCH_THREADS):
                 job.run(folders, pending)
             return summarize(task, folders, work_dir, progress, job.timings)
-        with _torch_threads(TORCH_THREADS), make_vector_env(
+        with torch_threads(TORCH_THREADS), make_vector_env(
                 task, num_envs, workers=workers, seed=seed, backend=backend,
                 env_kwargs={"distractor": pool}) as venv:
             job = TIAJob(task, spec, recipe, venv, root, work_dir, seed, device, overwrite,
@@ -336,7 +339,7 @@ def _check_device(device):
 
 
 @contextmanager
-def _torch_threads(count):
+def torch_threads(count):
     """Run the block with ``count`` PyTorch CPU threads, then restore the previous number."""
     import torch
 

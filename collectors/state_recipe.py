@@ -114,7 +114,8 @@ from lqv_d4rl.format import write_json_atomically
 from lqv_d4rl.registry import get_recipe
 from lqv_d4rl.tasks import get_task
 
-from .generate import MEDIUM_POLICY_FILE, MEDIUM_POLICY_INFO, GenerateError, GenerateJob
+from .generate import (MEDIUM_POLICY_FILE, MEDIUM_POLICY_INFO, GenerateError, GenerateJob,
+                       torch_threads)
 from .recorders import (
     STREAMS, EpisodeBuilder, RecordedEpisode, derived_seed, select_medrep_episodes,
 )
@@ -193,6 +194,13 @@ class StateRecipe:
     phi the task's :data:`SHAPING_POTENTIALS` entry (hopper_hop: the torso's height). Such a term
     leaves the learner's optimal policy unchanged; the datasets keep the task's own rewards.
     0: none; the cpu preset takes :data:`TRAINING_SHAPING` (hopper_hop 5)."""
+    training_threads: int = 1
+    """PyTorch CPU threads of the SAC training run (its updates; everything else keeps generate's
+    one thread). MKL's reproducible mode (:mod:`lqv_d4rl.cpu_kernels`) gives the same results
+    for the same thread count, so the count is the recipe's, never the machine's: the same recipe
+    gives the same bytes anywhere. More threads are faster only on idle cores (humanoid_walk's
+    updates, ``benchmarks/bench_humanoid.py``: 2 threads 1.49x on an idle 2-core machine, 0.23x
+    on one loaded with other jobs). The cpu preset takes :data:`TRAINING_THREADS`."""
     max_episode_steps: int | None = None
     """Cut episodes after this many agent steps; None: the task's full episodes."""
     num_video_frames: int = 1000
@@ -206,6 +214,9 @@ class StateRecipe:
                              f"got {self.random_behaviour!r}")
         if self.medrep_until not in ("medium", "band"):
             raise ValueError(f"medrep_until must be 'medium' or 'band'; got {self.medrep_until!r}")
+        if not isinstance(self.training_threads, int) or self.training_threads < 1:
+            raise ValueError(f"training_threads must be a whole number of threads, at least 1; "
+                             f"got {self.training_threads!r}")
         if self.medium_band is not None and self.medium_mean is None:
             raise ValueError("a medium_band needs the medium_mean the medium snapshot must match "
                              "(Table 3's medium row: lqv_d4rl.registry.get_recipe(id)"
@@ -225,7 +236,8 @@ class StateRecipe:
         return {**fields, "behaviour": "sac-state", "sac": dataclasses.asdict(self.sac)}
 
 
-_LATER_FIELDS = ("medium_speed_limits", "medium_action_scales", "training_shaping")
+_LATER_FIELDS = ("medium_speed_limits", "medium_action_scales", "training_shaping",
+                 "training_threads")
 """StateRecipe fields that :meth:`StateRecipe.describe` leaves out at their defaults."""
 CAR_RACING_SPEED_LIMIT = 0.465
 """The car_racing cpu preset's speed limit (``forward_speed`` 0.465 = 23 world units/s). A driver
@@ -250,7 +262,8 @@ def state_recipe(task, preset="cpu"):
         if spec.kind == "gym":
             return car_racing_cpu(recipe)
         return dataclasses.replace(recipe, medium_action_scales=MEDIUM_ACTION_SCALES,
-                                   training_shaping=TRAINING_SHAPING.get(task, 0.0))
+                                   training_shaping=TRAINING_SHAPING.get(task, 0.0),
+                                   training_threads=TRAINING_THREADS.get(task, 1))
     if preset == "smoke":
         return StateRecipe(preset="smoke", sac=SACConfig.smoke(), random_policies=3,
                            random_episodes_per_policy=2, medium_episodes=4, medium_band=None,
@@ -407,6 +420,13 @@ the others hopped at up to ~190 (docs/datasets/hopper_hop-unshaped), so no snaps
 Table 3's medium level (at least 90 % of episodes in 40.3..84.9). With the torso height as a
 potential (weight 5) the same run got up from nearly every start once it hopped (845,000..880,000
 steps: 5 of 80 evaluation episodes at 0, against 45 of 80 unshaped; DATASETS.md)."""
+
+
+TRAINING_THREADS = {"humanoid_walk": 2}
+"""The cpu preset's ``training_threads``. humanoid_walk makes one SAC update per agent step, and
+the updates are 94 % of its run's time; on an idle 2-core machine 2 threads make 71.7 updates/s
+against 48.0 with one (``python benchmarks/bench_humanoid.py --updates 300 --episodes 4
+--repeats 2``, DATASETS.md). The other tasks' runs make few updates per step and keep one."""
 
 
 def shaping_potential(task):
@@ -851,8 +871,8 @@ class StateJob(GenerateJob):
                      max_episode_steps=recipe.max_episode_steps,
                      checkpoint_every=recipe.checkpoint_every, on_evaluation=tracker,
                      progress=self.progress, shaping=recipe.training_shaping,
-                     settings={"torch_threads": self.provenance["torch_threads"]})
-        with self.timed("SAC training"):
+                     settings={"torch_threads": recipe.training_threads})
+        with self.timed("SAC training"), torch_threads(recipe.training_threads):
             state = run.run()
         medium = tracker.load_info()
         if medium is None:

@@ -420,6 +420,40 @@ def test_training_shaping_is_in_the_provenance_only_when_used(tmp_path):
                  progress=False)
 
 
+def test_the_sac_run_trains_with_the_recipes_thread_count(tmp_path, monkeypatch):
+    """training_threads sets torch's threads for the training run only, is recorded in its
+    settings and the provenance, and a resume with another count is refused, losing nothing."""
+    import torch
+    from collectors.generate import generate
+    from collectors.state_recipe import SACRun, state_recipe
+
+    assert state_recipe("humanoid_walk").describe()["training_threads"] == 2  # the cpu preset's
+    for task in ("walker_walk", "cheetah_run", "hopper_hop", "car_racing"):
+        recipe = state_recipe(task)  # earlier datasets' provenance unchanged
+        assert recipe.training_threads == 1 and "training_threads" not in recipe.describe()
+    with pytest.raises(ValueError, match="training_threads must be a whole number"):
+        dataclasses.replace(tiny_state_recipe(), training_threads=0)
+
+    seen = []
+    train = SACRun._train
+    monkeypatch.setattr(SACRun, "_train", lambda run: (seen.append(torch.get_num_threads()),
+                                                        train(run))[1])
+    before = torch.get_num_threads()
+    recipe = dataclasses.replace(tiny_state_recipe(), training_threads=2)
+    result = generate(TASK, root=tmp_path, seed=1, recipe=recipe, progress=False,
+                      levels=["medrep"], max_shard_bytes=60_000)
+    assert set(seen) == {2} and torch.get_num_threads() == before
+    work_dir = tmp_path / ".work" / f"{TASK}-sac-state-seed1"
+    assert json.loads((work_dir / "state.json").read_text())["run"]["settings"] == {
+        "torch_threads": 2}
+    assert read_manifest(result.folders["medrep"])["provenance"]["recipe"]["training_threads"] == 2
+    finished = shard_hashes(tmp_path)
+    with pytest.raises(CheckpointError, match="belongs to a run with other settings"):
+        generate(TASK, root=tmp_path, seed=1, recipe=tiny_state_recipe(), progress=False,
+                 levels=["medium"], max_shard_bytes=60_000)
+    assert shard_hashes(tmp_path) == finished
+
+
 def test_the_datasets_benchmark_sets_recipe_fields_for_an_experiment():
     from conftest import load_benchmark_script
 
