@@ -57,8 +57,8 @@ def load_run(folder):
 
 
 def preset_departures(task, config, settings):
-    """The run's SAC settings (and learner shaping) that differ from the task's cpu preset: an
-    experiment's run (e.g. one made with ``benchmarks/datasets.py --set sac.init_alpha=1``)."""
+    """The run's SAC settings (and learner shaping, training threads) that differ from the task's
+    cpu preset: an experiment's run (e.g. ``benchmarks/datasets.py --set sac.init_alpha=1``)."""
     recipe = state_recipe(task)
     preset = dataclasses.asdict(recipe.sac)
     departures = {name: value for name, value in config.items()
@@ -66,6 +66,9 @@ def preset_departures(task, config, settings):
     shaping = settings.get("training_shaping", 0.0)
     if shaping != recipe.training_shaping:
         departures["training_shaping"] = shaping
+    threads = settings.get("torch_threads", 1)
+    if threads != recipe.training_threads:
+        departures["training_threads"] = threads
     return departures
 
 

@@ -520,6 +520,8 @@ def test_training_progress_names_an_experiments_departures_from_the_cpu_preset()
     hopper = dataclasses.asdict(state_recipe("hopper_hop").sac)
     assert departures("hopper_hop", hopper, {"training_shaping": 5.0}) == {}  # the preset's
     assert departures("hopper_hop", hopper, {}) == {"training_shaping": 0.0}  # unshaped
+    humanoid = dataclasses.asdict(state_recipe("humanoid_walk").sac)
+    assert departures("humanoid_walk", humanoid, {"torch_threads": 1}) == {"training_threads": 1}
 
 
 def test_training_progress_measures_the_pace_after_the_latest_pause():
