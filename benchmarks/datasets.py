@@ -100,15 +100,17 @@ def apply_changes(recipe, changes):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("task", help="walker_walk, cheetah_run, hopper_hop or humanoid_walk")
+    parser.add_argument("task", help="walker_walk, cheetah_run, hopper_hop, humanoid_walk or "
+                                     "car_racing")
     parser.add_argument("--root", default=None, help="dataset root (default: $LQV_D4RL_ROOT)")
     parser.add_argument("--render-workers", type=int, default=2, help="render processes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/datasets", help="folder of the JSON record")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                         help="a StateRecipe field on top of the cpu preset, e.g. "
-                             "training_shaping=5, or sac.FIELD of its SACConfig (an experiment: its datasets' provenance says "
-                             "so, and a run with other settings will not resume it)")
+                             "training_shaping=5, or sac.FIELD of its SACConfig (an "
+                             "experiment: its datasets' provenance says so, and a run with "
+                             "other settings will not resume it)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     result = run(args.task, args.root, args.render_workers, args.seed, recipe_changes(args.set))
