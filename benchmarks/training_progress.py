@@ -97,7 +97,7 @@ def recent_pace(evaluations):
     return (steps / seconds if seconds > 0 else None), len(stretch)
 
 
-def summarize(task, config, state, evaluations, medium, band, paper, departures=None):
+def summarize(task, config, state, evaluations, medium, band, paper, departures):
     """The JSON record: the curve and what it means against Table 3 (``departures``: the run's
     settings that are not the cpu preset's)."""
     spec = get_task(task)
@@ -110,7 +110,7 @@ def summarize(task, config, state, evaluations, medium, band, paper, departures=
     return {
         "task": task, "env_steps": state["env_steps"], "total_steps": config["total_steps"],
         "updates": approximate_updates(state["env_steps"], config, spec.action_repeat),
-        "updates_per_env_step": per_step, "departures_from_cpu_preset": departures or {},
+        "updates_per_env_step": per_step, "departures_from_cpu_preset": departures,
         "finished": state["finished"],
         "stop_reason": state["stop_reason"], "medium_band": list(band),
         "paper_medium_mean": paper["medium"]["mean"], "paper_random_max": paper["random"]["max"],

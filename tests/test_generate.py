@@ -434,10 +434,14 @@ def test_the_sac_run_trains_with_the_recipes_thread_count(tmp_path, monkeypatch)
     with pytest.raises(ValueError, match="training_threads must be a whole number"):
         dataclasses.replace(tiny_state_recipe(), training_threads=0)
 
-    seen = []
+    seen = []  # torch's thread count at each training step
     train = SACRun._train
-    monkeypatch.setattr(SACRun, "_train", lambda run: (seen.append(torch.get_num_threads()),
-                                                        train(run))[1])
+
+    def train_and_note_threads(run):
+        seen.append(torch.get_num_threads())
+        return train(run)
+
+    monkeypatch.setattr(SACRun, "_train", train_and_note_threads)
     before = torch.get_num_threads()
     recipe = dataclasses.replace(tiny_state_recipe(), training_threads=2)
     result = generate(TASK, root=tmp_path, seed=1, recipe=recipe, progress=False,
