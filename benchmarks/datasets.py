@@ -8,7 +8,8 @@ tolerance. An interrupted run resumes when started again with the same arguments
 skipped are then missing from the timings).
 
 Usage: ``python benchmarks/datasets.py walker_walk [--root R] [--render-workers 2] [--seed 0]
-[--out docs/datasets] [--set FIELD=JSON ...]`` (``--set``: an experiment's change to the cpu
+[--out docs/datasets] [--max-env-steps N] [--set FIELD=JSON ...]`` (``--max-env-steps``: the
+training run's budget, as for ``lqv-d4rl generate``; ``--set``: an experiment's change to the cpu
 preset's recipe, e.g. ``--set training_shaping=5`` or, for a field of its SAC settings,
 ``--set sac.init_alpha=1.0``).
 """
@@ -42,13 +43,14 @@ def machine():
             "load_average_at_end": os.getloadavg(), "cpu_kernels": kernel_settings()}
 
 
-def run(task, root, render_workers, seed, changes=None):
+def run(task, root, render_workers, seed, changes=None, max_env_steps=None):
     """Generate (or resume, or find finished) the three datasets; the GenerateResult.
-    ``changes``: StateRecipe fields set on top of the cpu preset (an experiment's recipe)."""
+    ``changes``: StateRecipe fields set on top of the cpu preset (an experiment's recipe);
+    ``max_env_steps``: the training run's budget (default: the preset's)."""
     recipe = apply_changes(state_recipe(task, "cpu"), changes) if changes else None
     try:
         return generate(task, root=root, behaviour="sac-state", preset="cpu", recipe=recipe,
-                        workers=render_workers, seed=seed)
+                        workers=render_workers, seed=seed, max_env_steps=max_env_steps)
     except DatasetExistsError:  # all three finished: check them as they are
         folders = {level: dataset_path(f"{task}-{level}", root) for level in LEVELS}
         return summarize(task, folders, None, progress=True)
@@ -65,7 +67,9 @@ def report(task, result, wall_seconds, args):
             "verdicts": [verdict.to_dict() for verdict in result.verdicts[level]]}
         data.close()
     command = (f"python benchmarks/datasets.py {task} --render-workers {args.render_workers} "
-               f"--seed {args.seed}" + "".join(f" --set {item}" for item in args.set))
+               f"--seed {args.seed}"
+               + (f" --max-env-steps {args.max_env_steps}" if args.max_env_steps else "")
+               + "".join(f" --set {item}" for item in args.set))
     return {"task": task, "command": command, "commit": git_commit(), "machine": machine(),
             "wall_seconds_this_call": wall_seconds, "phase_seconds_this_call": result.timings,
             "faithful": result.faithful, "levels": levels}
@@ -106,6 +110,9 @@ def main(argv=None):
     parser.add_argument("--render-workers", type=int, default=2, help="render processes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/datasets", help="folder of the JSON record")
+    parser.add_argument("--max-env-steps", type=int, default=None,
+                        help="the training run's budget in environment steps (default: the "
+                             "preset's); a run that spent a smaller one goes on")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                         help="a StateRecipe field on top of the cpu preset, e.g. "
                              "training_shaping=5, or sac.FIELD of its SACConfig (an "
@@ -113,7 +120,8 @@ def main(argv=None):
                              "other settings will not resume it)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    result = run(args.task, args.root, args.render_workers, args.seed, recipe_changes(args.set))
+    result = run(args.task, args.root, args.render_workers, args.seed, recipe_changes(args.set),
+                 args.max_env_steps)
     record = report(args.task, result, time.perf_counter() - start, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

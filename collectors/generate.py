@@ -209,7 +209,8 @@ class GenerateResult:
 
 def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, device="cpu",
              workers=1, seed=0, overwrite=False, num_envs=None, recipe=None, progress=True,
-             max_shard_bytes=DEFAULT_MAX_SHARD_BYTES, backend="process", behaviour="sac-state"):
+             max_shard_bytes=DEFAULT_MAX_SHARD_BYTES, backend="process", behaviour="sac-state",
+             max_env_steps=None):
     """Generate the datasets ``<task>-<level>`` for ``levels`` under the dataset root.
 
     Args:
@@ -241,6 +242,9 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
             docs/benchmarks.md). With ``sac-state``,
             ``workers`` are render processes and ``device``, ``num_envs`` and ``backend`` do
             not apply.
+        max_env_steps: ``sac-state`` only: the SAC training run's budget in environment steps
+            (default: the recipe's, ``SACConfig.total_steps``). A run that spent a smaller budget
+            without a snapshot at the medium level continues from where it stopped.
 
     Returns a :class:`GenerateResult`. Without ``overwrite``, finished datasets among the levels
     are skipped (an interrupted run is resumed), and DatasetExistsError is raised when every
@@ -253,6 +257,8 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
         raise GenerateError(f"seed must be a non-negative integer, got {seed!r}")
     recipe = recipe if recipe is not None else behaviour_recipe(task, behaviour, preset)
     behaviour = "sac-state" if _is_state_recipe(recipe) else "tia"
+    if max_env_steps is not None:
+        recipe = _with_training_budget(recipe, behaviour, max_env_steps)
     if behaviour == "sac-state" and recipe.medium_speed_limits and spec.kind != "gym":
         raise GenerateError(f"medium_speed_limits apply to car_racing only (a speed limit on its "
                             f"state features); {task} has none")
@@ -308,6 +314,20 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
             if {"medrep", "medium"} & set(pending):
                 job.train_and_record(folders, pending)
     return summarize(task, folders, work_dir, progress)
+
+
+def _with_training_budget(recipe, behaviour, max_env_steps):
+    """The sac-state ``recipe`` with its training run's budget set to ``max_env_steps``."""
+    if behaviour != "sac-state":
+        raise GenerateError("max_env_steps applies to the sac-state behaviour (its SAC training "
+                            "run); a TIA recipe's budget is its max_env_steps field")
+    if isinstance(max_env_steps, bool) or not isinstance(max_env_steps, numbers.Integral) \
+            or max_env_steps <= recipe.sac.learning_starts:
+        raise GenerateError(f"max_env_steps must be a whole number of environment steps above "
+                            f"the run's learning_starts ({recipe.sac.learning_starts}); got "
+                            f"{max_env_steps!r}")
+    return dataclasses.replace(recipe, sac=dataclasses.replace(recipe.sac,
+                                                               total_steps=int(max_env_steps)))
 
 
 def _trained_levels(recipe):

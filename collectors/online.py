@@ -59,10 +59,11 @@ class CheckpointError(LQVError, RuntimeError):
     """A training checkpoint that does not match the run asked for, or is unreadable."""
 
 
-def read_checkpoint_state(state_path, version, run_settings):
+def read_checkpoint_state(state_path, version, run_settings, identity=None):
     """The saved ``state.json`` of a training run, checked against the ``version`` of its layout
     and the ``run_settings`` of the run that wants to resume it (:class:`CheckpointError` if
-    unreadable or another run's)."""
+    unreadable or another run's). ``identity(settings)``, when given, is what of the settings
+    must match (the rest, e.g. a budget, may differ)."""
     work_dir = Path(state_path).parent
     try:
         saved = json.loads(Path(state_path).read_text(encoding="utf-8"))
@@ -74,7 +75,8 @@ def read_checkpoint_state(state_path, version, run_settings):
             f"the checkpoint in {work_dir} was written by another lqv-d4rl (checkpoint layout "
             f"version {saved.get('version')}; this one reads {version}); delete {work_dir} (or "
             "pass overwrite) to start the training run over")
-    if saved.get("run") != run_settings:
+    identity = identity or (lambda settings: settings)
+    if identity(saved.get("run")) != identity(run_settings):
         raise CheckpointError(
             f"the checkpoint in {work_dir} belongs to a run with other settings (stored "
             f"{saved.get('run')}, asked for {run_settings}); resume with the same "

@@ -33,9 +33,11 @@ shown). The levels, all from one SAC training run from scratch (the run comes fi
 * ``medium``: the first snapshot whose returns match Table 3's medium row (:class:`MediumSearch`:
   at least 95 % of its episodes in the band and its mean within 7 % of the paper's, confirmed on
   30 more episodes) plays ``medium_episodes`` (200) episodes as it was judged; the run trains on
-  past the band until it finds one (if none, the closest, and the fidelity checks say how far off
-  it is). It is judged acting with tanh(mean), with sampled actions, and, once it acts better
-  than the paper's medium policy, under a fixed handicap: its actions scaled down
+  past the band until it finds one. If its budget (``SACConfig.total_steps``) runs out first,
+  generate records nothing and says so (:func:`budget_spent_message`); given a larger budget
+  (``--max-env-steps``), the same run goes on from where it stopped
+  (:meth:`SACRun._apply_budget`). It is judged acting with tanh(mean), with sampled actions,
+  and, once it acts better than the paper's medium policy, under a fixed handicap: its actions scaled down
   (``medium_action_scales``, :data:`MEDIUM_ACTION_SCALES`). **A departure**: SAC snapshots of
   walker_walk near the band fall now and then (episode returns ~15..250 or ~550..700, never
   95 % in the band), and the first that no longer falls already walks above it (590..660); the
@@ -569,7 +571,8 @@ class SACRun:
         state, config = self.state, self.config
         out_of_budget = state.env_steps >= config.total_steps
         learning = state.env_steps > config.learning_starts
-        if learning and (state.env_steps >= state.next_eval or out_of_budget):
+        evaluated = state.evaluations and state.evaluations[-1]["env_steps"] == state.env_steps
+        if learning and not evaluated and (state.env_steps >= state.next_eval or out_of_budget):
             self._evaluate(state.env_steps)
         if out_of_budget and not state.finished:
             state.finished, state.stop_reason = True, "max_env_steps"
@@ -621,20 +624,54 @@ class SACRun:
             "task": self.task, "seed": self.seed, "max_episode_steps": self.max_episode_steps,
             "config": dataclasses.asdict(self.config), "settings": self.settings}))
 
+    @staticmethod
+    def _run_identity(settings):
+        """The settings a resumed run must share: all but the budget (``config.total_steps``),
+        which a run may be given more of (:meth:`_apply_budget`)."""
+        if not isinstance(settings, dict) or not isinstance(settings.get("config"), dict):
+            return settings
+        config = {k: v for k, v in settings["config"].items() if k != "total_steps"}
+        return {**settings, "config": config}
+
+    def _apply_budget(self):
+        """Fit a restored run to this run's budget. A run that stopped at a smaller budget goes on
+        (the same run as one given this budget from the start, when the smaller one was a
+        multiple of ``eval_every``: the run's only budget-dependent step is an evaluation at its
+        end); one that has trained past this budget is refused."""
+        from .online import CheckpointError
+
+        state, budget = self.state, self.config.total_steps
+        last_episode = self.episodes[-1][0].num_agent_steps * self.action_repeat \
+            if self.episodes else 0
+        if state.env_steps - last_episode >= budget:
+            raise CheckpointError(
+                f"the training run in {self.work_dir} has trained {state.env_steps} environment "
+                f"steps, past the budget of {budget} asked for; give it a budget of at least "
+                f"{state.env_steps}, or delete {self.work_dir} (or pass overwrite) to start over")
+        if state.finished and state.stop_reason == "max_env_steps" and state.env_steps < budget:
+            state.finished, state.stop_reason = False, ""
+        if not state.finished and state.env_steps >= budget:  # its last episode spent this one
+            self._evaluate_if_due()
+            self.save_checkpoint()
+
     def _restore_or_start(self):
         from .online import read_checkpoint_state
 
         state_path = self.work_dir / STATE_NAME
         state_dim = len(self.simulator.reset(seed=0)[0])
-        self.replay = TransitionReplay(state_dim, self.action_dim, self._replay_capacity(),
+        saved = read_checkpoint_state(state_path, STATE_VERSION, self._run_settings(),
+                                      identity=self._run_identity) \
+            if state_path.is_file() else None
+        trained = saved["state"]["env_steps"] if saved else 0  # may exceed a lowered budget
+        capacity = self._replay_capacity(max(self.config.total_steps, trained))
+        self.replay = TransitionReplay(state_dim, self.action_dim, capacity,
                                        seed=derived_seed(self.seed, "agent", 1))
-        if not state_path.is_file():
+        if saved is None:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             self.state = RunState()
             self.agent = SACAgent(self.config, state_dim, self.action_dim,
                                   seed=derived_seed(self.seed, "agent"))
             return
-        saved = read_checkpoint_state(state_path, STATE_VERSION, self._run_settings())
         self.state = RunState(**saved["state"])
         self.agent = SACAgent.load(self.work_dir / self.state.agent_file)
         for episode, policy_id, policy_step in load_episode_chunks(
@@ -642,10 +679,12 @@ class SACRun:
             self._add_episode(episode, policy_id, policy_step)
         self.replay.rng.bit_generator.state = self.state.replay_rng
         self._saved_episodes = len(self.episodes)
+        self._apply_budget()
 
-    def _replay_capacity(self):
+    def _replay_capacity(self, env_steps):
+        """Transitions of a run of ``env_steps`` environment steps (all kept), one episode more."""
         steps = self.max_episode_steps or get_task(self.task).episode_steps
-        episodes = -(-self.config.total_steps // (self.action_repeat * steps)) + 1
+        episodes = -(-env_steps // (self.action_repeat * steps)) + 1
         return episodes * steps
 
     def save_checkpoint(self):
@@ -880,6 +919,8 @@ class StateJob(GenerateJob):
                 f"the training run ended after {state.env_steps} env steps without an "
                 f"evaluation (its budget total_steps={recipe.sac.total_steps} does not exceed "
                 f"learning_starts={recipe.sac.learning_starts}); raise the budget")
+        if recipe.medium_band is not None and not medium["in_band"]:
+            raise GenerateError(budget_spent_message(self.task, state, medium, recipe))
         run_info = {"training_run": {
             "env_steps": state.env_steps, "episodes": state.episodes,
             "updates": run.agent.updates, "stop_reason": state.stop_reason,
@@ -1143,6 +1184,19 @@ class MediumSearch:
         """The kept snapshot's info dict, or None before the first evaluation."""
         path = self.work_dir / MEDIUM_POLICY_INFO
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def budget_spent_message(task, state, medium, recipe):
+    """What to do when the training run spent its budget and no snapshot matched the medium row."""
+    best = max(state.evaluations, key=lambda e: e["mean_return"])
+    low, high = recipe.medium_band
+    return (f"the {task} training run spent its budget of {recipe.sac.total_steps:,} environment "
+            f"steps and no evaluated snapshot matched Table 3's medium row ({low:g}..{high:g}, "
+            f"mean {recipe.medium_mean:g}): the highest evaluation mean was "
+            f"{best['mean_return']:.1f} (at {best['env_steps']:,} steps), the closest candidate "
+            f"{medium['policy_id']}. Nothing was recorded. Give the run more steps: the same "
+            f"command with --max-env-steps {2 * recipe.sac.total_steps} (lqv-d4rl generate; "
+            f"SACConfig.total_steps in Python) continues it from where it stopped")
 
 
 def first_band_evaluation(evaluations, band):

@@ -317,7 +317,7 @@ def test_a_state_recipe_medrep_keeps_only_the_episodes_before_the_band(tmp_path)
     from collectors.generate import generate
 
     recipe = dataclasses.replace(tiny_state_recipe(), medium_band=(-1.0, 1e9), medium_mean=1.0,
-                                 medrep_until="band")
+                                 medium_mean_tolerance=1e9, medrep_until="band")
     result = generate(TASK, root=tmp_path, seed=1, recipe=recipe, progress=False,
                       levels=["medrep"], max_shard_bytes=60_000)
     provenance = read_manifest(result.folders["medrep"])["provenance"]
@@ -456,6 +456,76 @@ def test_the_sac_run_trains_with_the_recipes_thread_count(tmp_path, monkeypatch)
         generate(TASK, root=tmp_path, seed=1, recipe=tiny_state_recipe(), progress=False,
                  levels=["medium"], max_shard_bytes=60_000)
     assert shard_hashes(tmp_path) == finished
+
+
+def budget_run(work_dir, total_steps):
+    """A SACRun of 20-environment-step episodes, evaluated every 40 steps, with this budget."""
+    from collectors.sac import SACConfig
+    from collectors.state_recipe import SACRun
+
+    config = dataclasses.replace(SACConfig.smoke(), random_steps=40, learning_starts=20,
+                                 eval_every=40, total_steps=total_steps)
+    return SACRun(config, TASK, work_dir=work_dir, seed=2, max_episode_steps=10, progress=False)
+
+
+def test_a_training_run_given_a_larger_budget_goes_on_as_if_it_had_it_from_the_start(tmp_path):
+    import torch
+
+    short = budget_run(tmp_path / "extended", 80)
+    assert short.run().stop_reason == "max_env_steps" and short.state.env_steps == 80
+    extended = budget_run(tmp_path / "extended", 160)
+    state = extended.run()
+    fresh = budget_run(tmp_path / "fresh", 160)
+    assert state.env_steps == 160 and state.stop_reason == "max_env_steps"
+    assert state.evaluations == fresh.run().evaluations
+    assert [e["env_steps"] for e in state.evaluations] == [0, 40, 80, 120, 160]
+    assert extended.agent.updates == fresh.agent.updates > 0
+    for mine, theirs in zip(extended.agent.actor.parameters(), fresh.agent.actor.parameters()):
+        assert torch.equal(mine, theirs)
+    for (mine, _, _), (theirs, _, _) in zip(extended.episodes, fresh.episodes, strict=True):
+        assert np.array_equal(mine.learner_steps["action"], theirs.learner_steps["action"])
+
+
+def test_a_training_run_that_trained_past_a_smaller_budget_is_refused(tmp_path):
+    budget_run(tmp_path, 100).run()
+    saved = (tmp_path / "state.json").read_bytes()
+    with pytest.raises(CheckpointError, match="has trained 100 environment steps, past the "
+                                              "budget of 60 asked for"):
+        budget_run(tmp_path, 60).run()
+    assert (tmp_path / "state.json").read_bytes() == saved  # nothing lost
+    state = budget_run(tmp_path, 90).run()  # its last episode (80..100) spent 90 too
+    assert state.env_steps == 100 and state.finished
+
+
+def test_a_run_that_spends_its_budget_below_the_band_records_nothing_and_can_go_on(tmp_path):
+    from collectors.generate import generate
+
+    recipe = dataclasses.replace(tiny_state_recipe(), medium_band=(5e8, 1e9), medium_mean=7e8)
+    with pytest.raises(GenerateError, match=r"spent its budget of 120 environment steps and no "
+                                            r"evaluated snapshot matched .* the same command "
+                                            r"with --max-env-steps 240"):
+        generate(TASK, root=tmp_path, seed=1, recipe=recipe, progress=False)
+    assert not list(tmp_path.glob("*/manifest.json"))
+    state_file = tmp_path / ".work" / f"{TASK}-sac-state-seed1" / "state.json"
+    before = json.loads(state_file.read_text())["state"]["evaluations"]
+    with pytest.raises(GenerateError, match="budget of 160 environment steps"):
+        generate(TASK, root=tmp_path, seed=1, recipe=recipe, progress=False, max_env_steps=160)
+    after = json.loads(state_file.read_text())["state"]
+    assert after["env_steps"] == 160 and after["evaluations"][:len(before)] == before
+
+
+def test_a_training_budget_is_checked_before_anything_is_written(tmp_path):
+    from collectors.generate import generate
+
+    with pytest.raises(GenerateError, match="above the run's learning_starts \\(20\\); got 10"):
+        generate(TASK, root=tmp_path, recipe=tiny_state_recipe(), max_env_steps=10)
+    with pytest.raises(GenerateError, match="max_env_steps applies to the sac-state behaviour"):
+        generate(TASK, root=tmp_path, recipe=tiny_recipe(), max_env_steps=1000)
+    outcome = CliRunner().invoke(cli_main, ["generate", TASK, "--root", str(tmp_path),
+                                            "--preset", "smoke", "--max-env-steps", "50"])
+    assert outcome.exit_code == 1 and "above the run's learning_starts (100); got 50" in \
+        outcome.output and "Traceback" not in outcome.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_datasets_benchmark_sets_recipe_fields_for_an_experiment():

@@ -47,10 +47,15 @@ def _workers_flag(values):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of everything; the same seed and preset give the same bytes, with "
                    "any number of workers.")
+@click.option("--max-env-steps", type=click.IntRange(min=1), default=None,
+              show_default="the preset's: 3,000,000 for cpu",
+              help="sac-state only: the training run's budget in environment steps. A run that "
+                   "spent a smaller one without reaching the medium level goes on from where it "
+                   "stopped.")
 @click.option("--overwrite", is_flag=True,
               help="Replace finished datasets and restart the training run.")
 def generate(task, levels, root, video_dir, behaviour, preset, device, env_workers,
-             render_workers, seed, overwrite):
+             render_workers, seed, max_env_steps, overwrite):
     """Make the datasets of TASK with behaviour policies trained on it.
 
     TASK is walker_walk, cheetah_run, hopper_hop, humanoid_walk or car_racing.
@@ -64,7 +69,7 @@ def generate(task, levels, root, video_dir, behaviour, preset, device, env_worke
     workers = _generate_workers(behaviour, env_workers, render_workers)
     result = run_generate(task, levels=levels, root=root, video_dir=video_dir,
                           behaviour=behaviour, preset=preset, device=device, workers=workers,
-                          seed=seed, overwrite=overwrite)
+                          seed=seed, overwrite=overwrite, max_env_steps=max_env_steps)
     for level, folder in result.folders.items():
         click.echo(f"{task}-{level}: {folder}")
 
