@@ -789,6 +789,74 @@ def test_random_policies_are_matched_to_the_quantiles_of_table_3_on_their_own_ep
         choose_random_policies(played, [1.0] * 5, cap=200.0)
 
 
+def test_random_candidates_include_the_snapshots_between_evaluations_before_the_band():
+    from collectors.state_recipe import SNAPSHOT_INDEX_OFFSET, random_candidates
+
+    paper = {"max": 200.0}
+    evaluations = [{"policy_id": f"e{i}", "env_steps": 1000 * i, "mean_return": value}
+                   for i, value in enumerate([30.0, 250.0, 10.0, 450.0])]
+    snapshots = [{"policy_id": f"s{steps}", "env_steps": steps} for steps in (500, 1500, 3500)]
+    candidates = random_candidates(evaluations, (401.5, 598.0), paper, 3, snapshots)
+    # e1 is above the row's max, s3500 after the band (e3); ordered by steps
+    assert [c["policy_id"] for c in candidates] == ["e0", "s500", "s1500", "e2"]
+    assert [c["index"] for c in candidates] == [0, SNAPSHOT_INDEX_OFFSET,
+                                                SNAPSHOT_INDEX_OFFSET + 1, 2]
+    assert [c["policy_id"] for c in random_candidates(evaluations, (401.5, 598.0), paper, 3)] \
+        == ["e0", "e1", "e2"]  # without them too few are below the max: the lowest three
+
+
+def test_the_snapshots_between_evaluations_are_the_actors_that_played_the_training_episodes(
+        tmp_path):
+    from collectors.recorders import STREAMS, derived_seed
+    from collectors.sac import SACConfig, SACPolicy
+    from collectors.state_recipe import SACRun, simulate_episode
+
+    config = dataclasses.replace(SACConfig.smoke(), random_steps=40, learning_starts=20,
+                                 eval_every=40, total_steps=200)
+
+    def run_until(work_dir, band):
+        run = SACRun(config, TASK, work_dir=work_dir, seed=2, max_episode_steps=10,
+                     progress=False, snapshot_every=20, band=band)
+        return run, run.run()
+
+    run, state = run_until(tmp_path, None)  # no band: kept to the end
+    assert [s["env_steps"] for s in state.snapshots] == [60, 100, 140, 180]  # 40.. evaluated
+    for snapshot in state.snapshots:
+        index = snapshot["env_steps"] // 20  # 20 environment steps per episode
+        played, policy_id, _ = run.episodes[index]
+        assert policy_id == snapshot["policy_id"]
+        replayed = simulate_episode(
+            run.simulator, SACPolicy.load(tmp_path / snapshot["snapshot"]),
+            derived_seed(2, "medrep", index), explore=True,
+            noise_seed=derived_seed(2, "noise", STREAMS["medrep"], index), max_episode_steps=10)
+        assert np.array_equal(replayed.learner_steps["action"], played.learner_steps["action"])
+    best = max(e["mean_return"] for e in state.evaluations[1:])
+    band_at = next(e["env_steps"] for e in state.evaluations[1:] if e["mean_return"] >= best)
+    _, banded = run_until(tmp_path / "band", (best, 1e9))  # none kept after the band
+    assert [s["env_steps"] for s in banded.snapshots] == [
+        s["env_steps"] for s in state.snapshots if s["env_steps"] < band_at]
+    saved = json.loads((tmp_path / "state.json").read_text())["run"]["settings"]
+    assert saved == {"snapshot_every": 20}  # a resume with another cadence is refused
+
+
+def test_the_random_level_chooses_among_the_snapshots_between_evaluations(tmp_path):
+    from collectors.generate import generate
+
+    recipe = dataclasses.replace(tiny_state_recipe(), random_snapshot_every=20)
+    result = generate(TASK, root=tmp_path, seed=1, recipe=recipe, progress=False,
+                      levels=["random"], max_shard_bytes=60_000)
+    provenance = read_manifest(result.folders["random"])["provenance"]
+    assert provenance["recipe"]["random_snapshot_every"] == 20
+    between = [s["policy_id"] for s in provenance["training_run"]["snapshots"]]
+    assert between == ["sac-seed1-step000060", "sac-seed1-step000100"]  # 40, 80, 120 evaluated
+    work_dir = tmp_path / ".work" / f"{TASK}-sac-state-seed1"
+    played = json.loads((work_dir / "random_candidates.json").read_text())["returns"]
+    assert set(between) < set(played)  # candidates too, with their own episodes
+    assert len({tuple(returns) for returns in played.values()}) == len(played)
+    with pytest.raises(ValueError, match="random_snapshot_every must be a whole number"):
+        dataclasses.replace(tiny_state_recipe(), random_snapshot_every=-1)
+
+
 # -- the sac-state behaviour on car_racing -------------------------------------------------------
 
 
@@ -933,6 +1001,12 @@ def test_the_car_racing_cpu_preset_and_its_speed_limited_medium_search(tmp_path)
     assert walker.medium_speed_limits == () and "medium_speed_limits" not in walker.describe()
     assert walker.medium_action_scales == MEDIUM_ACTION_SCALES and recipe.medium_action_scales == ()
     assert walker.sac == SACConfig.cpu()
+    assert (recipe.random_snapshot_every, recipe.random_max_ratio) == (1000, 1.35)
+    assert recipe.describe()["random_snapshot_every"] == 1000  # one per training episode
+    for task in ("walker_walk", "cheetah_run", "hopper_hop", "humanoid_walk"):
+        dm_control = state_recipe(task)  # earlier datasets' provenance unchanged
+        assert dm_control.random_max_ratio == 1.0
+        assert "random_snapshot_every" not in dm_control.describe()
 
     played = []
 
