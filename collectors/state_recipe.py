@@ -40,11 +40,11 @@ shown). The levels, all from one SAC training run from scratch (the run comes fi
   (``--max-env-steps``), the same run goes on from where it stopped
   (:meth:`SACRun._apply_budget`). It is judged acting with tanh(mean), with sampled actions,
   and, once it acts better than the paper's medium policy, under a fixed handicap: its actions
-  scaled down (``medium_action_scales``, :data:`MEDIUM_ACTION_SCALES`). **A departure**: SAC snapshots of
-  walker_walk near the band fall now and then (episode returns ~15..250 or ~550..700, never
-  95 % in the band), and the first that no longer falls already walks above it (590..660); the
-  same snapshot with weaker actuators walks as consistently, at a medium return. The handicap is
-  part of the medium policy: the stored actions are the scaled ones and the manifest's
+  scaled down (``medium_action_scales``, :data:`MEDIUM_ACTION_SCALES`). **A departure**: SAC
+  snapshots of walker_walk near the band fall now and then (episode returns ~15..250 or
+  ~550..700, never 95 % in the band), and the first that no longer falls already walks above it
+  (590..660); the same snapshot with weaker actuators walks as consistently, at a medium return.
+  The handicap is part of the medium policy: the stored actions are the scaled ones and the manifest's
   ``training_run.medium_policy`` records it (``transform``, ``action_transform``).
 
 The learner's rewards may be shaped (``training_shaping``, :data:`SHAPING_POTENTIALS`:
@@ -596,8 +596,13 @@ class SACRun:
         state = self.state
         if not self.snapshot_every or state.env_steps % self.snapshot_every:
             return False
-        evaluated = state.evaluations and state.evaluations[-1]["env_steps"] == state.env_steps
-        return not evaluated and first_band_evaluation(state.evaluations, self.band) is None
+        return not self._evaluated_now() and \
+            first_band_evaluation(state.evaluations, self.band) is None
+
+    def _evaluated_now(self):
+        """Whether the actor was evaluated at the run's current steps."""
+        evaluations = self.state.evaluations
+        return bool(evaluations) and evaluations[-1]["env_steps"] == self.state.env_steps
 
     def _save_actor(self, policy_id):
         """Save the actor as ``snapshots/<policy_id>.pt``; its path in the work dir."""
@@ -624,8 +629,8 @@ class SACRun:
         state, config = self.state, self.config
         out_of_budget = state.env_steps >= config.total_steps
         learning = state.env_steps > config.learning_starts
-        evaluated = state.evaluations and state.evaluations[-1]["env_steps"] == state.env_steps
-        if learning and not evaluated and (state.env_steps >= state.next_eval or out_of_budget):
+        if learning and not self._evaluated_now() and (state.env_steps >= state.next_eval
+                                                       or out_of_budget):
             self._evaluate(state.env_steps)
         if out_of_budget and not state.finished:
             state.finished, state.stop_reason = True, "max_env_steps"
