@@ -44,8 +44,8 @@ shown). The levels, all from one SAC training run from scratch (the run comes fi
   snapshots of walker_walk near the band fall now and then (episode returns ~15..250 or
   ~550..700, never 95 % in the band), and the first that no longer falls already walks above it
   (590..660); the same snapshot with weaker actuators walks as consistently, at a medium return.
-  The handicap is part of the medium policy: the stored actions are the scaled ones and the manifest's
-  ``training_run.medium_policy`` records it (``transform``, ``action_transform``).
+  The handicap is part of the medium policy: the stored actions are the scaled ones and the
+  manifest's ``training_run.medium_policy`` records it (``transform``, ``action_transform``).
 
 The learner's rewards may be shaped (``training_shaping``, :data:`SHAPING_POTENTIALS`:
 potential-based, so the learner's optimal policy is the task's; the datasets keep the task's

@@ -458,14 +458,16 @@ def test_the_sac_run_trains_with_the_recipes_thread_count(tmp_path, monkeypatch)
     assert shard_hashes(tmp_path) == finished
 
 
-def budget_run(work_dir, total_steps):
-    """A SACRun of 20-environment-step episodes, evaluated every 40 steps, with this budget."""
+def budget_run(work_dir, total_steps, **options):
+    """A SACRun of 20-environment-step episodes, evaluated every 40 steps, with this budget
+    (``options``: more SACRun arguments)."""
     from collectors.sac import SACConfig
     from collectors.state_recipe import SACRun
 
     config = dataclasses.replace(SACConfig.smoke(), random_steps=40, learning_starts=20,
                                  eval_every=40, total_steps=total_steps)
-    return SACRun(config, TASK, work_dir=work_dir, seed=2, max_episode_steps=10, progress=False)
+    return SACRun(config, TASK, work_dir=work_dir, seed=2, max_episode_steps=10, progress=False,
+                  **options)
 
 
 def test_a_training_run_given_a_larger_budget_goes_on_as_if_it_had_it_from_the_start(tmp_path):
@@ -808,15 +810,11 @@ def test_random_candidates_include_the_snapshots_between_evaluations_before_the_
 def test_the_snapshots_between_evaluations_are_the_actors_that_played_the_training_episodes(
         tmp_path):
     from collectors.recorders import STREAMS, derived_seed
-    from collectors.sac import SACConfig, SACPolicy
-    from collectors.state_recipe import SACRun, simulate_episode
-
-    config = dataclasses.replace(SACConfig.smoke(), random_steps=40, learning_starts=20,
-                                 eval_every=40, total_steps=200)
+    from collectors.sac import SACPolicy
+    from collectors.state_recipe import simulate_episode
 
     def run_until(work_dir, band):
-        run = SACRun(config, TASK, work_dir=work_dir, seed=2, max_episode_steps=10,
-                     progress=False, snapshot_every=20, band=band)
+        run = budget_run(work_dir, 200, snapshot_every=20, band=band)
         return run, run.run()
 
     run, state = run_until(tmp_path, None)  # no band: kept to the end
