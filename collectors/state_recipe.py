@@ -426,6 +426,59 @@ def simulate_level(simulator, policy, first, count, *, seed, stream, explore,
             max_episode_steps=max_episode_steps)
 
 
+def simulate_candidate(simulator, candidate, first, *, work_dir, seed, episodes,
+                       max_episode_steps):
+    """Episodes ``first .. episodes - 1`` of a random-level candidate snapshot (tanh(mean)),
+    numbered from its ``index``: :func:`simulate_level` on the random stream."""
+    policy = SACPolicy.load(Path(work_dir) / candidate["snapshot"])
+    return simulate_level(simulator, policy, first, episodes, seed=seed, stream="random",
+                          explore=False, max_episode_steps=max_episode_steps,
+                          index_offset=candidate["index"] * episodes)
+
+
+def candidate_episode_returns(simulator, candidate, **settings):
+    """The returns of all of a candidate's random-level episodes (:func:`simulate_candidate`)."""
+    return [episode.episode_return
+            for _, episode in simulate_candidate(simulator, candidate, 0, **settings)]
+
+
+def play_candidates(task, candidates, settings, *, workers, simulator):
+    """Yield ``(policy id, episode returns)`` of each random-level candidate as it finishes
+    (:func:`candidate_episode_returns` with ``settings``): played on ``simulator`` here, or by
+    ``workers`` processes of their own simulator and this process's torch thread count, which
+    give the same floats."""
+    if workers <= 1 or len(candidates) <= 1:
+        for candidate in candidates:
+            yield candidate["policy_id"], candidate_episode_returns(simulator, candidate,
+                                                                    **settings)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")  # torch and MuJoCo are not fork-safe
+    with ProcessPoolExecutor(min(workers, len(candidates)), mp_context=context,
+                             initializer=_start_candidate_worker,
+                             initargs=(task, torch.get_num_threads())) as pool:
+        futures = {pool.submit(_play_candidate, candidate, settings): candidate["policy_id"]
+                   for candidate in candidates}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+_candidate_worker = {}  # a candidate worker process's simulator
+
+
+def _start_candidate_worker(task, torch_thread_count):
+    from lqv_d4rl.car_racing import make_state_simulator
+
+    torch.set_num_threads(torch_thread_count)
+    _candidate_worker["simulator"] = make_state_simulator(task)
+
+
+def _play_candidate(candidate, settings):
+    return candidate_episode_returns(_candidate_worker["simulator"], candidate, **settings)
+
+
 # ----------------------------------------------------------------------------------------------
 # Reward shaping of the learner (never of the datasets)
 # ----------------------------------------------------------------------------------------------
@@ -1024,8 +1077,9 @@ class StateJob(GenerateJob):
     def play_random_candidates(self, candidates):
         """Each candidate with the returns of the ``random_episodes_per_policy`` episodes it
         would record (``returns``; its episodes are numbered from its position in the run's
-        evaluations, ``index``). Played on the physics alone and kept in
-        ``<work_dir>/random_candidates.json``, so an interrupted run does not play them again."""
+        evaluations, ``index``). Played on the physics alone, by ``workers`` processes, and kept
+        in ``<work_dir>/random_candidates.json``, so an interrupted run does not play them
+        again."""
         recipe = self.recipe
         per_policy = recipe.random_episodes_per_policy
         cache_file = self.work_dir / RANDOM_CANDIDATES_NAME
@@ -1037,11 +1091,11 @@ class StateJob(GenerateJob):
         bar = self.bar(len(candidates) * per_policy,
                        sum(c["policy_id"] in returns for c in candidates) * per_policy,
                        f"play {self.task}-random candidates")
-        for candidate in candidates:
-            if candidate["policy_id"] in returns:
-                continue
-            returns[candidate["policy_id"]] = [
-                episode.episode_return for _, episode in self.simulate_random(candidate, 0)]
+        unplayed = [c for c in candidates if c["policy_id"] not in returns]
+        for policy_id, candidate_returns in play_candidates(
+                self.task, unplayed, self.candidate_settings(), workers=self.workers,
+                simulator=self.simulator):
+            returns[policy_id] = candidate_returns
             write_json_atomically(cache_file, {"setting": setting, "returns": returns})
             if bar is not None:
                 bar.update(per_policy)
@@ -1050,15 +1104,15 @@ class StateJob(GenerateJob):
         return [dict(candidate, returns=returns[candidate["policy_id"]])
                 for candidate in candidates]
 
+    def candidate_settings(self):
+        """What, besides the simulator and the candidate, decides a random-level episode."""
+        return {"work_dir": self.work_dir, "seed": self.seed,
+                "episodes": self.recipe.random_episodes_per_policy,
+                "max_episode_steps": self.recipe.max_episode_steps}
+
     def simulate_random(self, candidate, first):
         """Episodes ``first ..`` of a random-level candidate, tanh(mean), on the physics alone."""
-        recipe = self.recipe
-        per_policy = recipe.random_episodes_per_policy
-        policy = SACPolicy.load(self.work_dir / candidate["snapshot"])
-        return simulate_level(self.simulator, policy, first, per_policy, seed=self.seed,
-                              stream="random", explore=False,
-                              max_episode_steps=recipe.max_episode_steps,
-                              index_offset=candidate["index"] * per_policy)
+        return simulate_candidate(self.simulator, candidate, first, **self.candidate_settings())
 
     def record_early_snapshots(self, folder, run_info):
         """The random level: each chosen snapshot records the episodes it was chosen by, in

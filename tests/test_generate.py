@@ -277,6 +277,14 @@ def tiny_state_recipe():
                                medrep_until="medium")
 
 
+def candidate_returns(root, task, seed=1):
+    """The random level's candidates' returns that a state-recipe run played (its cache)."""
+    cache = root / ".work" / f"{task}-sac-state-seed{seed}" / "random_candidates.json"
+    returns = json.loads(cache.read_text())["returns"]
+    assert returns and all(returns.values())
+    return returns
+
+
 def run_state(root, seed=1, **options):
     """generate(behaviour sac-state) with the tiny recipe (also run in a child process)."""
     from collectors.generate import generate
@@ -614,10 +622,11 @@ def test_training_progress_measures_the_pace_after_the_latest_pause():
 
 def test_the_state_recipe_bytes_do_not_depend_on_the_render_workers(state_generated, tmp_path):
     reference_root, _ = state_generated  # made with one render process
-    run_state(tmp_path, workers=2)
+    run_state(tmp_path, workers=2)  # 2 render processes, and 2 playing the random candidates
     hashes = shard_hashes(tmp_path)
     assert {name.split("/")[0] for name in hashes} == {f"{TASK}-{level}" for level in LEVELS}
     assert hashes == shard_hashes(reference_root)
+    assert candidate_returns(tmp_path, TASK) == candidate_returns(reference_root, TASK)
 
 
 @pytest.mark.slow
@@ -921,6 +930,8 @@ def test_car_racing_bytes_do_not_depend_on_the_render_workers(car_generated, tmp
     run_car(tmp_path, workers=2)
     assert shard_hashes(tmp_path) == shard_hashes(reference_root)
     assert len(shard_hashes(tmp_path)) == 3
+    assert candidate_returns(tmp_path, "car_racing") == candidate_returns(reference_root,
+                                                                          "car_racing")
 
 
 def _check_car_interruption(car_generated, tmp_path, monkeypatch, episodes):
