@@ -7,7 +7,7 @@ candidates x 20 episodes). ``generate``'s render workers play them in parallel
 randomly initialized SAC actors of the task's cpu preset, in one run, checks that they return the
 same floats, and prints the speed-up (a ratio: the machine is shared). Usage::
 
-    python benchmarks/bench_candidates.py car_racing --candidates 4 --episodes 2 --workers 2
+    python benchmarks/bench_candidates.py car_racing --candidates 24 --episodes 4 --workers 2
 """
 
 import argparse
@@ -58,8 +58,8 @@ def timed_play(task, candidates, settings, workers):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("task", nargs="?", default="car_racing")
-    parser.add_argument("--candidates", type=int, default=8)
-    parser.add_argument("--episodes", type=int, default=2, help="episodes per candidate")
+    parser.add_argument("--candidates", type=int, default=24)
+    parser.add_argument("--episodes", type=int, default=4, help="episodes per candidate")
     parser.add_argument("--max-episode-steps", type=int, default=None,
                         help="cut the episodes short (default: the task's own length)")
     parser.add_argument("--workers", type=int, default=2)
