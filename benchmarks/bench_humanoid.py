@@ -3,7 +3,9 @@
 humanoid_walk (67 state values, 21 actions, the heaviest dm_control task) takes the CPU recipe
 longest. This measures, in one run (interleaved, so that a busy machine slows both sides alike):
 
-* SAC updates/s (batch 256, 3 x 256, the cpu preset) with 1 torch thread against 2;
+* SAC updates/s (batch 256, 3 x 256, the cpu preset) with 1 torch thread against 2, and, with 2
+  threads, of the larger SAC that public runs saw walk within 3M environment steps
+  (:data:`LARGE_SAC`);
 * training episodes played on the physics alone, agent steps/s: one simulator in this process
   (the recipe's way) against the same episodes split over 2 worker processes (a vector
   environment), with the policy acting on every step;
@@ -19,6 +21,7 @@ for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.pop(_variable, None)  # thread counts are set per measurement below
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import multiprocessing  # noqa: E402
 import time  # noqa: E402
 
@@ -30,14 +33,20 @@ from collectors.sac import SACAgent, SACConfig, SACPolicy  # noqa: E402
 
 TASK = "humanoid_walk"
 STATE_DIM, ACTION_DIM, EPISODE_STEPS = 67, 21, 500
+LARGE_SAC = {"units": 1024, "actor_layers": 2, "critic_layers": 2, "batch_size": 1024}
+"""The network and batch sizes of denisyarats/pytorch_sac (config/agent/sac.yaml), whose 3 seeds
+reached a mean evaluation return of 571 on humanoid_walk at 3M environment steps (data/sac.csv;
+action repeat 1, so 3M updates); the cpu preset's SAC stays near 2 there (DATASETS.md)."""
 
 
-def update_rate(threads, updates):
-    """SAC updates/s with ``threads`` torch threads (after 5 warm-up updates)."""
+def update_rate(threads, updates, **sizes):
+    """SAC updates/s with ``threads`` torch threads (after 5 warm-up updates); ``sizes``
+    replace the cpu preset's network and batch sizes."""
     torch.set_num_threads(threads)
     replay = random_replay(STATE_DIM, ACTION_DIM)
-    agent = SACAgent(SACConfig.cpu(TASK), STATE_DIM, ACTION_DIM, seed=0)
-    batches = [replay.sample(256) for _ in range(updates + 5)]
+    config = dataclasses.replace(SACConfig.cpu(TASK), **sizes)
+    agent = SACAgent(config, STATE_DIM, ACTION_DIM, seed=0)
+    batches = [replay.sample(config.batch_size) for _ in range(updates + 5)]
     for batch in batches[:5]:
         agent.update(batch)
     start = time.perf_counter()
@@ -84,12 +93,15 @@ def main():
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     updates = {1: 0.0, 2: 0.0}
+    large_updates = 0.0
     playing = {1: 0.0, 2: 0.0}
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         play_rate(2, 2, 10, pool)  # start the workers (imports, MuJoCo) before timing
         for _ in range(args.repeats):
             for threads in updates:
                 updates[threads] = max(updates[threads], update_rate(threads, args.updates))
+            large_updates = max(large_updates,
+                                update_rate(2, max(args.updates // 10, 5), **LARGE_SAC))
             for workers in playing:
                 playing[workers] = max(playing[workers],
                                        play_rate(workers, args.episodes, args.steps, pool))
@@ -98,6 +110,9 @@ def main():
           f"{args.repeats}):")
     for threads, rate in updates.items():
         print(f"  {threads} torch thread(s)  {rate:7.1f}  ({rate / updates[1]:.2f}x)")
+    print(f"  pytorch_sac's sizes (batch 1024, 2 x 1024), 2 threads  {large_updates:7.2f}  "
+          f"({large_updates / updates[2]:.3f}x of the cpu preset with 2 threads; its 3M updates "
+          f"would take {3e6 / large_updates / 86400:.1f} days)")
     print(f"\ntraining episodes on the physics alone, agent steps/s (policy acting, "
           f"{args.episodes} x {args.steps} steps):")
     for workers, rate in playing.items():
