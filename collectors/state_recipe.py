@@ -456,13 +456,16 @@ def play_candidates(task, candidates, settings, *, workers, simulator):
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     context = multiprocessing.get_context("spawn")  # torch and MuJoCo are not fork-safe
-    with ProcessPoolExecutor(min(workers, len(candidates)), mp_context=context,
-                             initializer=_start_candidate_worker,
-                             initargs=(task, torch.get_num_threads())) as pool:
+    pool = ProcessPoolExecutor(min(workers, len(candidates)), mp_context=context,
+                               initializer=_start_candidate_worker,
+                               initargs=(task, torch.get_num_threads()))
+    try:
         futures = {pool.submit(_play_candidate, candidate, settings): candidate["policy_id"]
                    for candidate in candidates}
         for future in as_completed(futures):
             yield futures[future], future.result()
+    finally:  # interrupted: drop the candidates not started rather than play them all
+        pool.shutdown(cancel_futures=True)
 
 
 _candidate_worker = {}  # a candidate worker process's simulator
