@@ -203,7 +203,8 @@ class StateRecipe:
     training_shaping: float = 0.0
     """Weight k of potential-based reward shaping (Ng, Harada & Russell 1999) in the SAC
     learner's replay only: each transition's reward gets ``gamma * k * phi(s') - k * phi(s)``,
-    phi the task's :data:`SHAPING_POTENTIALS` entry (hopper_hop: the torso's height). Such a term
+    phi the task's :data:`SHAPING_POTENTIALS` entry (hopper_hop: the torso's height;
+    humanoid_walk: the head's height, an experiment that its preset does not use). Such a term
     leaves the learner's optimal policy unchanged; the datasets keep the task's own rewards.
     0: none; the cpu preset takes :data:`TRAINING_SHAPING` (hopper_hop 5)."""
     training_threads: int = 1
@@ -493,7 +494,17 @@ def hopper_torso_height(states):
     return np.asarray(states, np.float64)[..., 0]
 
 
-SHAPING_POTENTIALS = {"hopper_hop": hopper_torso_height}
+HUMANOID_HEAD_HEIGHT = 21
+"""Index of ``head_height`` in humanoid_walk's state (after the 21 ``joint_angles``)."""
+
+
+def humanoid_head_height(states):
+    """humanoid_walk's shaping potential: the head's height in metres (~1.6 dropped in at the
+    start, ~0.1..0.3 lying, ~1.4 and more standing; the task rewards standing above 1.4)."""
+    return np.asarray(states, np.float64)[..., HUMANOID_HEAD_HEIGHT]
+
+
+SHAPING_POTENTIALS = {"hopper_hop": hopper_torso_height, "humanoid_walk": humanoid_head_height}
 """Tasks whose learner may be given a shaping potential (``StateRecipe.training_shaping``)."""
 
 

@@ -414,6 +414,23 @@ def test_a_shaped_learner_trains_on_shaped_rewards_and_its_episodes_keep_the_tas
         SACRun(config, "walker_walk", work_dir=tmp_path / "w", shaping=1.0)
 
 
+def test_humanoid_walks_shaping_potential_is_the_heads_height():
+    from collectors.state_recipe import shaping_potential
+    from lqv_d4rl.physics import StateSimulator
+
+    simulator = StateSimulator("humanoid_walk")
+    try:
+        states = [simulator.reset(seed=3)[0]]  # dropped in upright ...
+        for _ in range(40):
+            states.append(simulator.step(np.zeros(21))[0])  # ... and fallen
+        height = simulator.physics.head_height()
+    finally:
+        simulator.close()
+    potentials = shaping_potential("humanoid_walk")(np.stack(states))
+    assert potentials.shape == (41,) and potentials[-1] == pytest.approx(height, abs=1e-6)
+    assert potentials[0] > 1.4 and potentials[-1] < 0.5
+
+
 def test_training_shaping_is_in_the_provenance_only_when_used(tmp_path):
     from collectors.generate import generate
     from collectors.state_recipe import state_recipe
