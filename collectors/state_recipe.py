@@ -528,8 +528,8 @@ against 48.0 with one (``python benchmarks/bench_humanoid.py --updates 300 --epi
 def shaping_potential(task):
     """``task``'s entry of :data:`SHAPING_POTENTIALS`; a ValueError when it has none."""
     if task not in SHAPING_POTENTIALS:
-        raise ValueError(f"training_shaping needs a shaping potential, which only "
-                         f"{', '.join(SHAPING_POTENTIALS)} has; {task} has none")
+        raise ValueError(f"training_shaping needs a shaping potential; {task} has none (the "
+                         f"tasks that have one: {', '.join(SHAPING_POTENTIALS)})")
     return SHAPING_POTENTIALS[task]
 
 
