@@ -436,10 +436,12 @@ def test_training_shaping_is_in_the_provenance_only_when_used(tmp_path):
     from collectors.generate import generate
     from collectors.state_recipe import state_recipe
 
-    for task in ("walker_walk", "cheetah_run", "humanoid_walk", "car_racing"):
+    for task in ("walker_walk", "cheetah_run", "car_racing"):
         recipe = state_recipe(task)  # earlier datasets' provenance unchanged
         assert recipe.training_shaping == 0.0 and "training_shaping" not in recipe.describe()
-    assert state_recipe("hopper_hop").describe()["training_shaping"] == 5.0  # the cpu preset's
+    for task in ("hopper_hop", "humanoid_walk"):
+        assert state_recipe(task).describe()["training_shaping"] == 5.0  # the cpu preset's
+    assert "training_shaping" not in state_recipe("humanoid_walk", "smoke").describe()
     with pytest.raises(GenerateError, match="training_shaping needs a shaping potential"):
         generate(TASK, root=tmp_path, recipe=dataclasses.replace(tiny_state_recipe(),
                                                                  training_shaping=1.0),
@@ -623,7 +625,9 @@ def test_training_progress_names_an_experiments_departures_from_the_cpu_preset()
     assert departures("hopper_hop", hopper, {"training_shaping": 5.0}) == {}  # the preset's
     assert departures("hopper_hop", hopper, {}) == {"training_shaping": 0.0}  # unshaped
     humanoid = dataclasses.asdict(state_recipe("humanoid_walk").sac)
-    assert departures("humanoid_walk", humanoid, {"torch_threads": 1}) == {"training_threads": 1}
+    assert departures("humanoid_walk", humanoid, {"torch_threads": 1, "training_shaping": 5.0}
+                      ) == {"training_threads": 1}
+    assert departures("humanoid_walk", humanoid, {"torch_threads": 2}) == {"training_shaping": 0.0}
 
 
 def test_training_progress_measures_the_pace_after_the_latest_pause():
