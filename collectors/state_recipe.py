@@ -518,7 +518,7 @@ potential (weight 5) the same run got up from nearly every start once it hopped 
 steps: 5 of 80 evaluation episodes at 0, against 45 of 80 unshaped; DATASETS.md). humanoid_walk's
 unshaped learner lay on the ground for all of its 1.26M environment steps (evaluation means
 0.7..3.2, as public runs of SAC with these sizes do for 3M steps and more); with the head's
-height as a potential (weight 5) the same learner stood up after about 350,000 steps
+height as a potential (weight 5) the same learner stood up after about 340,000 steps
 (docs/datasets/humanoid_walk-shaped5, DATASETS.md)."""
 
 
