@@ -216,3 +216,23 @@ def test_output_under_a_file_is_a_one_line_error_and_data_is_kept(root, tmp_path
                      "--root", tmp_path / "notes.txt" / "sub")
     assert_one_line_error(result, 1, "Not a directory", "check the path")
     assert snapshot(root / "walker_walk-medrep") == before
+
+
+@pytest.mark.parametrize("target, args, kept", [
+    ("lqv_d4rl.leaderboard.run_leaderboard", ["leaderboard", "--out", "{tmp}/board"],
+     "finished runs are kept in {tmp}/board"),
+    ("lqv_d4rl.rerender.rerender", ["rerender", "walker_walk-medium", "--video-dir",
+                                    "procedural", "--id", "again"],
+     "the shards rendered so far are kept for 'again'"),
+])
+def test_ctrl_c_ends_in_one_line_that_says_how_to_go_on(tmp_path, monkeypatch, target, args,
+                                                         kept):
+    """(generate's own Ctrl-C test is in test_generate.py)"""
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, stop)
+    result = run_cli(*[arg.format(tmp=tmp_path) for arg in args])
+    assert result.exit_code == 130, result.output
+    assert result.stderr.strip() == (f"interrupted: {kept.format(tmp=tmp_path)}; run the same "
+                                     "command again to continue")

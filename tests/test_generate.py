@@ -716,6 +716,28 @@ def test_a_state_recipe_run_interrupted_while_recording_medium_loses_nothing(
     assert read_manifest(tmp_path / f"{TASK}-medium")["num_episodes"] == 3
 
 
+def test_ctrl_c_says_what_is_kept_and_how_to_go_on(tmp_path, monkeypatch):
+    """Ctrl-C in ``generate`` and in the datasets benchmark: exit 130 and one line naming the root
+    and the way to resume, no traceback."""
+    from conftest import load_benchmark_script
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("collectors.state_recipe.simulate_episode", stop)
+    expected = (f"interrupted: finished datasets and the training checkpoint are kept in "
+                f"{tmp_path}; run the same command again to continue")
+    outcome = CliRunner().invoke(cli_main, ["generate", TASK, "--root", str(tmp_path),
+                                            "--preset", "smoke"])
+    assert outcome.exit_code == 130, outcome.output
+    assert outcome.stderr.strip().splitlines()[-1] == expected
+    assert "Traceback" not in outcome.output
+    with pytest.raises(SystemExit) as stopped:
+        load_benchmark_script("datasets").main([TASK, "--root", str(tmp_path),
+                                                "--render-workers", "1"])
+    assert stopped.value.code == 130
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("episodes", [0, 1, 3, 4, 6, 8, 11, 13, 15])
 def test_a_state_recipe_run_interrupted_anywhere_resumes_to_the_same_bytes(

@@ -5,7 +5,7 @@ import click
 from click.core import ParameterSource
 
 from ..tasks import LEVELS
-from .hints import TaskChoice
+from .hints import TaskChoice, resume_hint_on_interrupt
 from .options import ROOT_DEFAULT, ROOT_HELP, check_device_name, check_levels, deprecated_alias
 
 
@@ -66,10 +66,14 @@ def generate(task, levels, root, video_dir, behaviour, preset, device, env_worke
     """
     from collectors.generate import generate as run_generate
 
+    from ..registry import dataset_root
+
     workers = _generate_workers(behaviour, env_workers, render_workers)
-    result = run_generate(task, levels=levels, root=root, video_dir=video_dir,
-                          behaviour=behaviour, preset=preset, device=device, workers=workers,
-                          seed=seed, overwrite=overwrite, max_env_steps=max_env_steps)
+    kept = f"finished datasets and the training checkpoint are kept in {dataset_root(root)}"
+    with resume_hint_on_interrupt(kept):
+        result = run_generate(task, levels=levels, root=root, video_dir=video_dir,
+                              behaviour=behaviour, preset=preset, device=device, workers=workers,
+                              seed=seed, overwrite=overwrite, max_env_steps=max_env_steps)
     for level, folder in result.folders.items():
         click.echo(f"{task}-{level}: {folder}")
 
@@ -121,9 +125,11 @@ def rerender(dataset_id, video_dir, new_id, root, to_root, composite, rgb_backgr
     from ..rerender import rerender as run_rerender
 
     video_dir = None if video_dir == "procedural" else video_dir
-    folder = run_rerender(dataset_id, new_id, video_dir=video_dir, root=root, to_root=to_root,
-                          composite=composite, rgb_background=rgb_background,
-                          workers=render_workers, overwrite=overwrite)
+    with resume_hint_on_interrupt(f"the shards rendered so far are kept for {new_id!r}"):
+        folder = run_rerender(dataset_id, new_id, video_dir=video_dir, root=root,
+                              to_root=to_root, composite=composite,
+                              rgb_background=rgb_background, workers=render_workers,
+                              overwrite=overwrite)
     click.echo(f"{new_id}: {folder}")
 
 

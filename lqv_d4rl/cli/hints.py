@@ -5,9 +5,11 @@ takes them for custom dataset names and only says that no such dataset exists; t
 the benchmark name the user most likely meant (never the name that was typed).
 
 Exit codes: 2 for a usage error (a name or option that cannot be right, whatever is on disk:
-:data:`USAGE_ERRORS`, and click's own), 1 for everything else (:func:`cli_error`).
+:data:`USAGE_ERRORS`, and click's own), 1 for everything else (:func:`cli_error`), 130 for a
+command stopped with Ctrl-C (:func:`resume_hint_on_interrupt`).
 """
 
+import contextlib
 import difflib
 import os
 
@@ -28,6 +30,18 @@ def cli_error(err: LQVError, names=()) -> click.ClickException:
     if isinstance(err, USAGE_ERRORS):
         return click.UsageError(str(err), click.get_current_context(silent=True))
     return click.ClickException(str(err))
+
+
+@contextlib.contextmanager
+def resume_hint_on_interrupt(kept: str):
+    """Ctrl-C ends the command with one line on stderr, ``interrupted: {kept}; run the same
+    command again to continue``, and exit code 130 (128 + SIGINT), instead of a traceback or
+    click's bare ``Aborted!``."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {kept}; run the same command again to continue", err=True)
+        raise SystemExit(130) from None
 
 
 def task_hint(name: str, levels_option: bool = False) -> str:

@@ -109,26 +109,23 @@ def leaderboard(methods, datasets, seeds, preset, root, out, download, device, r
     """
     from ..errors import LQVError, UnknownDatasetError, UnknownTaskError
     from ..leaderboard import DEFAULT_RUNS_PER_GPU, GridError, run_leaderboard
-    from .hints import cli_error
+    from .hints import cli_error, resume_hint_on_interrupt
 
     try:
-        result = run_leaderboard(
-            out, methods=methods, datasets=datasets, seeds=seeds, preset=preset, root=root,
-            device=device, runs_per_gpu=runs_per_gpu or DEFAULT_RUNS_PER_GPU, workers=parallel_runs,
-            threads_per_run=threads_per_run, backend=backend, ray_address=ray_address,
-            eval_episodes=eval_episodes, eval_workers=eval_workers,
-            rgb_background=rgb_background, video_dir=video_dir, reference=reference,
-            download=download, analyse=analyse, train=not report_only,
-            stats_seed=bootstrap_seed, echo=click.echo,
-            before_training=functools.partial(_confirm_cpu_grid, allowed=allow_long_cpu_run))
+        with resume_hint_on_interrupt(f"finished runs are kept in {out}"):
+            result = run_leaderboard(
+                out, methods=methods, datasets=datasets, seeds=seeds, preset=preset, root=root,
+                device=device, runs_per_gpu=runs_per_gpu or DEFAULT_RUNS_PER_GPU,
+                workers=parallel_runs, threads_per_run=threads_per_run, backend=backend, ray_address=ray_address,
+                eval_episodes=eval_episodes, eval_workers=eval_workers,
+                rgb_background=rgb_background, video_dir=video_dir, reference=reference,
+                download=download, analyse=analyse, train=not report_only,
+                stats_seed=bootstrap_seed, echo=click.echo,
+                before_training=functools.partial(_confirm_cpu_grid, allowed=allow_long_cpu_run))
     except (GridError, UnknownDatasetError, UnknownTaskError) as err:
         raise click.UsageError(str(err)) from None
     except LQVError as err:  # here too, not only in the main group: the script form has none
         raise cli_error(err) from None
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: finished runs are kept in {out}; run the same command again to "
-                   "continue", err=True)
-        raise SystemExit(130) from None
     except OSError as err:
         if err.filename is None:
             raise
