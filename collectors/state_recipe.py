@@ -26,9 +26,11 @@ shown). The levels, all from one SAC training run from scratch (the run comes fi
   car_racing cpu preset: every episode). ``random_behaviour="untrained"`` keeps the randomly
   initialized actors (policy ids ``sac-init00-seed0``, ..., policy_step -1).
 * ``medrep``: the run's training episodes until its mean evaluation return first reaches the
-  task's medium band (the ``min`` of Table 3's medium row), or, where Table 3's medrep reaches into
-  the band (cheetah_run), until the medium snapshot (``medrep_until``, :func:`medrep_end`); evenly
-  spaced down to ``medrep_episodes`` (400) when there are more, as for TIA. Training runs
+  task's medium band (the ``min`` of Table 3's medium row); where Table 3's medrep reaches into
+  the band (cheetah_run), until the medium snapshot; where it ends far below the band
+  (humanoid_walk), until the evaluation mean first reaches Table 3's medrep max
+  (``medrep_until``, :func:`medrep_end`); evenly spaced down to ``medrep_episodes`` (400) when
+  there are more, as for TIA. Training runs
   between episodes, so each episode is played by one fixed snapshot: ``sac-seed0-prefill`` for
   the uniformly random start (policy_step 0), else ``sac-seed0-step012000``, the learner after
   12,000 environment steps (its policy_step).
@@ -171,11 +173,12 @@ class StateRecipe:
     The car_racing cpu preset keeps one per training episode (:data:`CAR_RACING_RANDOM`)."""
     medrep_episodes: int = 400
     """Most training episodes kept in medrep (evenly spaced when the run made more)."""
-    medrep_until: str = "band"
+    medrep_until: str | float = "band"
     """Where medrep's training episodes end: ``band`` (before the first evaluation whose mean
-    return reached the band's min, even when the medium search trains on) or ``medium`` (before
-    the medium snapshot: the whole replay of the agent that became the medium policy). The cpu
-    preset takes it from Table 3 (:func:`medrep_end`)."""
+    return reached the band's min, even when the medium search trains on), ``medium`` (before
+    the medium snapshot: the whole replay of the agent that became the medium policy) or a
+    return (before the first evaluation whose mean reached it). The cpu preset takes it from
+    Table 3 (:func:`medrep_end`)."""
     medium_episodes: int = 200
     """Episodes the medium snapshot plays."""
     medium_band: tuple | None = None
@@ -225,8 +228,11 @@ class StateRecipe:
         if self.random_behaviour not in RANDOM_BEHAVIOURS:
             raise ValueError(f"random_behaviour must be one of {', '.join(RANDOM_BEHAVIOURS)}; "
                              f"got {self.random_behaviour!r}")
-        if self.medrep_until not in ("medium", "band"):
-            raise ValueError(f"medrep_until must be 'medium' or 'band'; got {self.medrep_until!r}")
+        is_return = isinstance(self.medrep_until, (int, float)) and \
+            not isinstance(self.medrep_until, bool)
+        if not (is_return or self.medrep_until in ("medium", "band")):
+            raise ValueError(f"medrep_until must be 'medium', 'band' or a return; got "
+                             f"{self.medrep_until!r}")
         if not isinstance(self.random_snapshot_every, int) or self.random_snapshot_every < 0:
             raise ValueError(f"random_snapshot_every must be a whole number of environment steps "
                              f"(0: none); got {self.random_snapshot_every!r}")
@@ -288,15 +294,29 @@ def state_recipe(task, preset="cpu"):
                      f"got {preset!r}")
 
 
+MEDREP_NEAR_BAND = 0.9
+"""A Table 3 medrep max at least this share of the medium band's min ended at the band."""
+
+
 def medrep_end(task):
-    """``"medium"`` where Table 3's medrep reaches the medium band (its max at least the band's
-    min: the paper's run went on into the band, cheetah_run), else ``"band"``: walker_walk,
-    hopper_hop, humanoid_walk and car_racing's medrep max lies below their band's min, so their
-    replays end before the first medium-level episode. (cheetah_run's medrep ending at the band:
-    median 72.6 against Table 3's 125.1, outside its +-30 %; up to the medium snapshot: 100.8.)"""
+    """Where the cpu preset's medrep ends (``medrep_until``), read from Table 3: its medrep's max
+    against the medium band's min says where the paper's replay ended.
+
+    * ``"medium"`` where the max lies in the band (cheetah_run: 396.5 in 300.5..403.2): the
+      paper's run went on into the band. (Ending cheetah_run's at the band: median 72.6 against
+      Table 3's 125.1, outside its +-30 %; up to the medium snapshot: 100.8.)
+    * ``"band"`` where it lies just below it (within :data:`MEDREP_NEAR_BAND`: walker_walk 398.2
+      against 401.5, hopper_hop 39.9 against 40.3, car_racing 297.3 against 302.3): the replay
+      ended at the first medium-level episode.
+    * The max itself where it lies far below (humanoid_walk: 359.0, 32 % under 526.5): the
+      paper's replay ended long before the medium level, so ours ends at the first evaluation
+      that reaches that return.
+    """
     medrep_max = get_recipe(f"{task}-medrep").paper_returns["max"]
     band_min = get_recipe(f"{task}-medium").paper_returns["min"]
-    return "medium" if medrep_max >= band_min else "band"
+    if medrep_max >= band_min:
+        return "medium"
+    return "band" if medrep_max >= MEDREP_NEAR_BAND * band_min else float(medrep_max)
 
 
 def car_racing_cpu(recipe):
@@ -1169,27 +1189,33 @@ class StateJob(GenerateJob):
                                 f"record {self.task}-random")
 
     def write_medrep(self, folder, run, run_info):
-        """The training episodes until the medium snapshot (or the band: ``medrep_until``),
-        evenly spaced down to medrep_episodes, rendered."""
-        training_run = run_info["training_run"]
-        if self.recipe.medrep_until == "band":
-            until = first_band_evaluation(training_run["evaluations"], self.recipe.medium_band)
-        else:
-            until = training_run["medium_policy"]["policy_step"]
+        """The training episodes until the medium snapshot, the band or a return
+        (``medrep_until``), evenly spaced down to medrep_episodes, rendered."""
+        until, rule = self.medrep_end_step(run_info["training_run"])
         before = [index for index, (_, _, policy_step) in enumerate(run.episodes)
                   if until is None or policy_step < until]
         selected = select_medrep_episodes(before, self.recipe.medrep_episodes)
         extra = dict(run_info, medrep_selection={
             "training_episodes": len(run.episodes), "until_env_steps": until,
             "until": self.recipe.medrep_until, "before": len(before), "kept": len(selected),
-            "rule": ("the episodes played before the medium snapshot"
-                     if self.recipe.medrep_until == "medium" else
-                     "the episodes played before the first evaluation whose mean return reached "
-                     "the band's min") + ", evenly spaced (all when fewer than medrep_episodes)"})
+            "rule": f"the episodes played before {rule}, evenly spaced (all when fewer than "
+                    "medrep_episodes)"})
         with self.writer(folder, "medrep", extra) as writer:
             self.write_rendered(writer, (run.episodes[i] for i in
                                          selected[writer.num_episodes:]),
                                 len(selected), f"render {self.task}-medrep")
+
+    def medrep_end_step(self, training_run):
+        """The environment steps where medrep's episodes end (None: all of them) and the rule
+        in words."""
+        until, evaluations = self.recipe.medrep_until, training_run["evaluations"]
+        if until == "medium":
+            return training_run["medium_policy"]["policy_step"], "the medium snapshot"
+        if until == "band":
+            return (first_band_evaluation(evaluations, self.recipe.medium_band),
+                    "the first evaluation whose mean return reached the band's min")
+        return (first_evaluation_reaching(evaluations, until),
+                f"the first evaluation whose mean return reached {until:g}")
 
     def record_medium(self, folder, medium, run_info):
         """The medium level: the snapshot the medium search kept plays medium_episodes
@@ -1337,10 +1363,14 @@ def first_band_evaluation(evaluations, band):
     band's min: where medrep ends with ``medrep_until="band"``, even when the medium search
     keeps training longer, and where the random level's candidates end. ``None`` without a band
     (smoke) or if none reached it."""
-    if band is None:
-        return None
+    return None if band is None else first_evaluation_reaching(evaluations, band[0])
+
+
+def first_evaluation_reaching(evaluations, threshold):
+    """Environment steps of the first evaluation of a trained actor (not the one at step 0)
+    whose mean return reached ``threshold``; ``None`` if none did."""
     return next((e["env_steps"] for e in evaluations
-                 if e["env_steps"] > 0 and e["mean_return"] >= band[0]), None)
+                 if e["env_steps"] > 0 and e["mean_return"] >= threshold), None)
 
 
 def random_candidates(evaluations, band, paper_returns, count, snapshots=()):

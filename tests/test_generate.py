@@ -314,11 +314,14 @@ def test_medrep_ends_where_table_3_says_the_papers_replay_ended():
     from collectors.state_recipe import medrep_end, state_recipe
 
     assert medrep_end("cheetah_run") == "medium"  # its medrep max 396.5 is inside 300.5..403.2
-    for task in ("walker_walk", "hopper_hop", "humanoid_walk", "car_racing"):
-        assert medrep_end(task) == "band"  # their medrep max lies below the band's min
+    for task in ("walker_walk", "hopper_hop", "car_racing"):
+        assert medrep_end(task) == "band"  # their medrep max lies just below the band's min
+    assert medrep_end("humanoid_walk") == 359.0  # 32 % below its band's min, 526.5
     assert state_recipe("walker_walk").medrep_until == "band"
-    with pytest.raises(ValueError, match="medrep_until"):
-        dataclasses.replace(state_recipe("walker_walk"), medrep_until="end")
+    assert state_recipe("humanoid_walk").medrep_until == 359.0
+    for wrong in ("end", True, [359.0]):
+        with pytest.raises(ValueError, match="medrep_until must be 'medium', 'band' or a return"):
+            dataclasses.replace(state_recipe("walker_walk"), medrep_until=wrong)
 
 
 def test_a_state_recipe_medrep_keeps_only_the_episodes_before_the_band(tmp_path):
@@ -332,6 +335,24 @@ def test_a_state_recipe_medrep_keeps_only_the_episodes_before_the_band(tmp_path)
     assert provenance["medrep_selection"]["until_env_steps"] == 40  # the first evaluation
     medrep = load_dataset(result.folders["medrep"])
     assert medrep.policies() == ["sac-seed1-prefill"] and len(medrep) == 2
+
+
+def test_a_state_recipe_medrep_can_end_at_a_return(tmp_path):
+    from collectors.generate import generate
+    from collectors.state_recipe import first_evaluation_reaching
+
+    evaluations = [{"env_steps": 0, "mean_return": 9.0}, {"env_steps": 40, "mean_return": 2.0},
+                   {"env_steps": 80, "mean_return": 5.0}]
+    assert first_evaluation_reaching(evaluations, 4.0) == 80  # step 0 (untrained) does not count
+    assert first_evaluation_reaching(evaluations, 6.0) is None
+    recipe = dataclasses.replace(tiny_state_recipe(), medrep_until=-1e9)
+    result = generate(TASK, root=tmp_path, seed=1, recipe=recipe, progress=False,
+                      levels=["medrep"], max_shard_bytes=60_000)
+    selection = read_manifest(result.folders["medrep"])["provenance"]["medrep_selection"]
+    assert selection["until_env_steps"] == 40 and selection["until"] == -1e9
+    assert selection["rule"].startswith("the episodes played before the first evaluation whose "
+                                        "mean return reached -1e+09")
+    assert load_dataset(result.folders["medrep"]).policies() == ["sac-seed1-prefill"]
 
 
 def test_the_state_recipe_writes_three_datasets_with_its_policy_structure(state_generated):
