@@ -1,6 +1,8 @@
 """How far the CPU recipe's SAC training run of a task has got, while it runs or after it: its
 evaluation curve against Table 3's medium band and random row, the medium search's best candidate
-so far, and the run's recent pace with the time its step budget would still take.
+so far, the medrep level as it would be recorded from the run's training episodes (its statistics
+and Table 3 verdicts, known long before the run ends), and the run's recent pace with the time its
+step budget would still take.
 
 Reads ``<root>/.work/<task>-sac-state-seed<S>/state.json`` (rewritten at every checkpoint of
 ``lqv-d4rl generate TASK --behaviour sac-state --preset cpu``; reading it does not disturb a run),
@@ -23,8 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from collectors.generate import MEDIUM_POLICY_INFO
-from collectors.state_recipe import STATE_NAME, first_band_evaluation, state_recipe
-from lqv_d4rl.fidelity import share_in_band
+from collectors.recorders import select_medrep_episodes
+from collectors.state_recipe import (STATE_NAME, first_band_evaluation, medrep_end_step,
+                                     state_recipe)
+from lqv_d4rl.fidelity import Verdict, fidelity_verdicts, format_verdicts, share_in_band
+from lqv_d4rl.stats import return_statistics
 from lqv_d4rl.registry import dataset_root, get_recipe
 from lqv_d4rl.tasks import get_task
 from run_info import git_commit
@@ -54,6 +59,35 @@ def load_run(folder):
         snapshot = Path(folder) / evaluation["snapshot"]
         evaluation["written"] = snapshot.stat().st_mtime if snapshot.is_file() else None
     return saved["run"]["config"], saved["run"]["settings"], saved["state"], evaluations
+
+
+def training_episodes(folder, count):
+    """(returns, policy steps) of the run's first ``count`` training episodes, read from its
+    episode chunks without changing them (a running run may be writing the next one)."""
+    returns, steps = [], []
+    for path in sorted((Path(folder) / "episodes").glob("episodes-*.npz")):
+        with np.load(path) as chunk:
+            rewards = np.split(chunk["reward"].astype(np.float64),
+                               np.cumsum(chunk["lengths"])[:-1])
+            returns += [float(episode.sum()) for episode in rewards]
+            steps += chunk["policy_steps"].tolist()
+    return np.asarray(returns[:count]), np.asarray(steps[:count], dtype=np.int64)
+
+
+def medrep_preview(task, folder, state, evaluations, medium):
+    """The medrep level the cpu preset would record from this run (its rule, statistics and
+    verdicts): the training episodes before where its medrep ends, or all so far if the run has
+    not got there yet, evenly spaced down to the level's episode count."""
+    recipe = state_recipe(task)
+    found = medium if state["finished"] and medium is not None else None
+    until, rule = medrep_end_step(recipe, evaluations, found and found["policy_step"])
+    returns, steps = training_episodes(folder, state["episodes"])
+    before = np.flatnonzero(steps < until) if until is not None else np.arange(len(returns))
+    kept = returns[select_medrep_episodes(before, recipe.medrep_episodes)]
+    return {"rule": f"the episodes played before {rule}", "until_env_steps": until,
+            "reached": until is not None, "training_episodes": len(returns),
+            "before": len(before), "kept": len(kept), "statistics": return_statistics(kept),
+            "verdicts": [v.to_dict() for v in fidelity_verdicts(task, "medrep", kept)]}
 
 
 def preset_departures(task, config, settings):
@@ -161,6 +195,13 @@ def print_table(record, every):
         print(f"medium search: best so far {medium['policy_id']} ({how}), mean "
               f"{medium['evaluation_return']:.1f}{in_band}, "
               f"{'found' if medium['in_band'] else 'not yet a match'}")
+    medrep = record["medrep_preview"]
+    where = (f"{medrep['rule']} ({medrep['until_env_steps']:,} steps)" if medrep["reached"] else
+             f"the {medrep['training_episodes']} so far ({medrep['rule']}: not yet)")
+    print(f"medrep if recorded now: {medrep['kept']} of {medrep['before']} training episodes, "
+          f"{where}, evenly spaced")
+    print(format_verdicts([(f"{record['task']}-medrep",
+                            [Verdict.from_dict(v) for v in medrep["verdicts"]])]))
     pace = record["recent_pace"]
     if record["finished"]:
         print(f"the run has finished ({record['stop_reason']})")
@@ -232,6 +273,7 @@ def main(argv=None):
              for level in ("random", "medium")}
     record = summarize(args.task, config, state, evaluations, medium, recipe.medium_band, paper,
                        preset_departures(args.task, config, settings))
+    record["medrep_preview"] = medrep_preview(args.task, folder, state, evaluations, medium)
     record.update(command=f"python benchmarks/training_progress.py {args.task} --seed {args.seed} "
                           f"--out {args.out}", commit=git_commit())
     print_table(record, max(args.every, 1))

@@ -1191,7 +1191,9 @@ class StateJob(GenerateJob):
     def write_medrep(self, folder, run, run_info):
         """The training episodes until the medium snapshot, the band or a return
         (``medrep_until``), evenly spaced down to medrep_episodes, rendered."""
-        until, rule = self.medrep_end_step(run_info["training_run"])
+        training_run = run_info["training_run"]
+        until, rule = medrep_end_step(self.recipe, training_run["evaluations"],
+                                      training_run["medium_policy"]["policy_step"])
         before = [index for index, (_, _, policy_step) in enumerate(run.episodes)
                   if until is None or policy_step < until]
         selected = select_medrep_episodes(before, self.recipe.medrep_episodes)
@@ -1204,18 +1206,6 @@ class StateJob(GenerateJob):
             self.write_rendered(writer, (run.episodes[i] for i in
                                          selected[writer.num_episodes:]),
                                 len(selected), f"render {self.task}-medrep")
-
-    def medrep_end_step(self, training_run):
-        """The environment steps where medrep's episodes end (None: all of them) and the rule
-        in words."""
-        until, evaluations = self.recipe.medrep_until, training_run["evaluations"]
-        if until == "medium":
-            return training_run["medium_policy"]["policy_step"], "the medium snapshot"
-        if until == "band":
-            return (first_band_evaluation(evaluations, self.recipe.medium_band),
-                    "the first evaluation whose mean return reached the band's min")
-        return (first_evaluation_reaching(evaluations, until),
-                f"the first evaluation whose mean return reached {until:g}")
 
     def record_medium(self, folder, medium, run_info):
         """The medium level: the snapshot the medium search kept plays medium_episodes
@@ -1356,6 +1346,20 @@ def budget_spent_message(task, state, medium, recipe):
             f"{medium['policy_id']}. Nothing was recorded. Give the run more steps: the same "
             f"command with --max-env-steps {2 * recipe.sac.total_steps} (lqv-d4rl generate; "
             f"SACConfig.total_steps in Python) continues it from where it stopped")
+
+
+def medrep_end_step(recipe, evaluations, medium_step):
+    """The environment steps where medrep's training episodes end under ``recipe.medrep_until``
+    (None: they do not end before the run's last episode) and that rule in words;
+    ``medium_step``: the medium snapshot's steps (None: not found yet)."""
+    until = recipe.medrep_until
+    if until == "medium":
+        return medium_step, "the medium snapshot"
+    if until == "band":
+        return (first_band_evaluation(evaluations, recipe.medium_band),
+                "the first evaluation whose mean return reached the band's min")
+    return (first_evaluation_reaching(evaluations, until),
+            f"the first evaluation whose mean return reached {until:g}")
 
 
 def first_band_evaluation(evaluations, band):

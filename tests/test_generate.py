@@ -27,6 +27,7 @@ from lqv_d4rl.cli import main as cli_main
 from lqv_d4rl.dataset import load_dataset
 from lqv_d4rl.errors import DatasetExistsError
 from lqv_d4rl.format import read_manifest, verify_dataset
+from lqv_d4rl.stats import return_statistics
 from lqv_d4rl.tasks import LEVELS
 
 TASK = "walker_walk"
@@ -628,9 +629,32 @@ def test_training_progress_reports_the_run_against_table_3(state_generated, tmp_
     assert (tmp_path / f"training-{TASK}.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "medium search: best so far sac-seed1-step000120" in printed
+    # medrep as the cpu preset would record it: the band is never reached, so all 6 episodes
+    medrep, preview = load_dataset(root / f"{TASK}-medrep"), record["medrep_preview"]
+    assert not preview["reached"] and preview["kept"] == len(medrep) == 6
+    assert preview["statistics"] == pytest.approx(return_statistics(medrep.returns))
+    assert "medrep if recorded now: 6 of 6 training episodes, the 6 so far" in printed
+    assert "walker_walk-medrep  episodes" in printed  # the verdict table
     assert "the run has finished (max_env_steps)" in printed and "h more" not in printed
     with pytest.raises(SystemExit, match="no SAC training run of this task and seed"):
         progress.main([TASK, "--root", str(root), "--seed", "7", "--out", str(tmp_path)])
+
+
+def test_training_progress_previews_medrep_up_to_where_the_rule_ends_it(state_generated):
+    from conftest import load_benchmark_script
+
+    root, _ = state_generated
+    folder = root / ".work" / f"{TASK}-sac-state-seed1"
+    state = json.loads((folder / "state.json").read_text())["state"]
+    evaluations = [dict(e, mean_return=450.0 if e["env_steps"] == 80 else 0.0)
+                   for e in state["evaluations"]]  # the band (401.5..598) reached at 80
+    preview = load_benchmark_script("training_progress").medrep_preview(
+        TASK, folder, state, evaluations, None)
+    medrep = load_dataset(root / f"{TASK}-medrep")  # policy steps 0, 0, 40, 60, 80, 100
+    assert preview["reached"] and preview["until_env_steps"] == 80
+    assert preview["before"] == preview["kept"] == 4
+    assert preview["statistics"] == pytest.approx(return_statistics(medrep.returns[:4]))
+    assert [v["statistic"] for v in preview["verdicts"]] == ["episodes", "mean", "median"]
 
 
 def test_training_progress_names_an_experiments_departures_from_the_cpu_preset():
