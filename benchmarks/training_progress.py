@@ -29,8 +29,8 @@ from collectors.recorders import select_medrep_episodes
 from collectors.state_recipe import (STATE_NAME, first_band_evaluation, medrep_end_step,
                                      state_recipe)
 from lqv_d4rl.fidelity import Verdict, fidelity_verdicts, format_verdicts, share_in_band
-from lqv_d4rl.stats import return_statistics
 from lqv_d4rl.registry import dataset_root, get_recipe
+from lqv_d4rl.stats import return_statistics
 from lqv_d4rl.tasks import get_task
 from run_info import git_commit
 

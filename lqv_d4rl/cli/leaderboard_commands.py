@@ -116,8 +116,8 @@ def leaderboard(methods, datasets, seeds, preset, root, out, download, device, r
             result = run_leaderboard(
                 out, methods=methods, datasets=datasets, seeds=seeds, preset=preset, root=root,
                 device=device, runs_per_gpu=runs_per_gpu or DEFAULT_RUNS_PER_GPU,
-                workers=parallel_runs, threads_per_run=threads_per_run, backend=backend, ray_address=ray_address,
-                eval_episodes=eval_episodes, eval_workers=eval_workers,
+                workers=parallel_runs, threads_per_run=threads_per_run, backend=backend,
+                ray_address=ray_address, eval_episodes=eval_episodes, eval_workers=eval_workers,
                 rgb_background=rgb_background, video_dir=video_dir, reference=reference,
                 download=download, analyse=analyse, train=not report_only,
                 stats_seed=bootstrap_seed, echo=click.echo,
