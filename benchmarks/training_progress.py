@@ -214,7 +214,8 @@ def print_table(record, every):
 
 
 def plot(record, path):
-    """Evaluation returns against environment steps, with Table 3's band and random max."""
+    """Evaluation returns against environment steps, with Table 3's band and random max and
+    where the medrep level's training episodes end."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,6 +235,10 @@ def plot(record, path):
                label=f"Table 3 medium mean {record['paper_medium_mean']}")
     ax.axhline(record["paper_random_max"], color="tab:red", linestyle=":",
                label=f"Table 3 random max {record['paper_random_max']}")
+    medrep = record.get("medrep_preview")
+    if medrep and medrep["reached"]:
+        ax.axvline(medrep["until_env_steps"] / 1e6, color="tab:gray", linestyle="-.",
+                   label=f"medrep ends: {medrep['rule'].removeprefix('the episodes played before ')}")
     ax.set_xlabel("environment steps (millions); updates = steps x "
                   f"{record['updates_per_env_step']:g}")
     ax.set_ylabel("episode return")
