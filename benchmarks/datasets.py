@@ -27,10 +27,10 @@ import lqv_d4rl  # noqa: F401  (pins the CPU kernels before torch starts)
 from collectors.generate import generate, summarize
 from collectors.sac import SACConfig
 from collectors.state_recipe import StateRecipe, state_recipe
+from lqv_d4rl.cli.hints import resume_hint_on_interrupt
 from lqv_d4rl.cpu_kernels import kernel_settings
 from lqv_d4rl.dataset import load_dataset
 from lqv_d4rl.errors import DatasetExistsError
-from lqv_d4rl.cli.hints import resume_hint_on_interrupt
 from lqv_d4rl.registry import dataset_path, dataset_root
 from lqv_d4rl.stats import return_statistics
 from lqv_d4rl.tasks import LEVELS

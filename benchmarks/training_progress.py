@@ -1,8 +1,8 @@
 """How far the CPU recipe's SAC training run of a task has got, while it runs or after it: its
 evaluation curve against Table 3's medium band and random row, the medium search's best candidate
 so far, the medrep level as it would be recorded from the run's training episodes (its statistics
-and Table 3 verdicts, known long before the run ends), and the run's recent pace with the time its
-step budget would still take.
+and Table 3 verdicts; where medrep ends at the band or at a return, they are final long before the
+run ends), and the run's recent pace with the time its step budget would still take.
 
 Reads ``<root>/.work/<task>-sac-state-seed<S>/state.json`` (rewritten at every checkpoint of
 ``lqv-d4rl generate TASK --behaviour sac-state --preset cpu``; reading it does not disturb a run),
@@ -27,7 +27,7 @@ import numpy as np
 from collectors.generate import MEDIUM_POLICY_INFO
 from collectors.recorders import select_medrep_episodes
 from collectors.state_recipe import (STATE_NAME, first_band_evaluation, medrep_end_step,
-                                     state_recipe)
+                                     state_recipe, training_episode_returns)
 from lqv_d4rl.fidelity import Verdict, fidelity_verdicts, format_verdicts, share_in_band
 from lqv_d4rl.registry import dataset_root, get_recipe
 from lqv_d4rl.stats import return_statistics
@@ -61,30 +61,18 @@ def load_run(folder):
     return saved["run"]["config"], saved["run"]["settings"], saved["state"], evaluations
 
 
-def training_episodes(folder, count):
-    """(returns, policy steps) of the run's first ``count`` training episodes, read from its
-    episode chunks without changing them (a running run may be writing the next one)."""
-    returns, steps = [], []
-    for path in sorted((Path(folder) / "episodes").glob("episodes-*.npz")):
-        with np.load(path) as chunk:
-            rewards = np.split(chunk["reward"].astype(np.float64),
-                               np.cumsum(chunk["lengths"])[:-1])
-            returns += [float(episode.sum()) for episode in rewards]
-            steps += chunk["policy_steps"].tolist()
-    return np.asarray(returns[:count]), np.asarray(steps[:count], dtype=np.int64)
-
-
 def medrep_preview(task, folder, state, evaluations, medium):
     """The medrep level the cpu preset would record from this run (its rule, statistics and
-    verdicts): the training episodes before where its medrep ends, or all so far if the run has
+    verdicts): the training episodes before where the preset's medrep ends (``medrep_until``;
+    a run made with another rule is previewed with the preset's), or all so far if the run has
     not got there yet, evenly spaced down to the level's episode count."""
     recipe = state_recipe(task)
-    found = medium if state["finished"] and medium is not None else None
+    found = medium if state["finished"] and medium is not None and medium.get("in_band") else None
     until, rule = medrep_end_step(recipe, evaluations, found and found["policy_step"])
-    returns, steps = training_episodes(folder, state["episodes"])
+    returns, steps = training_episode_returns(Path(folder) / "episodes", state["episodes"])
     before = np.flatnonzero(steps < until) if until is not None else np.arange(len(returns))
     kept = returns[select_medrep_episodes(before, recipe.medrep_episodes)]
-    return {"rule": f"the episodes played before {rule}", "until_env_steps": until,
+    return {"ends_at": rule, "until_env_steps": until,
             "reached": until is not None, "training_episodes": len(returns),
             "before": len(before), "kept": len(kept), "statistics": return_statistics(kept),
             "verdicts": [v.to_dict() for v in fidelity_verdicts(task, "medrep", kept)]}
@@ -196,10 +184,12 @@ def print_table(record, every):
               f"{medium['evaluation_return']:.1f}{in_band}, "
               f"{'found' if medium['in_band'] else 'not yet a match'}")
     medrep = record["medrep_preview"]
-    where = (f"{medrep['rule']} ({medrep['until_env_steps']:,} steps)" if medrep["reached"] else
-             f"the {medrep['training_episodes']} so far ({medrep['rule']}: not yet)")
-    print(f"medrep if recorded now: {medrep['kept']} of {medrep['before']} training episodes, "
-          f"{where}, evenly spaced")
+    if medrep["reached"]:
+        where = (f"{medrep['before']} training episodes played before {medrep['ends_at']} "
+                 f"({medrep['until_env_steps']:,} steps)")
+    else:
+        where = f"the {medrep['before']} training episodes so far (not yet at {medrep['ends_at']})"
+    print(f"medrep if recorded now: {medrep['kept']} of {where}, evenly spaced")
     print(format_verdicts([(f"{record['task']}-medrep",
                             [Verdict.from_dict(v) for v in medrep["verdicts"]])]))
     pace = record["recent_pace"]
@@ -238,7 +228,7 @@ def plot(record, path):
     medrep = record.get("medrep_preview")
     if medrep and medrep["reached"]:
         ax.axvline(medrep["until_env_steps"] / 1e6, color="tab:gray", linestyle="-.",
-                   label=f"medrep ends: {medrep['rule'].removeprefix('the episodes played before ')}")
+                   label=f"medrep ends: {medrep['ends_at']}")
     ax.set_xlabel("environment steps (millions); updates = steps x "
                   f"{record['updates_per_env_step']:g}")
     ax.set_ylabel("episode return")

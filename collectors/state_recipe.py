@@ -30,10 +30,9 @@ shown). The levels, all from one SAC training run from scratch (the run comes fi
   the band (cheetah_run), until the medium snapshot; where it ends far below the band
   (humanoid_walk), until the evaluation mean first reaches Table 3's medrep max
   (``medrep_until``, :func:`medrep_end`); evenly spaced down to ``medrep_episodes`` (400) when
-  there are more, as for TIA. Training runs
-  between episodes, so each episode is played by one fixed snapshot: ``sac-seed0-prefill`` for
-  the uniformly random start (policy_step 0), else ``sac-seed0-step012000``, the learner after
-  12,000 environment steps (its policy_step).
+  there are more, as for TIA. Training runs between episodes, so each episode is played by one
+  fixed snapshot: ``sac-seed0-prefill`` for the uniformly random start (policy_step 0), else
+  ``sac-seed0-step012000``, the learner after 12,000 environment steps (its policy_step).
 * ``medium``: the first snapshot whose returns match Table 3's medium row (:class:`MediumSearch`:
   at least 95 % of its episodes in the band and its mean within 7 % of the paper's, confirmed on
   30 more episodes) plays ``medium_episodes`` (200) episodes as it was judged; the run trains on
@@ -111,6 +110,8 @@ import collections
 import contextlib
 import dataclasses
 import json
+import math
+import numbers
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,8 +229,8 @@ class StateRecipe:
         if self.random_behaviour not in RANDOM_BEHAVIOURS:
             raise ValueError(f"random_behaviour must be one of {', '.join(RANDOM_BEHAVIOURS)}; "
                              f"got {self.random_behaviour!r}")
-        is_return = isinstance(self.medrep_until, (int, float)) and \
-            not isinstance(self.medrep_until, bool)
+        is_return = isinstance(self.medrep_until, numbers.Real) and \
+            not isinstance(self.medrep_until, bool) and math.isfinite(self.medrep_until)
         if not (is_return or self.medrep_until in ("medium", "band")):
             raise ValueError(f"medrep_until must be 'medium', 'band' or a return; got "
                              f"{self.medrep_until!r}")
@@ -909,8 +910,7 @@ def load_episode_chunks(folder, count):
     from .online import CheckpointError
 
     entries = []
-    for path in sorted(Path(folder).glob("episodes-*.npz")):
-        first = int(path.name.split("-")[1].split(".")[0])
+    for first, path in _episode_chunk_files(folder):
         if first >= count:
             path.unlink()
             continue
@@ -936,6 +936,29 @@ def load_episode_chunks(folder, count):
         raise CheckpointError(f"{folder} holds {len(entries)} episodes but the checkpoint needs "
                               f"{count}; delete {Path(folder).parent} to restart the run")
     return entries
+
+
+def training_episode_returns(folder, count):
+    """(returns, policy steps) of the first ``count`` training episodes saved by
+    :func:`save_episode_chunk`, read without changing anything: a running run may be writing the
+    next chunk (its temporary file and the chunks past ``count`` are not read)."""
+    returns, steps = [], []
+    for first, path in _episode_chunk_files(folder):
+        if first >= count:
+            continue
+        with np.load(path) as chunk:
+            rewards = np.split(chunk["reward"], np.cumsum(chunk["lengths"])[:-1])
+            returns += [float(episode.sum(dtype=np.float64)) for episode in rewards]
+            steps += chunk["policy_steps"].tolist()
+    return np.asarray(returns[:count]), np.asarray(steps[:count], dtype=np.int64)
+
+
+def _episode_chunk_files(folder):
+    """``(first episode, path)`` of the chunk files in ``folder``, in order (not the temporary
+    file of a chunk being written)."""
+    paths = [path for path in Path(folder).glob("episodes-*.npz")
+             if not path.name.endswith(".tmp.npz")]
+    return sorted((int(path.name.split("-")[1].split(".")[0]), path) for path in paths)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -320,7 +320,7 @@ def test_medrep_ends_where_table_3_says_the_papers_replay_ended():
     assert medrep_end("humanoid_walk") == 359.0  # 32 % below its band's min, 526.5
     assert state_recipe("walker_walk").medrep_until == "band"
     assert state_recipe("humanoid_walk").medrep_until == 359.0
-    for wrong in ("end", True, [359.0]):
+    for wrong in ("end", True, [359.0], float("nan"), float("inf")):
         with pytest.raises(ValueError, match="medrep_until must be 'medium', 'band' or a return"):
             dataclasses.replace(state_recipe("walker_walk"), medrep_until=wrong)
 
@@ -336,6 +336,22 @@ def test_a_state_recipe_medrep_keeps_only_the_episodes_before_the_band(tmp_path)
     assert provenance["medrep_selection"]["until_env_steps"] == 40  # the first evaluation
     medrep = load_dataset(result.folders["medrep"])
     assert medrep.policies() == ["sac-seed1-prefill"] and len(medrep) == 2
+
+
+def test_medrep_ends_at_the_medium_snapshot_the_band_or_a_return():
+    from collectors.state_recipe import medrep_end_step, state_recipe
+
+    evaluations = [{"env_steps": 0, "mean_return": 450.0}, {"env_steps": 40, "mean_return": 380.0},
+                   {"env_steps": 80, "mean_return": 420.0}]
+    walker = state_recipe("walker_walk")  # band 401.5..598
+    assert medrep_end_step(walker, evaluations, None) == (
+        80, "the first evaluation whose mean return reached the band's min")
+    at_return = dataclasses.replace(walker, medrep_until=359)
+    assert medrep_end_step(at_return, evaluations, None) == (
+        40, "the first evaluation whose mean return reached 359")
+    at_medium = dataclasses.replace(walker, medrep_until="medium")
+    assert medrep_end_step(at_medium, evaluations, 120) == (120, "the medium snapshot")
+    assert medrep_end_step(at_medium, evaluations, None) == (None, "the medium snapshot")
 
 
 def test_a_state_recipe_medrep_can_end_at_a_return(tmp_path):
@@ -633,7 +649,8 @@ def test_training_progress_reports_the_run_against_table_3(state_generated, tmp_
     medrep, preview = load_dataset(root / f"{TASK}-medrep"), record["medrep_preview"]
     assert not preview["reached"] and preview["kept"] == len(medrep) == 6
     assert preview["statistics"] == pytest.approx(return_statistics(medrep.returns))
-    assert "medrep if recorded now: 6 of 6 training episodes, the 6 so far" in printed
+    assert "medrep if recorded now: 6 of the 6 training episodes so far (not yet at the first " \
+        "evaluation whose mean return reached the band's min)" in printed
     assert "walker_walk-medrep  episodes" in printed  # the verdict table
     assert "the run has finished (max_env_steps)" in printed and "h more" not in printed
     with pytest.raises(SystemExit, match="no SAC training run of this task and seed"):
@@ -761,7 +778,7 @@ def test_a_state_recipe_run_interrupted_while_recording_medium_loses_nothing(
     assert read_manifest(tmp_path / f"{TASK}-medium")["num_episodes"] == 3
 
 
-def test_ctrl_c_says_what_is_kept_and_how_to_go_on(tmp_path, monkeypatch):
+def test_ctrl_c_says_what_is_kept_and_how_to_go_on(tmp_path, monkeypatch, capsys):
     """Ctrl-C in ``generate`` and in the datasets benchmark: exit 130 and one line naming the root
     and the way to resume, no traceback."""
     from conftest import load_benchmark_script
@@ -775,12 +792,13 @@ def test_ctrl_c_says_what_is_kept_and_how_to_go_on(tmp_path, monkeypatch):
     outcome = CliRunner().invoke(cli_main, ["generate", TASK, "--root", str(tmp_path),
                                             "--preset", "smoke"])
     assert outcome.exit_code == 130, outcome.output
+    assert isinstance(outcome.exception, SystemExit)  # not the KeyboardInterrupt itself
     assert outcome.stderr.strip().splitlines()[-1] == expected
-    assert "Traceback" not in outcome.output
     with pytest.raises(SystemExit) as stopped:
         load_benchmark_script("datasets").main([TASK, "--root", str(tmp_path),
                                                 "--render-workers", "1"])
     assert stopped.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == expected
 
 
 @pytest.mark.slow

@@ -5,8 +5,9 @@ takes them for custom dataset names and only says that no such dataset exists; t
 the benchmark name the user most likely meant (never the name that was typed).
 
 Exit codes: 2 for a usage error (a name or option that cannot be right, whatever is on disk:
-:data:`USAGE_ERRORS`, and click's own), 1 for everything else (:func:`cli_error`), 130 for a
-command stopped with Ctrl-C (:func:`resume_hint_on_interrupt`).
+:data:`USAGE_ERRORS`, and click's own), 1 for everything else (:func:`cli_error`), 130 for
+``generate``, ``rerender`` and ``leaderboard`` stopped with Ctrl-C, which say how to resume
+(:func:`resume_hint_on_interrupt`).
 """
 
 import contextlib
