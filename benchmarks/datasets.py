@@ -27,11 +27,11 @@ import lqv_d4rl  # noqa: F401  (pins the CPU kernels before torch starts)
 from collectors.generate import generate, summarize
 from collectors.sac import SACConfig
 from collectors.state_recipe import StateRecipe, state_recipe
-from lqv_d4rl.cli.hints import resume_hint_on_interrupt
+from lqv_d4rl.cli.hints import kept_by_generate, resume_hint_on_interrupt
 from lqv_d4rl.cpu_kernels import kernel_settings
 from lqv_d4rl.dataset import load_dataset
 from lqv_d4rl.errors import DatasetExistsError
-from lqv_d4rl.registry import dataset_path, dataset_root
+from lqv_d4rl.registry import dataset_path
 from lqv_d4rl.stats import return_statistics
 from lqv_d4rl.tasks import LEVELS
 from run_info import git_commit
@@ -121,8 +121,7 @@ def main(argv=None):
                              "other settings will not resume it)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    kept = f"finished datasets and the training checkpoint are kept in {dataset_root(args.root)}"
-    with resume_hint_on_interrupt(kept):
+    with resume_hint_on_interrupt(kept_by_generate(args.root)):
         result = run(args.task, args.root, args.render_workers, args.seed,
                      recipe_changes(args.set), args.max_env_steps)
     record = report(args.task, result, time.perf_counter() - start, args)

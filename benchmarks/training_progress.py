@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from collectors.generate import MEDIUM_POLICY_INFO
-from collectors.recorders import select_medrep_episodes
 from collectors.state_recipe import (STATE_NAME, first_band_evaluation, medrep_end_step,
-                                     state_recipe, training_episode_returns)
+                                     medrep_indices, state_recipe, training_episode_returns)
 from lqv_d4rl.fidelity import Verdict, fidelity_verdicts, format_verdicts, share_in_band
 from lqv_d4rl.registry import dataset_root, get_recipe
 from lqv_d4rl.stats import return_statistics
@@ -70,8 +69,8 @@ def medrep_preview(task, folder, state, evaluations, medium):
     found = medium if state["finished"] and medium is not None and medium.get("in_band") else None
     until, rule = medrep_end_step(recipe, evaluations, found and found["policy_step"])
     returns, steps = training_episode_returns(Path(folder) / "episodes", state["episodes"])
-    before = np.flatnonzero(steps < until) if until is not None else np.arange(len(returns))
-    kept = returns[select_medrep_episodes(before, recipe.medrep_episodes)]
+    before, selected = medrep_indices(steps, until, recipe.medrep_episodes)
+    kept = returns[selected]
     return {"ends_at": rule, "until_env_steps": until,
             "reached": until is not None, "training_episodes": len(returns),
             "before": len(before), "kept": len(kept), "statistics": return_statistics(kept),

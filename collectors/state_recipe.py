@@ -1217,9 +1217,8 @@ class StateJob(GenerateJob):
         training_run = run_info["training_run"]
         until, rule = medrep_end_step(self.recipe, training_run["evaluations"],
                                       training_run["medium_policy"]["policy_step"])
-        before = [index for index, (_, _, policy_step) in enumerate(run.episodes)
-                  if until is None or policy_step < until]
-        selected = select_medrep_episodes(before, self.recipe.medrep_episodes)
+        before, selected = medrep_indices([step for _, _, step in run.episodes], until,
+                                          self.recipe.medrep_episodes)
         extra = dict(run_info, medrep_selection={
             "training_episodes": len(run.episodes), "until_env_steps": until,
             "until": self.recipe.medrep_until, "before": len(before), "kept": len(selected),
@@ -1383,6 +1382,14 @@ def medrep_end_step(recipe, evaluations, medium_step):
                 "the first evaluation whose mean return reached the band's min")
     return (first_evaluation_reaching(evaluations, until),
             f"the first evaluation whose mean return reached {until:g}")
+
+
+def medrep_indices(policy_steps, until, count):
+    """The training episodes (indices in run order, by the steps of the snapshot that played
+    each) played before ``until`` environment steps (all when None), and those medrep keeps of
+    them: evenly spaced down to ``count``."""
+    before = [index for index, step in enumerate(policy_steps) if until is None or step < until]
+    return before, select_medrep_episodes(before, count)
 
 
 def first_band_evaluation(evaluations, band):

@@ -5,7 +5,7 @@ import click
 from click.core import ParameterSource
 
 from ..tasks import LEVELS
-from .hints import TaskChoice, resume_hint_on_interrupt
+from .hints import TaskChoice, kept_by_generate, resume_hint_on_interrupt
 from .options import ROOT_DEFAULT, ROOT_HELP, check_device_name, check_levels, deprecated_alias
 
 
@@ -66,11 +66,8 @@ def generate(task, levels, root, video_dir, behaviour, preset, device, env_worke
     """
     from collectors.generate import generate as run_generate
 
-    from ..registry import dataset_root
-
     workers = _generate_workers(behaviour, env_workers, render_workers)
-    kept = f"finished datasets and the training checkpoint are kept in {dataset_root(root)}"
-    with resume_hint_on_interrupt(kept):
+    with resume_hint_on_interrupt(kept_by_generate(root)):
         result = run_generate(task, levels=levels, root=root, video_dir=video_dir,
                               behaviour=behaviour, preset=preset, device=device, workers=workers,
                               seed=seed, overwrite=overwrite, max_env_steps=max_env_steps)

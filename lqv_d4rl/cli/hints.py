@@ -45,6 +45,14 @@ def resume_hint_on_interrupt(kept: str):
         raise SystemExit(130) from None
 
 
+def kept_by_generate(root) -> str:
+    """What an interrupted ``generate`` (or ``benchmarks/datasets.py``) keeps, for
+    :func:`resume_hint_on_interrupt`."""
+    from ..registry import dataset_root
+
+    return f"finished datasets and the training checkpoint are kept in {dataset_root(root)}"
+
+
 def task_hint(name: str, levels_option: bool = False) -> str:
     """`` Did you mean ...?`` for a mistyped task, or the task of a dataset id (and, where the
     command has ``--levels``, how to make only that level)."""
