@@ -404,7 +404,8 @@ def _check_finished_match(finished, provenance):
     """
     for manifest in finished.values():
         stored = manifest.get("provenance", {})
-        differing = [key for key in provenance if key in stored and stored[key] != provenance[key]]
+        differing = [key for key in provenance if key in stored and
+                     _comparable(key, stored[key]) != _comparable(key, provenance[key])]
         if differing:
             changes = "; ".join(f"{key}: {stored[key]!r} there, {provenance[key]!r} now"
                                 if key != "recipe" else "recipe differs" for key in differing)
@@ -413,6 +414,15 @@ def _check_finished_match(finished, provenance):
                 f"settings ({changes}); nothing was changed. Pass --overwrite to generate it "
                 "again with these settings, leave it out of --levels to keep it, or use another "
                 "--root.")
+
+
+def _comparable(key, value):
+    """A provenance value as :func:`_check_finished_match` compares it: a sac-state recipe
+    without its training run's budget (``sac.total_steps``), which a run that spent it is given
+    more of without changing what it recorded before."""
+    if key == "recipe" and isinstance(value, dict) and isinstance(value.get("sac"), dict):
+        return {**value, "sac": {k: v for k, v in value["sac"].items() if k != "total_steps"}}
+    return value
 
 
 def _video_pool(spec, video_dir, num_frames, seed):

@@ -30,14 +30,17 @@ shown). The levels, all from one SAC training run from scratch (the run comes fi
   the band (cheetah_run), until the medium snapshot; where it ends far below the band
   (humanoid_walk), until the evaluation mean first reaches Table 3's medrep max
   (``medrep_until``, :func:`medrep_end`); evenly spaced down to ``medrep_episodes`` (400) when
-  there are more, as for TIA. Training runs between episodes, so each episode is played by one
+  there are more, as for TIA. The random level and this one are recorded as soon as the run
+  has passed the evaluation they end at (:func:`trained_levels_known_at`), from the run as it
+  was there, and the run then trains on for medium; with ``"medium"``, at the end. Training runs
+  between episodes, so each episode is played by one
   fixed snapshot: ``sac-seed0-prefill`` for the uniformly random start (policy_step 0), else
   ``sac-seed0-step012000``, the learner after 12,000 environment steps (its policy_step).
 * ``medium``: the first snapshot whose returns match Table 3's medium row (:class:`MediumSearch`:
   at least 95 % of its episodes in the band and its mean within 7 % of the paper's, confirmed on
   30 more episodes) plays ``medium_episodes`` (200) episodes as it was judged; the run trains on
   past the band until it finds one. If its budget (``SACConfig.total_steps``) runs out first,
-  generate records nothing and says so (:func:`budget_spent_message`); given a larger budget
+  generate records no medium level and says so (:func:`budget_spent_message`); given a larger budget
   (``--max-env-steps``), the same run goes on from where it stopped
   (:meth:`SACRun._apply_budget`). It is judged acting with tanh(mean), with sampled actions,
   and, once it acts better than the paper's medium policy, under a fixed handicap: its actions
@@ -635,14 +638,23 @@ class SACRun:
         """Policy id of the learner after ``env_steps`` environment steps."""
         return f"{self.run_name}-step{env_steps:06d}"
 
-    def run(self):
-        """Train until ``on_evaluation`` says stop or the budget is spent; return the state."""
-        self._restore_or_start()
+    def run(self, until=None):
+        """Train until ``on_evaluation`` says stop or the budget is spent; return the state.
+
+        ``until(state) -> bool`` pauses the run as soon as it holds (checked before each training
+        episode): the state is saved, not finished, and ``run()`` again goes on as if it had not
+        paused."""
+        if self.state is None:
+            self._restore_or_start()
         if not self.state.evaluations:
             self._evaluate(0)  # the randomly initialized actor: a candidate of the random level
         bar = self._progress_bar()
         try:
             while not self.state.finished:
+                if until is not None and until(self.state):
+                    if self._saved_episodes < len(self.episodes):
+                        self.save_checkpoint()
+                    break
                 before = self.state.env_steps
                 self._play_training_episode()
                 self._train()
@@ -1067,7 +1079,9 @@ class StateJob(GenerateJob):
                                 f"record {self.task}-random")
 
     def train_and_record(self, folders, levels):
-        """Run (or resume) the SAC training run, then write medrep and/or medium."""
+        """Run (or resume) the SAC training run and write the pending ``levels`` of it: random
+        and medrep as soon as they are known (:func:`trained_levels_known_at`), else, like
+        medium, once the medium search has found its snapshot."""
         recipe = self.recipe
         tracker = MediumSearch(recipe.medium_band, recipe.medium_mean, self.work_dir,
                                min_share=recipe.medium_min_share,
@@ -1083,8 +1097,17 @@ class StateJob(GenerateJob):
                      snapshot_every=recipe.random_snapshot_every
                      if recipe.random_behaviour == "early_snapshots" else 0,
                      band=recipe.medium_band)
-        with self.timed("SAC training"), torch_threads(recipe.training_threads):
-            state = run.run()
+        early = [level for level in ("random", "medrep") if level in levels]
+        if early and levels_settle_early(recipe):
+            state = self.train(run, until=lambda state: trained_levels_known_at(
+                recipe, state.evaluations) is not None)
+            known_at = trained_levels_known_at(recipe, state.evaluations)
+            if known_at is not None:
+                self.record_trained_levels(folders, early, run, known_at)
+                levels = [level for level in levels if level not in early]
+        if not levels:
+            return
+        state = self.train(run)
         medium = tracker.load_info()
         if medium is None:
             raise GenerateError(
@@ -1096,20 +1119,47 @@ class StateJob(GenerateJob):
         run_info = {"training_run": {
             "env_steps": state.env_steps, "episodes": state.episodes,
             "updates": run.agent.updates, "stop_reason": state.stop_reason,
-            "evaluations": [{key: e[key] for key in ("env_steps", "policy_id", "mean_return",
-                                                     "returns", "snapshot")}
-                            for e in state.evaluations],
+            "evaluations": evaluation_records(state.evaluations),
             **({"snapshots": state.snapshots} if state.snapshots else {}),
             "medium_policy": medium}}
+        self.record_levels(folders, [level for level in levels if level != "medium"],
+                           run.episodes, run_info)
+        if "medium" in levels:
+            with self.timed("medium (record)"):
+                self.record_medium(folders["medium"], medium, run_info)
+
+    def train(self, run, until=None):
+        """Run (or resume, or go on with) the training run (:meth:`SACRun.run`); its state."""
+        with self.timed("SAC training"), torch_threads(self.recipe.training_threads):
+            return run.run(until=until)
+
+    def record_trained_levels(self, folders, levels, run, known_at):
+        """Record random and/or medrep as soon as the run has passed ``known_at`` environment
+        steps (:func:`trained_levels_known_at`): from the training run as it was there, so they
+        are the same bytes however much longer the medium search trains, and are kept when it
+        is interrupted or its budget runs out."""
+        state = run.state
+        played = sum(1 for _, _, step in run.episodes if step < known_at)
+        evaluations = [e for e in state.evaluations if e["env_steps"] <= known_at]
+        snapshots = [s for s in state.snapshots if s["env_steps"] < known_at]
+        run_info = {"training_run": {
+            "env_steps": known_at, "episodes": played,
+            "evaluations": evaluation_records(evaluations),
+            **({"snapshots": snapshots} if snapshots else {}),
+            "recorded_at": "the evaluation after which the random and medrep levels are known "
+                           "(every snapshot and training episode they take comes before it); "
+                           "the run then trained on for the medium level"}}
+        self.record_levels(folders, levels, run.episodes[:played], run_info)
+
+    def record_levels(self, folders, levels, episodes, run_info):
+        """Record the run's random (early snapshots) and medrep (``episodes``, the training
+        episodes) levels among ``levels``."""
         if "random" in levels:
             with self.timed("random (record)"):
                 self.record_early_snapshots(folders["random"], run_info)
         if "medrep" in levels:
             with self.timed("medrep (render)"):
-                self.write_medrep(folders["medrep"], run, run_info)
-        if "medium" in levels:
-            with self.timed("medium (record)"):
-                self.record_medium(folders["medium"], medium, run_info)
+                self.write_medrep(folders["medrep"], episodes, run_info)
 
     @contextlib.contextmanager
     def timed(self, phase):
@@ -1211,21 +1261,21 @@ class StateJob(GenerateJob):
             self.write_rendered(writer, entries(writer.num_episodes), per_policy * len(chosen),
                                 f"record {self.task}-random")
 
-    def write_medrep(self, folder, run, run_info):
-        """The training episodes until the medium snapshot, the band or a return
+    def write_medrep(self, folder, episodes, run_info):
+        """The training ``episodes`` until the medium snapshot, the band or a return
         (``medrep_until``), evenly spaced down to medrep_episodes, rendered."""
         training_run = run_info["training_run"]
-        until, rule = medrep_end_step(self.recipe, training_run["evaluations"],
-                                      training_run["medium_policy"]["policy_step"])
-        before, selected = medrep_indices([step for _, _, step in run.episodes], until,
+        medium_step = training_run.get("medium_policy", {}).get("policy_step")
+        until, rule = medrep_end_step(self.recipe, training_run["evaluations"], medium_step)
+        before, selected = medrep_indices([step for _, _, step in episodes], until,
                                           self.recipe.medrep_episodes)
         extra = dict(run_info, medrep_selection={
-            "training_episodes": len(run.episodes), "until_env_steps": until,
+            "training_episodes": len(episodes), "until_env_steps": until,
             "until": self.recipe.medrep_until, "before": len(before), "kept": len(selected),
             "rule": f"the episodes played before {rule}, evenly spaced (all when fewer than "
                     "medrep_episodes)"})
         with self.writer(folder, "medrep", extra) as writer:
-            self.write_rendered(writer, (run.episodes[i] for i in
+            self.write_rendered(writer, (episodes[i] for i in
                                          selected[writer.num_episodes:]),
                                 len(selected), f"render {self.task}-medrep")
 
@@ -1365,7 +1415,8 @@ def budget_spent_message(task, state, medium, recipe):
             f"steps and no evaluated snapshot matched Table 3's medium row ({low:g}..{high:g}, "
             f"mean {recipe.medium_mean:g}): the highest evaluation mean was "
             f"{best['mean_return']:.1f} (at {best['env_steps']:,} steps), the closest candidate "
-            f"{medium['policy_id']}. Nothing was recorded. Give the run more steps: the same "
+            f"{medium['policy_id']}. The medium level was not recorded. Give the run more "
+            f"steps: the same "
             f"command with --max-env-steps {2 * recipe.sac.total_steps} (lqv-d4rl generate; "
             f"SACConfig.total_steps in Python) continues it from where it stopped")
 
@@ -1382,6 +1433,30 @@ def medrep_end_step(recipe, evaluations, medium_step):
                 "the first evaluation whose mean return reached the band's min")
     return (first_evaluation_reaching(evaluations, until),
             f"the first evaluation whose mean return reached {until:g}")
+
+
+def levels_settle_early(recipe):
+    """Whether a run's random and medrep levels are known before its medium search ends: with a
+    band (not smoke) and medrep ending at the band or at a return, not at the medium snapshot."""
+    return recipe.medium_band is not None and recipe.medrep_until != "medium"
+
+
+def trained_levels_known_at(recipe, evaluations):
+    """The environment steps of the evaluation after which the run's random level (the
+    snapshots before the band) and medrep (the training episodes before its end) are known:
+    the later of the first band evaluation and medrep's end; None before it, or when they wait
+    for the medium snapshot (:func:`levels_settle_early`)."""
+    if not levels_settle_early(recipe):
+        return None
+    band = first_band_evaluation(evaluations, recipe.medium_band)
+    medrep, _ = medrep_end_step(recipe, evaluations, None)
+    return None if band is None or medrep is None else max(band, medrep)
+
+
+def evaluation_records(evaluations):
+    """The run's evaluations as a dataset's provenance lists them."""
+    return [{key: e[key] for key in ("env_steps", "policy_id", "mean_return", "returns",
+                                     "snapshot")} for e in evaluations]
 
 
 def medrep_indices(policy_steps, until, count):

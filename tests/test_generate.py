@@ -554,6 +554,71 @@ def test_a_training_run_given_a_larger_budget_goes_on_as_if_it_had_it_from_the_s
         assert np.array_equal(mine.learner_steps["action"], theirs.learner_steps["action"])
 
 
+def test_a_paused_training_run_goes_on_as_if_it_had_not_paused(tmp_path):
+    import torch
+
+    paused = budget_run(tmp_path / "paused", 160)
+    state = paused.run(until=lambda state: state.env_steps >= 60)
+    assert state.env_steps == 60 and not state.finished
+    saved = json.loads((tmp_path / "paused" / "state.json").read_text())["state"]
+    assert saved["env_steps"] == 60  # kept, in case what the pause is for is interrupted
+    assert paused.run().env_steps == 160
+    whole = budget_run(tmp_path / "whole", 160)
+    assert paused.state.evaluations == whole.run().evaluations
+    for mine, theirs in zip(paused.agent.actor.parameters(), whole.agent.actor.parameters()):
+        assert torch.equal(mine, theirs)
+
+
+def test_trained_levels_are_known_at_the_band_or_at_medreps_end_whichever_is_later():
+    from collectors.state_recipe import state_recipe, trained_levels_known_at
+
+    evaluations = [{"env_steps": 0, "mean_return": 450.0}, {"env_steps": 40, "mean_return": 380.0},
+                   {"env_steps": 80, "mean_return": 420.0}]
+    walker = state_recipe("walker_walk")  # band 401.5..598, medrep until the band
+    assert trained_levels_known_at(walker, evaluations) == 80
+    assert trained_levels_known_at(walker, evaluations[:2]) is None
+    assert trained_levels_known_at(dataclasses.replace(walker, medrep_until=359), evaluations) == 80
+    assert trained_levels_known_at(dataclasses.replace(walker, medrep_until=430),
+                                   evaluations) is None  # medrep's end is not reached yet
+    assert trained_levels_known_at(dataclasses.replace(walker, medrep_until="medium"),
+                                   evaluations) is None  # it waits for the medium snapshot
+    assert trained_levels_known_at(state_recipe(TASK, "smoke"), evaluations) is None  # no band
+
+
+def test_random_and_medrep_are_recorded_at_the_band_and_kept_when_no_medium_is_found(tmp_path):
+    from collectors.generate import generate
+
+    # The first evaluation reaches the band; no snapshot's mean is near 7e8, so none is medium.
+    recipe = dataclasses.replace(tiny_state_recipe(), medium_band=(-1.0, 1e9), medium_mean=7e8,
+                                 medrep_until="band", random_policies=1)
+    short, long = tmp_path / "short", tmp_path / "long"
+    with pytest.raises(GenerateError, match="budget of 120 environment steps .* The medium "
+                                            "level was not recorded"):
+        generate(TASK, root=short, seed=1, recipe=recipe, progress=False, max_shard_bytes=60_000)
+    assert sorted(shard_hashes(short)) == [f"{TASK}-medrep", f"{TASK}-random"]
+    assert not (short / f"{TASK}-medium" / "manifest.json").exists()
+    for level in ("random", "medrep"):
+        assert verify_dataset(short / f"{TASK}-{level}", require_complete=True) == []
+        run = read_manifest(short / f"{TASK}-{level}")["provenance"]["training_run"]
+        assert run["env_steps"] == 40 and [e["env_steps"] for e in run["evaluations"]] == [0, 40]
+        assert run["episodes"] == 2 and "medium_policy" not in run  # as it was at the band
+    assert load_dataset(short / f"{TASK}-medrep").policies() == ["sac-seed1-prefill"]
+    with pytest.raises(GenerateError, match="budget of 240 environment steps"):
+        generate(TASK, root=long, seed=1, recipe=recipe, progress=False, max_shard_bytes=60_000,
+                 max_env_steps=240)
+    assert shard_hashes(long) == shard_hashes(short)  # however long the medium search trains
+    for level in ("random", "medrep"):
+        runs = [read_manifest(root / f"{TASK}-{level}")["provenance"]["training_run"]
+                for root in (short, long)]
+        assert runs[0] == runs[1]
+    kept = {p: p.stat().st_mtime_ns for p in short.glob(f"{TASK}-[rm]*/*")}
+    with pytest.raises(GenerateError, match="budget of 160 environment steps"):  # goes on
+        generate(TASK, root=short, seed=1, recipe=recipe, progress=False, max_env_steps=160)
+    assert {p: p.stat().st_mtime_ns for p in short.glob(f"{TASK}-[rm]*/*")} == kept
+    state = json.loads((short / ".work" / f"{TASK}-sac-state-seed1" / "state.json").read_text())
+    assert state["state"]["env_steps"] == 160
+
+
 def test_a_training_run_that_trained_past_a_smaller_budget_is_refused(tmp_path):
     budget_run(tmp_path, 100).run()
     saved = (tmp_path / "state.json").read_bytes()
