@@ -690,6 +690,23 @@ def test_the_datasets_benchmark_sets_sac_fields_on_the_cpu_preset():
     assert preset.sac.init_alpha == 0.1  # the preset itself is untouched
 
 
+def test_the_datasets_benchmark_checks_only_the_levels_asked_for(state_generated, tmp_path,
+                                                                 capsys):
+    from conftest import load_benchmark_script
+
+    root, _ = state_generated
+    datasets = load_benchmark_script("datasets")
+    argv = [TASK, "--root", str(root), "--seed", "1", "--out", str(tmp_path)]
+    assert datasets.main(argv + ["--levels", "medrep,random"]) == 1  # tiny: far from Table 3
+    record = json.loads((tmp_path / f"{TASK}.json").read_text())
+    assert sorted(record["levels"]) == ["medrep", "random"]
+    assert record["command"].endswith("--seed 1 --levels random,medrep")
+    assert f"FAILED: {TASK}-random, {TASK}-medrep miss" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        datasets.main(argv + ["--levels", "expert"])
+    assert "'expert': the levels are random, medrep, medium" in capsys.readouterr().err
+
+
 def test_training_progress_reports_the_run_against_table_3(state_generated, tmp_path, capsys):
     """``benchmarks/training_progress.py`` on a finished tiny run: its curve, updates and pace."""
     from conftest import load_benchmark_script
