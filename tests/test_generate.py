@@ -707,6 +707,41 @@ def test_the_datasets_benchmark_checks_only_the_levels_asked_for(state_generated
     assert "'expert': the levels are random, medrep, medium" in capsys.readouterr().err
 
 
+def test_medium_candidates_judges_returns_as_the_medium_search_does():
+    from collectors.state_recipe import MediumSearch
+    from conftest import load_benchmark_script
+
+    judge = load_benchmark_script("medium_candidates").judge
+    search = MediumSearch((401.5, 598.0), 513.1, ".", min_share=0.95, mean_tolerance=0.07)
+    spread = judge([450.0, 500.0, 550.0, 600.0], search)  # 600 lies above the band
+    assert spread == {"mean": 525.0, "std": pytest.approx(55.9017, abs=1e-4), "min": 450.0,
+                      "max": 600.0, "share_in_band": 0.75, "meets_search": False}
+    assert judge([500.0] * 4, search)["meets_search"]  # 2.6 % below the paper's mean
+    assert not judge([470.0] * 4, search)["meets_search"]  # 8.4 % below
+
+
+def test_medium_candidates_plays_the_runs_snapshots_under_each_scale(state_generated, tmp_path,
+                                                                    capsys):
+    from conftest import load_benchmark_script
+
+    root, _ = state_generated
+    candidates = load_benchmark_script("medium_candidates")
+    argv = [TASK, "--root", str(root), "--seed", "1", "--steps", "40,120", "--scales", "1,0.5",
+            "--episodes", "2", "--out", str(tmp_path)]
+    assert candidates.main(argv) == 0
+    record = json.loads((tmp_path / f"medium-candidates-{TASK}.json").read_text())
+    rows = record["rows"]
+    assert [(r["env_steps"], r["scale"]) for r in rows] == [(40, 1.0), (40, 0.5), (120, 1.0),
+                                                           (120, 0.5)]
+    assert all(len(r["returns"]) == 2 and r["mean"] == np.mean(r["returns"]) for r in rows)
+    assert rows[0]["returns"] != rows[1]["returns"]  # weaker actuators, another episode
+    assert "Table 3 medium" in capsys.readouterr().out
+    assert candidates.main(argv) == 0  # the same episodes again
+    assert json.loads((tmp_path / f"medium-candidates-{TASK}.json").read_text())["rows"] == rows
+    with pytest.raises(SystemExit, match="no evaluation at \\[50\\] environment steps"):
+        candidates.main([TASK, "--root", str(root), "--seed", "1", "--steps", "50"])
+
+
 def test_training_progress_reports_the_run_against_table_3(state_generated, tmp_path, capsys):
     """``benchmarks/training_progress.py`` on a finished tiny run: its curve, updates and pace."""
     from conftest import load_benchmark_script
