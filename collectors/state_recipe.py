@@ -32,9 +32,8 @@ shown). The levels, all from one SAC training run from scratch (the run comes fi
   (``medrep_until``, :func:`medrep_end`); evenly spaced down to ``medrep_episodes`` (400) when
   there are more, as for TIA. The random level and this one are recorded as soon as the run
   has passed the evaluation they end at (:func:`trained_levels_known_at`), from the run as it
-  was there, and the run then trains on for medium; with ``medrep_until="medium"``, both at the end. Training runs
-  between episodes, so each episode is played by one
-  fixed snapshot: ``sac-seed0-prefill`` for the uniformly random start (policy_step 0), else
+  was there, and the run then trains on for medium; with ``medrep_until="medium"``, both at
+  the end. Training runs between episodes, so each episode is played by one fixed snapshot: ``sac-seed0-prefill`` for the uniformly random start (policy_step 0), else
   ``sac-seed0-step012000``, the learner after 12,000 environment steps (its policy_step).
 * ``medium``: the first snapshot whose returns match Table 3's medium row (:class:`MediumSearch`:
   at least 95 % of its episodes in the band and its mean within 7 % of the paper's, confirmed on
