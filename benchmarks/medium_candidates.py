@@ -9,7 +9,8 @@ whose std is far above the paper's cannot keep 95 % of its episodes in the band 
 
 Episodes are played on the physics alone, seeded from ``--seed`` on the ``probe`` stream from
 episode :data:`FIRST_EPISODE` on (not the episodes the run itself played); reading the run does not
-disturb it. Writes ``<out>/medium-candidates-<task>.json``.
+disturb it. The band and criterion are the cpu preset's (a run made with ``--set`` changes to
+its medium search is judged by the preset's). Writes ``<out>/medium-candidates-<task>.json``.
 
 Usage: ``python benchmarks/medium_candidates.py humanoid_walk [--root R] [--seed 0]
 [--steps 1400000,1420000 | --from 1400000 --every 2] [--scales 1,0.95,0.9] [--episodes 20]
@@ -32,7 +33,9 @@ from run_info import git_commit
 from training_progress import load_run, work_dir
 
 FIRST_EPISODE = 1_000_000
-"""The probe episodes' numbers start here, past any run's own probes."""
+"""The probe episodes' numbers start here: past the run's own probes (evaluation index x
+``PROBES_PER_EVALUATION``) for its first 1,000 evaluations (5M environment steps of the cpu
+preset); later ones may replay episodes the search played, which changes no figure's meaning."""
 
 
 def chosen_evaluations(evaluations, steps=None, start=0, every=1):
@@ -42,8 +45,9 @@ def chosen_evaluations(evaluations, steps=None, start=0, every=1):
         by_step = {e["env_steps"]: e for e in evaluations}
         missing = [step for step in steps if step not in by_step]
         if missing:
-            raise SystemExit(f"no evaluation at {missing} environment steps; the run evaluated at "
-                             f"{evaluations[1]['env_steps']}, ... {evaluations[-1]['env_steps']}")
+            raise SystemExit(f"no evaluation at {missing} environment steps; the run evaluated "
+                             f"at {', '.join(str(e['env_steps']) for e in evaluations[:3])}, ... "
+                             f"{evaluations[-1]['env_steps']}")
         return [by_step[step] for step in steps]
     later = [e for e in evaluations if e["env_steps"] >= max(start, 1)]
     return later[::every]

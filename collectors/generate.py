@@ -404,8 +404,9 @@ def _check_finished_match(finished, provenance):
     """
     for manifest in finished.values():
         stored = manifest.get("provenance", {})
-        differing = [key for key in provenance if key in stored and
-                     _comparable(key, stored[key]) != _comparable(key, provenance[key])]
+        differing = [key for key in provenance if key in stored and (
+            _without_training_budget(stored[key]) != _without_training_budget(provenance[key])
+            if key == "recipe" else stored[key] != provenance[key])]
         if differing:
             changes = "; ".join(f"{key}: {stored[key]!r} there, {provenance[key]!r} now"
                                 if key != "recipe" else "recipe differs" for key in differing)
@@ -416,13 +417,26 @@ def _check_finished_match(finished, provenance):
                 "--root.")
 
 
-def _comparable(key, value):
-    """A provenance value as :func:`_check_finished_match` compares it: a sac-state recipe
-    without its training run's budget (``sac.total_steps``), which a run that spent it is given
-    more of without changing what it recorded before."""
-    if key == "recipe" and isinstance(value, dict) and isinstance(value.get("sac"), dict):
-        return {**value, "sac": {k: v for k, v in value["sac"].items() if k != "total_steps"}}
-    return value
+def _without_training_budget(recipe):
+    """A provenance's recipe as datasets are compared: a sac-state recipe without its training
+    run's budget (``sac.total_steps``), which a run that spent it is given more of without
+    changing what it recorded before."""
+    if isinstance(recipe, dict) and isinstance(recipe.get("sac"), dict):
+        return {**recipe, "sac": {k: v for k, v in recipe["sac"].items() if k != "total_steps"}}
+    return recipe
+
+
+def _recipe_to_resume(folder, recipe):
+    """The recipe a partial dataset in ``folder`` goes on with: its own where it differs from
+    ``recipe`` only in the training budget (so a run given more steps finishes it), else
+    ``recipe`` (and ShardWriter refuses to resume a dataset of another recipe)."""
+    try:
+        stored = read_manifest(folder).get("provenance", {}).get("recipe")
+    except (FileNotFoundError, LQVError):
+        return recipe
+    if stored != recipe and _without_training_budget(stored) == _without_training_budget(recipe):
+        return stored
+    return recipe
 
 
 def _video_pool(spec, video_dir, num_frames, seed):
@@ -484,6 +498,8 @@ class GenerateJob:
 
         provenance = dict(self.provenance, level_policy=self.level_policies[level],
                           **(extra or {}))
+        if not self.overwrite and "recipe" in provenance:
+            provenance["recipe"] = _recipe_to_resume(folder, provenance["recipe"])
         try:
             return ShardWriter(folder, dataset_id=f"{self.task}-{level}", task=self.task,
                                level=level, action_dim=self.spec.action_dim,

@@ -6,7 +6,7 @@ happen once per recorded frame: every episode is first played on the physics alo
 (:class:`lqv_d4rl.physics.StateSimulator`, thousands of steps per second), and the episodes that
 make the datasets are then rendered from their stored physics states with the distractor video
 (:class:`lqv_d4rl.physics.FrameRenderer`, exactly the frames the live environment would have
-shown). The levels, all from one SAC training run from scratch (the run comes first):
+shown). The levels, all from one SAC training run from scratch:
 
 * ``random``: ``random_policies`` (paper: 10) snapshots from the start of the run, the untrained
   actor included, one per quantile (p + 0.5) / 10 of Table 3's random row, each playing
@@ -31,7 +31,7 @@ shown). The levels, all from one SAC training run from scratch (the run comes fi
   (humanoid_walk), until the evaluation mean first reaches Table 3's medrep max
   (``medrep_until``, :func:`medrep_end`); evenly spaced down to ``medrep_episodes`` (400) when
   there are more, as for TIA. The random level and this one are recorded as soon as the run
-  has passed the evaluation they end at (:func:`trained_levels_known_at`), from the run as it
+  has passed the evaluation they end at (:func:`early_levels_known_at`), from the run as it
   was there, and the run then trains on for medium; with ``medrep_until="medium"``, both at
   the end. Training runs between episodes, so each episode is played by one fixed snapshot: ``sac-seed0-prefill`` for the uniformly random start (policy_step 0), else
   ``sac-seed0-step012000``, the learner after 12,000 environment steps (its policy_step).
@@ -39,7 +39,8 @@ shown). The levels, all from one SAC training run from scratch (the run comes fi
   at least 95 % of its episodes in the band and its mean within 7 % of the paper's, confirmed on
   30 more episodes) plays ``medium_episodes`` (200) episodes as it was judged; the run trains on
   past the band until it finds one. If its budget (``SACConfig.total_steps``) runs out first,
-  generate records no medium level and says so (:func:`budget_spent_message`); given a larger budget
+  generate records no medium level (nor random and medrep if the run has not reached their end)
+  and says so (:func:`budget_spent_message`); given a larger budget
   (``--max-env-steps``), the same run goes on from where it stopped
   (:meth:`SACRun._apply_budget`). It is judged acting with tanh(mean), with sampled actions,
   and, once it acts better than the paper's medium policy, under a fixed handicap: its actions
@@ -1079,7 +1080,7 @@ class StateJob(GenerateJob):
 
     def train_and_record(self, folders, levels):
         """Run (or resume) the SAC training run and write the pending ``levels`` of it: random
-        and medrep as soon as they are known (:func:`trained_levels_known_at`), else, like
+        and medrep as soon as they are known (:func:`early_levels_known_at`), else, like
         medium, once the medium search has found its snapshot."""
         recipe = self.recipe
         tracker = MediumSearch(recipe.medium_band, recipe.medium_mean, self.work_dir,
@@ -1098,11 +1099,11 @@ class StateJob(GenerateJob):
                      band=recipe.medium_band)
         early = [level for level in ("random", "medrep") if level in levels]
         if early and levels_settle_early(recipe):
-            state = self.train(run, until=lambda state: trained_levels_known_at(
+            state = self.train(run, until=lambda state: early_levels_known_at(
                 recipe, state.evaluations) is not None)
-            known_at = trained_levels_known_at(recipe, state.evaluations)
+            known_at = early_levels_known_at(recipe, state.evaluations)
             if known_at is not None:
-                self.record_trained_levels(folders, early, run, known_at)
+                self.record_early_levels(folders, early, run, known_at)
                 levels = [level for level in levels if level not in early]
         if not levels:
             return
@@ -1114,7 +1115,7 @@ class StateJob(GenerateJob):
                 f"evaluation (its budget total_steps={recipe.sac.total_steps} does not exceed "
                 f"learning_starts={recipe.sac.learning_starts}); raise the budget")
         if recipe.medium_band is not None and not medium["in_band"]:
-            raise GenerateError(budget_spent_message(self.task, state, medium, recipe))
+            raise GenerateError(budget_spent_message(self.task, state, medium, recipe, levels))
         run_info = {"training_run": {
             "env_steps": state.env_steps, "episodes": state.episodes,
             "updates": run.agent.updates, "stop_reason": state.stop_reason,
@@ -1132,11 +1133,11 @@ class StateJob(GenerateJob):
         with self.timed("SAC training"), torch_threads(self.recipe.training_threads):
             return run.run(until=until)
 
-    def record_trained_levels(self, folders, levels, run, known_at):
+    def record_early_levels(self, folders, levels, run, known_at):
         """Record random and/or medrep as soon as the run has passed ``known_at`` environment
-        steps (:func:`trained_levels_known_at`): from the training run as it was there, so they
+        steps (:func:`early_levels_known_at`): from the training run as it was there, so they
         are the same bytes however much longer the medium search trains, and are kept when it
-        is interrupted or its budget runs out."""
+        is interrupted or its budget runs out (the same shards and ``training_run``)."""
         state = run.state
         played = sum(1 for _, _, step in run.episodes if step < known_at)
         evaluations = [e for e in state.evaluations if e["env_steps"] <= known_at]
@@ -1145,9 +1146,9 @@ class StateJob(GenerateJob):
             "env_steps": known_at, "episodes": played,
             "evaluations": evaluation_records(evaluations),
             **({"snapshots": snapshots} if snapshots else {}),
-            "recorded_at": "the evaluation after which the random and medrep levels are known "
-                           "(every snapshot and training episode they take comes before it); "
-                           "the run then trained on for the medium level"}}
+            "note": "the run as it was at the evaluation after which the random and medrep "
+                    "levels are known (every snapshot and training episode they take comes "
+                    "before it); it then trained on for the medium level"}}
         self.record_levels(folders, levels, run.episodes[:played], run_info)
 
     def record_levels(self, folders, levels, episodes, run_info):
@@ -1406,16 +1407,18 @@ class MediumSearch:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def budget_spent_message(task, state, medium, recipe):
-    """What to do when the training run spent its budget and no snapshot matched the medium row."""
+def budget_spent_message(task, state, medium, recipe, unrecorded):
+    """What to do when the training run spent its budget and no snapshot matched the medium row;
+    ``unrecorded``: the levels asked for and not recorded."""
+    names = ", ".join(f"{task}-{level}" for level in unrecorded)
     best = max(state.evaluations, key=lambda e: e["mean_return"])
     low, high = recipe.medium_band
     return (f"the {task} training run spent its budget of {recipe.sac.total_steps:,} environment "
             f"steps and no evaluated snapshot matched Table 3's medium row ({low:g}..{high:g}, "
             f"mean {recipe.medium_mean:g}): the highest evaluation mean was "
             f"{best['mean_return']:.1f} (at {best['env_steps']:,} steps), the closest candidate "
-            f"{medium['policy_id']}. The medium level was not recorded. Give the run more "
-            f"steps: the same "
+            f"{medium['policy_id']}. {names} {'was' if len(unrecorded) == 1 else 'were'} not "
+            f"recorded. Give the run more steps: the same "
             f"command with --max-env-steps {2 * recipe.sac.total_steps} (lqv-d4rl generate; "
             f"SACConfig.total_steps in Python) continues it from where it stopped")
 
@@ -1440,7 +1443,7 @@ def levels_settle_early(recipe):
     return recipe.medium_band is not None and recipe.medrep_until != "medium"
 
 
-def trained_levels_known_at(recipe, evaluations):
+def early_levels_known_at(recipe, evaluations):
     """The environment steps of the evaluation after which the run's random level (the
     snapshots before the band) and medrep (the training episodes before its end) are known:
     the later of the first band evaluation and medrep's end; None before it, or when they wait

@@ -563,60 +563,129 @@ def test_a_paused_training_run_goes_on_as_if_it_had_not_paused(tmp_path):
     saved = json.loads((tmp_path / "paused" / "state.json").read_text())["state"]
     assert saved["env_steps"] == 60  # kept, in case what the pause is for is interrupted
     assert paused.run().env_steps == 160
+    restored = budget_run(tmp_path / "restored", 160)  # from the checkpoint the pause saved
+    restored.run(until=lambda state: state.env_steps >= 60)
+    restored = budget_run(tmp_path / "restored", 160)
+    restored.run()
     whole = budget_run(tmp_path / "whole", 160)
-    assert paused.state.evaluations == whole.run().evaluations
-    for mine, theirs in zip(paused.agent.actor.parameters(), whole.agent.actor.parameters()):
-        assert torch.equal(mine, theirs)
+    assert paused.state.evaluations == restored.state.evaluations == whole.run().evaluations
+    for run in (paused, restored):
+        for mine, theirs in zip(run.agent.actor.parameters(), whole.agent.actor.parameters()):
+            assert torch.equal(mine, theirs)
 
 
-def test_trained_levels_are_known_at_the_band_or_at_medreps_end_whichever_is_later():
-    from collectors.state_recipe import state_recipe, trained_levels_known_at
+def test_early_levels_are_known_at_the_band_or_at_medreps_end_whichever_is_later():
+    from collectors.state_recipe import state_recipe, early_levels_known_at
 
     evaluations = [{"env_steps": 0, "mean_return": 450.0}, {"env_steps": 40, "mean_return": 380.0},
                    {"env_steps": 80, "mean_return": 420.0}]
     walker = state_recipe("walker_walk")  # band 401.5..598, medrep until the band
-    assert trained_levels_known_at(walker, evaluations) == 80
-    assert trained_levels_known_at(walker, evaluations[:2]) is None
-    assert trained_levels_known_at(dataclasses.replace(walker, medrep_until=359), evaluations) == 80
-    assert trained_levels_known_at(dataclasses.replace(walker, medrep_until=430),
+    assert early_levels_known_at(walker, evaluations) == 80
+    assert early_levels_known_at(walker, evaluations[:2]) is None
+    assert early_levels_known_at(dataclasses.replace(walker, medrep_until=359), evaluations) == 80
+    assert early_levels_known_at(dataclasses.replace(walker, medrep_until=430),
                                    evaluations) is None  # medrep's end is not reached yet
-    assert trained_levels_known_at(dataclasses.replace(walker, medrep_until="medium"),
+    assert early_levels_known_at(dataclasses.replace(walker, medrep_until="medium"),
                                    evaluations) is None  # it waits for the medium snapshot
-    assert trained_levels_known_at(state_recipe(TASK, "smoke"), evaluations) is None  # no band
+    assert early_levels_known_at(state_recipe(TASK, "smoke"), evaluations) is None  # no band
+
+
+def early_recipe(**changes):
+    """The tiny recipe with a band its first evaluation reaches and a medium mean (7e8) no
+    snapshot comes near: random and medrep are known at 40 steps, no medium is ever found."""
+    return dataclasses.replace(tiny_state_recipe(), medium_band=(-1.0, 1e9), medium_mean=7e8,
+                               medrep_until="band", random_policies=1, **changes)
+
+
+def run_early(root, levels=LEVELS, **options):
+    """generate() with :func:`early_recipe`; it always ends on the spent budget."""
+    from collectors.generate import generate
+
+    with pytest.raises(GenerateError, match="spent its budget") as spent:
+        generate(TASK, root=root, seed=1, recipe=early_recipe(), progress=False,
+                 max_shard_bytes=60_000, levels=levels, **options)
+    return str(spent.value)
+
+
+def early_levels(root):
+    """The random and medrep folders under ``root``."""
+    return [root / f"{TASK}-{level}" for level in ("random", "medrep")]
 
 
 def test_random_and_medrep_are_recorded_at_the_band_and_kept_when_no_medium_is_found(tmp_path):
     from collectors.generate import generate
 
-    # The first evaluation reaches the band; no snapshot's mean is near 7e8, so none is medium.
-    recipe = dataclasses.replace(tiny_state_recipe(), medium_band=(-1.0, 1e9), medium_mean=7e8,
-                                 medrep_until="band", random_policies=1)
-    short, long = tmp_path / "short", tmp_path / "long"
-    with pytest.raises(GenerateError, match="budget of 120 environment steps .* The medium "
-                                            "level was not recorded"):
-        generate(TASK, root=short, seed=1, recipe=recipe, progress=False, max_shard_bytes=60_000)
+    short, long, later = tmp_path / "short", tmp_path / "long", tmp_path / "later"
+    message = run_early(short)
+    assert "budget of 120 environment steps" in message
+    assert message.endswith(f"{TASK}-medium was not recorded. Give the run more steps: the same "
+                            "command with --max-env-steps 240 (lqv-d4rl generate; "
+                            "SACConfig.total_steps in Python) continues it from where it stopped")
     assert sorted(shard_hashes(short)) == [f"{TASK}-medrep", f"{TASK}-random"]
-    assert not (short / f"{TASK}-medium" / "manifest.json").exists()
-    for level in ("random", "medrep"):
-        assert verify_dataset(short / f"{TASK}-{level}", require_complete=True) == []
-        run = read_manifest(short / f"{TASK}-{level}")["provenance"]["training_run"]
+    for folder in early_levels(short):
+        assert verify_dataset(folder, require_complete=True) == []
+        run = read_manifest(folder)["provenance"]["training_run"]
         assert run["env_steps"] == 40 and [e["env_steps"] for e in run["evaluations"]] == [0, 40]
         assert run["episodes"] == 2 and "medium_policy" not in run  # as it was at the band
     assert load_dataset(short / f"{TASK}-medrep").policies() == ["sac-seed1-prefill"]
-    with pytest.raises(GenerateError, match="budget of 240 environment steps"):
-        generate(TASK, root=long, seed=1, recipe=recipe, progress=False, max_shard_bytes=60_000,
-                 max_env_steps=240)
-    assert shard_hashes(long) == shard_hashes(short)  # however long the medium search trains
+    run_early(long, max_env_steps=240)  # the medium search trains longer
+    # A run already past the band (it trained to 120 steps for medium alone) records them later.
+    assert run_early(later, levels=["medium"]).count("was not recorded") == 1
+    generate(TASK, root=later, seed=1, recipe=early_recipe(), progress=False,
+             max_shard_bytes=60_000, levels=["random", "medrep"])  # no medium asked: no error
+    assert shard_hashes(long) == shard_hashes(later) == shard_hashes(short)
     for level in ("random", "medrep"):
         runs = [read_manifest(root / f"{TASK}-{level}")["provenance"]["training_run"]
-                for root in (short, long)]
-        assert runs[0] == runs[1]
-    kept = {p: p.stat().st_mtime_ns for p in short.glob(f"{TASK}-[rm]*/*")}
-    with pytest.raises(GenerateError, match="budget of 160 environment steps"):  # goes on
-        generate(TASK, root=short, seed=1, recipe=recipe, progress=False, max_env_steps=160)
-    assert {p: p.stat().st_mtime_ns for p in short.glob(f"{TASK}-[rm]*/*")} == kept
+                for root in (short, long, later)]
+        assert runs[0] == runs[1] == runs[2]
+    kept = {p: p.stat().st_mtime_ns for folder in early_levels(short) for p in folder.iterdir()}
+    run_early(short, max_env_steps=160)  # goes on next to them
+    assert {p: p.stat().st_mtime_ns for folder in early_levels(short)
+            for p in folder.iterdir()} == kept
     state = json.loads((short / ".work" / f"{TASK}-sac-state-seed1" / "state.json").read_text())
     assert state["state"]["env_steps"] == 160
+
+
+def test_a_half_written_medrep_is_finished_by_a_run_given_a_larger_budget(tmp_path, monkeypatch):
+    from collectors.state_recipe import StateJob
+
+    reference, root = tmp_path / "reference", tmp_path / "root"
+    run_early(reference)
+    write_rendered = StateJob.write_rendered
+
+    def first_then_stop(self, writer, entries, total, description):
+        def first():
+            yield next(iter(entries))
+            raise KeyboardInterrupt
+
+        return write_rendered(self, writer, first() if "medrep" in description else entries,
+                              total, description)
+
+    monkeypatch.setattr(StateJob, "write_rendered", first_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_early(root)
+    partial = read_manifest(root / f"{TASK}-medrep")
+    assert partial["num_episodes"] == 1 and not partial.get("complete")
+    monkeypatch.undo()
+    run_early(root, max_env_steps=240)
+    assert shard_hashes(root) == shard_hashes(reference)
+    recipe = read_manifest(root / f"{TASK}-medrep")["provenance"]["recipe"]
+    assert recipe["sac"]["total_steps"] == 120  # the budget it was started with
+
+
+@pytest.mark.parametrize("medrep_until", ["band", "medium"])
+def test_a_run_that_never_passes_what_random_and_medrep_take_records_nothing(tmp_path,
+                                                                             medrep_until):
+    from collectors.generate import generate
+
+    # "band": the band is out of reach; "medium": medrep waits for a medium that is never found.
+    band = (5e8, 1e9) if medrep_until == "band" else (-1.0, 1e9)
+    recipe = dataclasses.replace(tiny_state_recipe(), medium_band=band, medium_mean=7e8,
+                                 medrep_until=medrep_until, random_policies=1)
+    with pytest.raises(GenerateError, match=f"{TASK}-random, {TASK}-medrep, {TASK}-medium were "
+                                            "not recorded"):
+        generate(TASK, root=tmp_path, seed=1, recipe=recipe, progress=False)
+    assert not list(tmp_path.glob("*/manifest.json"))
 
 
 def test_a_training_run_that_trained_past_a_smaller_budget_is_refused(tmp_path):
