@@ -67,8 +67,9 @@ def medrep_preview(task, folder, state, evaluations, medium):
     not got there yet, evenly spaced down to the level's episode count."""
     recipe = state_recipe(task)
     found = medium if state["finished"] and medium is not None and medium.get("in_band") else None
-    until, rule = medrep_end_step(recipe, evaluations, found and found["policy_step"])
     returns, steps = training_episode_returns(Path(folder) / "episodes", state["episodes"])
+    until, rule = medrep_end_step(recipe, evaluations, found and found["policy_step"],
+                                  zip(returns, steps))
     before, selected = medrep_indices(steps, until, recipe.medrep_episodes)
     kept = returns[selected]
     return {"ends_at": rule, "until_env_steps": until,

@@ -28,7 +28,7 @@ shown). The levels, all from one SAC training run from scratch:
 * ``medrep``: the run's training episodes until its mean evaluation return first reaches the
   task's medium band (the ``min`` of Table 3's medium row); where Table 3's medrep reaches into
   the band (cheetah_run), until the medium snapshot; where it ends far below the band
-  (humanoid_walk), until the evaluation mean first reaches Table 3's medrep max
+  (humanoid_walk), until the first training episode above Table 3's medrep max
   (``medrep_until``, :func:`medrep_end`); evenly spaced down to ``medrep_episodes`` (400) when
   there are more, as for TIA. The random level and this one are recorded as soon as the run
   has passed the evaluation they end at (:func:`early_levels_known_at`), from the run as it
@@ -181,8 +181,8 @@ class StateRecipe:
     """Where medrep's training episodes end: ``band`` (before the first evaluation whose mean
     return reached the band's min, even when the medium search trains on), ``medium`` (before
     the medium snapshot: the whole replay of the agent that became the medium policy) or a
-    return (before the first evaluation whose mean reached it). The cpu preset takes it from
-    Table 3 (:func:`medrep_end`)."""
+    return (before the first training episode whose return exceeded it, so that no medrep
+    episode does). The cpu preset takes it from Table 3 (:func:`medrep_end`)."""
     medium_episodes: int = 200
     """Episodes the medium snapshot plays."""
     medium_band: tuple | None = None
@@ -313,8 +313,8 @@ def medrep_end(task):
       against 401.5, hopper_hop 39.9 against 40.3, car_racing 297.3 against 302.3): the replay
       ended at the first medium-level episode.
     * The max itself where it lies far below (humanoid_walk: 359.0, 32 % under 526.5): the
-      paper's replay ended long before the medium level, so ours ends at the first evaluation
-      that reaches that return.
+      paper's replay ended long before the medium level and holds no episode above it, so ours
+      ends before the first training episode above that return.
     """
     medrep_max = get_recipe(f"{task}-medrep").paper_returns["max"]
     band_min = get_recipe(f"{task}-medium").paper_returns["min"]
@@ -1100,8 +1100,9 @@ class StateJob(GenerateJob):
         early = [level for level in ("random", "medrep") if level in levels]
         if early and levels_settle_early(recipe):
             state = self.train(run, until=lambda state: early_levels_known_at(
-                recipe, state.evaluations) is not None)
-            known_at = early_levels_known_at(recipe, state.evaluations)
+                recipe, state.evaluations, episode_returns(run.episodes)) is not None)
+            known_at = early_levels_known_at(recipe, state.evaluations,
+                                             episode_returns(run.episodes))
             if known_at is not None:
                 self.record_early_levels(folders, early, run, known_at)
                 levels = [level for level in levels if level not in early]
@@ -1266,9 +1267,14 @@ class StateJob(GenerateJob):
         (``medrep_until``), evenly spaced down to medrep_episodes, rendered."""
         training_run = run_info["training_run"]
         medium_step = training_run.get("medium_policy", {}).get("policy_step")
-        until, rule = medrep_end_step(self.recipe, training_run["evaluations"], medium_step)
+        until, rule = medrep_end_step(self.recipe, training_run["evaluations"], medium_step,
+                                      episode_returns(episodes))
         before, selected = medrep_indices([step for _, _, step in episodes], until,
                                           self.recipe.medrep_episodes)
+        if not selected:
+            raise GenerateError(f"medrep would hold no episode: {rule} came at {until} "
+                                "environment steps, before any other; check medrep_until "
+                                f"({self.recipe.medrep_until!r})")
         extra = dict(run_info, medrep_selection={
             "training_episodes": len(episodes), "until_env_steps": until,
             "until": self.recipe.medrep_until, "before": len(before), "kept": len(selected),
@@ -1423,18 +1429,19 @@ def budget_spent_message(task, state, medium, recipe, unrecorded):
             f"SACConfig.total_steps in Python) continues it from where it stopped")
 
 
-def medrep_end_step(recipe, evaluations, medium_step):
+def medrep_end_step(recipe, evaluations, medium_step, episodes=()):
     """The environment steps where medrep's training episodes end under ``recipe.medrep_until``
     (None: they do not end before the run's last episode) and that rule in words;
-    ``medium_step``: the medium snapshot's steps (None: not found yet)."""
+    ``medium_step``: the medium snapshot's steps (None: not found yet); ``episodes``: the
+    training episodes' ``(return, policy step)`` in run order (for a return)."""
     until = recipe.medrep_until
     if until == "medium":
         return medium_step, "the medium snapshot"
     if until == "band":
         return (first_band_evaluation(evaluations, recipe.medium_band),
                 "the first evaluation whose mean return reached the band's min")
-    return (first_evaluation_reaching(evaluations, until),
-            f"the first evaluation whose mean return reached {until:g}")
+    return (next((step for episode_return, step in episodes if episode_return > until), None),
+            f"the first training episode whose return exceeded {until:g}")
 
 
 def levels_settle_early(recipe):
@@ -1443,16 +1450,23 @@ def levels_settle_early(recipe):
     return recipe.medium_band is not None and recipe.medrep_until != "medium"
 
 
-def early_levels_known_at(recipe, evaluations):
+def early_levels_known_at(recipe, evaluations, episodes=()):
     """The environment steps of the evaluation after which the run's random level (the
-    snapshots before the band) and medrep (the training episodes before its end) are known:
-    the later of the first band evaluation and medrep's end; None before it, or when they wait
-    for the medium snapshot (:func:`levels_settle_early`)."""
+    snapshots before the band) and medrep (the training episodes before its end; ``episodes``
+    as for :func:`medrep_end_step`) are known: the later of the first band evaluation and
+    medrep's end; None before it, or when they wait for the medium snapshot
+    (:func:`levels_settle_early`)."""
     if not levels_settle_early(recipe):
         return None
     band = first_band_evaluation(evaluations, recipe.medium_band)
-    medrep, _ = medrep_end_step(recipe, evaluations, None)
+    medrep, _ = medrep_end_step(recipe, evaluations, None, episodes)
     return None if band is None or medrep is None else max(band, medrep)
+
+
+def episode_returns(episodes):
+    """``(return, policy step)`` of each of a run's training episodes (RecordedEpisode, policy
+    id, policy step), lazily."""
+    return ((episode.episode_return, step) for episode, _, step in episodes)
 
 
 def evaluation_records(evaluations):

@@ -347,29 +347,41 @@ def test_medrep_ends_at_the_medium_snapshot_the_band_or_a_return():
     assert medrep_end_step(walker, evaluations, None) == (
         80, "the first evaluation whose mean return reached the band's min")
     at_return = dataclasses.replace(walker, medrep_until=359)
-    assert medrep_end_step(at_return, evaluations, None) == (
-        40, "the first evaluation whose mean return reached 359")
+    episodes = [(0.5, 0), (120.0, 20), (359.0, 40), (362.5, 60), (10.0, 80)]  # (return, step)
+    assert medrep_end_step(at_return, evaluations, None, episodes) == (
+        60, "the first training episode whose return exceeded 359")  # not 40: 359 is no more
+    assert medrep_end_step(at_return, evaluations, None, episodes[:4])[0] == 60
+    assert medrep_end_step(at_return, evaluations, None, episodes[:3])[0] is None
     at_medium = dataclasses.replace(walker, medrep_until="medium")
     assert medrep_end_step(at_medium, evaluations, 120) == (120, "the medium snapshot")
     assert medrep_end_step(at_medium, evaluations, None) == (None, "the medium snapshot")
 
 
-def test_a_state_recipe_medrep_can_end_at_a_return(tmp_path):
+def test_a_state_recipe_medrep_can_end_before_the_first_episode_above_a_return(tmp_path):
     from collectors.generate import generate
-    from collectors.state_recipe import first_evaluation_reaching
+    from collectors.state_recipe import training_episode_returns
 
-    evaluations = [{"env_steps": 0, "mean_return": 9.0}, {"env_steps": 40, "mean_return": 2.0},
-                   {"env_steps": 80, "mean_return": 5.0}]
-    assert first_evaluation_reaching(evaluations, 4.0) == 80  # step 0 (untrained) does not count
-    assert first_evaluation_reaching(evaluations, 6.0) is None
-    recipe = dataclasses.replace(tiny_state_recipe(), medrep_until=-1e9)
-    result = generate(TASK, root=tmp_path, seed=1, recipe=recipe, progress=False,
-                      levels=["medrep"], max_shard_bytes=60_000)
-    selection = read_manifest(result.folders["medrep"])["provenance"]["medrep_selection"]
-    assert selection["until_env_steps"] == 40 and selection["until"] == -1e9
-    assert selection["rule"].startswith("the episodes played before the first evaluation whose "
-                                        "mean return reached -1e+09")
-    assert load_dataset(result.folders["medrep"]).policies() == ["sac-seed1-prefill"]
+    def medrep(root, until):
+        recipe = dataclasses.replace(tiny_state_recipe(), medrep_until=until)
+        return generate(TASK, root=root, seed=5, recipe=recipe, progress=False,
+                        levels=["medrep"], max_shard_bytes=60_000).folders["medrep"]
+
+    medrep(tmp_path / "all", 1e9)  # no episode above: all six
+    returns, steps = training_episode_returns(
+        tmp_path / "all" / ".work" / f"{TASK}-sac-state-seed5" / "episodes", 6)
+    # The first learner episode that returns more than every one before it (seed 5: the third).
+    first = next(k for k in range(1, 6) if steps[k] > 0 and returns[k] > returns[:k].max())
+    ceiling = float(returns[:first].max())
+    folder = medrep(tmp_path / "cut", ceiling)
+    selection = read_manifest(folder)["provenance"]["medrep_selection"]
+    assert selection["until_env_steps"] == steps[first] and selection["until"] == ceiling
+    assert selection["rule"].startswith("the episodes played before the first training episode "
+                                        f"whose return exceeded {ceiling:g}")
+    data = load_dataset(folder)
+    assert data.returns.tolist() == returns[:first].tolist()  # none above the ceiling
+    with pytest.raises(GenerateError, match="medrep would hold no episode: the first training "
+                                            "episode whose return exceeded 0.5 came at 0 "):
+        medrep(tmp_path / "none", 0.5)
 
 
 def test_the_state_recipe_writes_three_datasets_with_its_policy_structure(state_generated):
@@ -582,9 +594,10 @@ def test_early_levels_are_known_at_the_band_or_at_medreps_end_whichever_is_later
     walker = state_recipe("walker_walk")  # band 401.5..598, medrep until the band
     assert early_levels_known_at(walker, evaluations) == 80
     assert early_levels_known_at(walker, evaluations[:2]) is None
-    assert early_levels_known_at(dataclasses.replace(walker, medrep_until=359), evaluations) == 80
-    assert early_levels_known_at(dataclasses.replace(walker, medrep_until=430),
-                                   evaluations) is None  # medrep's end is not reached yet
+    at_return = dataclasses.replace(walker, medrep_until=359)
+    assert early_levels_known_at(at_return, evaluations, [(360.0, 20)]) == 80
+    assert early_levels_known_at(at_return, evaluations, [(360.0, 100)]) == 100
+    assert early_levels_known_at(at_return, evaluations, [(359.0, 20)]) is None  # not yet
     assert early_levels_known_at(dataclasses.replace(walker, medrep_until="medium"),
                                    evaluations) is None  # it waits for the medium snapshot
     assert early_levels_known_at(state_recipe(TASK, "smoke"), evaluations) is None  # no band
