@@ -1440,7 +1440,8 @@ def medrep_end_step(recipe, evaluations, medium_step, episodes=()):
     if until == "band":
         return (first_band_evaluation(evaluations, recipe.medium_band),
                 "the first evaluation whose mean return reached the band's min")
-    return (next((step for episode_return, step in episodes if episode_return > until), None),
+    step = next((step for episode_return, step in episodes if episode_return > until), None)
+    return (None if step is None else int(step),
             f"the first training episode whose return exceeded {until:g}")
 
 

@@ -352,6 +352,8 @@ def test_medrep_ends_at_the_medium_snapshot_the_band_or_a_return():
         60, "the first training episode whose return exceeded 359")  # not 40: 359 is no more
     assert medrep_end_step(at_return, evaluations, None, episodes[:4])[0] == 60
     assert medrep_end_step(at_return, evaluations, None, episodes[:3])[0] is None
+    read = zip(np.array([1.0, 400.0]), np.array([0, 20]))  # as training_episode_returns gives
+    assert type(medrep_end_step(at_return, evaluations, None, read)[0]) is int  # for JSON
     at_medium = dataclasses.replace(walker, medrep_until="medium")
     assert medrep_end_step(at_medium, evaluations, 120) == (120, "the medium snapshot")
     assert medrep_end_step(at_medium, evaluations, None) == (None, "the medium snapshot")
