@@ -33,7 +33,8 @@ shown). The levels, all from one SAC training run from scratch:
   there are more, as for TIA. The random level and this one are recorded as soon as the run
   has passed the evaluation they end at (:func:`early_levels_known_at`), from the run as it
   was there, and the run then trains on for medium; with ``medrep_until="medium"``, both at
-  the end. Training runs between episodes, so each episode is played by one fixed snapshot: ``sac-seed0-prefill`` for the uniformly random start (policy_step 0), else
+  the end. Training runs between episodes, so each episode is played by one fixed snapshot:
+  ``sac-seed0-prefill`` for the uniformly random start (policy_step 0), else
   ``sac-seed0-step012000``, the learner after 12,000 environment steps (its policy_step).
 * ``medium``: the first snapshot whose returns match Table 3's medium row (:class:`MediumSearch`:
   at least 95 % of its episodes in the band and its mean within 7 % of the paper's, confirmed on
@@ -1136,9 +1137,9 @@ class StateJob(GenerateJob):
 
     def record_early_levels(self, folders, levels, run, known_at):
         """Record random and/or medrep as soon as the run has passed ``known_at`` environment
-        steps (:func:`early_levels_known_at`): from the training run as it was there, so they
-        are the same bytes however much longer the medium search trains, and are kept when it
-        is interrupted or its budget runs out (the same shards and ``training_run``)."""
+        steps (:func:`early_levels_known_at`): from the training run as it was there, so their
+        shards and ``training_run`` are the same however much longer the medium search trains,
+        and they are kept when it is interrupted or its budget runs out."""
         state = run.state
         played = sum(1 for _, _, step in run.episodes if step < known_at)
         evaluations = [e for e in state.evaluations if e["env_steps"] <= known_at]
@@ -1452,11 +1453,10 @@ def levels_settle_early(recipe):
 
 
 def early_levels_known_at(recipe, evaluations, episodes=()):
-    """The environment steps of the evaluation after which the run's random level (the
-    snapshots before the band) and medrep (the training episodes before its end; ``episodes``
-    as for :func:`medrep_end_step`) are known: the later of the first band evaluation and
-    medrep's end; None before it, or when they wait for the medium snapshot
-    (:func:`levels_settle_early`)."""
+    """The environment steps after which the run's random level (the snapshots before the band)
+    and medrep (the training episodes before its end; ``episodes`` as for
+    :func:`medrep_end_step`) are known: the later of the first band evaluation and medrep's end;
+    None before it, or when they wait for the medium snapshot (:func:`levels_settle_early`)."""
     if not levels_settle_early(recipe):
         return None
     band = first_band_evaluation(evaluations, recipe.medium_band)
