@@ -1320,8 +1320,9 @@ class MediumSearch:
     then plays ``confirm_episodes`` more, and the run stops when it is still promising with them.
     The margins are stricter than the fidelity checks so that the recorded episodes pass those
     too. The closest candidate so far is kept (``medium-policy.pt`` and ``.json``, as
-    :class:`~collectors.generate.MediumPolicyTracker` keeps TIA's), so a run that ends without a
-    match still records its best candidate, and the fidelity table says how far off it is.
+    :class:`~collectors.generate.MediumPolicyTracker` keeps TIA's): ``training_progress.py``
+    shows it, and a run whose budget ends without a match names it and records no medium level
+    (:func:`budget_spent_message`), so that a larger budget can still find one.
     Without a band (smoke) the last snapshot is kept, deterministic, and the run never stops.
 
     Two fixed handicaps of a snapshot that acts too well are judged too, each the same way
