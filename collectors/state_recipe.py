@@ -31,7 +31,7 @@ shown). The levels, all from one SAC training run from scratch:
   (humanoid_walk), until the first training episode above Table 3's medrep max
   (``medrep_until``, :func:`medrep_end`); evenly spaced down to ``medrep_episodes`` (400) when
   there are more, as for TIA. The random level and this one are recorded as soon as the run
-  has passed the evaluation they end at (:func:`early_levels_known_at`), from the run as it
+  has passed the point they end at (:func:`early_levels_known_at`), from the run as it
   was there, and the run then trains on for medium; with ``medrep_until="medium"``, both at
   the end. Training runs between episodes, so each episode is played by one fixed snapshot:
   ``sac-seed0-prefill`` for the uniformly random start (policy_step 0), else
@@ -54,7 +54,8 @@ shown). The levels, all from one SAC training run from scratch:
 
 The learner's rewards may be shaped (``training_shaping``, :data:`SHAPING_POTENTIALS`:
 potential-based, so the learner's optimal policy is the task's; the datasets keep the task's
-rewards). **A departure**, in the cpu preset of hopper_hop only (:data:`TRAINING_SHAPING`).
+rewards). **A departure**, in the cpu presets of hopper_hop and humanoid_walk only
+(:data:`TRAINING_SHAPING`).
 
 Every evaluated snapshot is kept under ``<work_dir>/snapshots/`` with its evaluation returns
 (``state.json`` lists them). Presets: ``cpu`` (the published episode counts, full episodes,
@@ -1148,20 +1149,22 @@ class StateJob(GenerateJob):
             "env_steps": known_at, "episodes": played,
             "evaluations": evaluation_records(evaluations),
             **({"snapshots": snapshots} if snapshots else {}),
-            "note": "the run as it was at the evaluation after which the random and medrep "
-                    "levels are known (every snapshot and training episode they take comes "
-                    "before it); it then trained on for the medium level"}}
-        self.record_levels(folders, levels, run.episodes[:played], run_info)
+            "note": "the run as it was when the random and medrep levels were known (every "
+                    "snapshot and training episode they take comes before env_steps); it then "
+                    "trained on for the medium level"}}
+        # Medrep's end from every episode played: the one that sets it may start at known_at.
+        end = medrep_end_step(self.recipe, evaluations, None, episode_returns(run.episodes))
+        self.record_levels(folders, levels, run.episodes[:played], run_info, end)
 
-    def record_levels(self, folders, levels, episodes, run_info):
+    def record_levels(self, folders, levels, episodes, run_info, medrep_end=None):
         """Record the run's random (early snapshots) and medrep (``episodes``, the training
-        episodes) levels among ``levels``."""
+        episodes; ``medrep_end`` as :meth:`write_medrep` takes it) levels among ``levels``."""
         if "random" in levels:
             with self.timed("random (record)"):
                 self.record_early_snapshots(folders["random"], run_info)
         if "medrep" in levels:
             with self.timed("medrep (render)"):
-                self.write_medrep(folders["medrep"], episodes, run_info)
+                self.write_medrep(folders["medrep"], episodes, run_info, medrep_end)
 
     @contextlib.contextmanager
     def timed(self, phase):
@@ -1263,18 +1266,20 @@ class StateJob(GenerateJob):
             self.write_rendered(writer, entries(writer.num_episodes), per_policy * len(chosen),
                                 f"record {self.task}-random")
 
-    def write_medrep(self, folder, episodes, run_info):
+    def write_medrep(self, folder, episodes, run_info, end=None):
         """The training ``episodes`` until the medium snapshot, the band or a return
-        (``medrep_until``), evenly spaced down to medrep_episodes, rendered."""
+        (``medrep_until``; ``end``: that ``(steps, rule)`` of :func:`medrep_end_step` when
+        ``episodes`` may stop before it), evenly spaced down to medrep_episodes, rendered."""
         training_run = run_info["training_run"]
         medium_step = training_run.get("medium_policy", {}).get("policy_step")
-        until, rule = medrep_end_step(self.recipe, training_run["evaluations"], medium_step,
-                                      episode_returns(episodes))
+        until, rule = end or medrep_end_step(self.recipe, training_run["evaluations"],
+                                             medium_step, episode_returns(episodes))
         before, selected = medrep_indices([step for _, _, step in episodes], until,
                                           self.recipe.medrep_episodes)
         if not selected:
             raise GenerateError(f"medrep would hold no episode: {rule} came at {until} "
-                                "environment steps, before any other; check medrep_until "
+                                "environment steps, and none started before (the uniform "
+                                "prefill's all count as step 0); check medrep_until "
                                 f"({self.recipe.medrep_until!r})")
         extra = dict(run_info, medrep_selection={
             "training_episodes": len(episodes), "until_env_steps": until,
@@ -1431,7 +1436,7 @@ def budget_spent_message(task, state, medium, recipe, unrecorded):
             f"SACConfig.total_steps in Python) continues it from where it stopped")
 
 
-def medrep_end_step(recipe, evaluations, medium_step, episodes=()):
+def medrep_end_step(recipe, evaluations, medium_step, episodes=None):
     """The environment steps where medrep's training episodes end under ``recipe.medrep_until``
     (None: they do not end before the run's last episode) and that rule in words;
     ``medium_step``: the medium snapshot's steps (None: not found yet); ``episodes``: the
@@ -1442,6 +1447,8 @@ def medrep_end_step(recipe, evaluations, medium_step, episodes=()):
     if until == "band":
         return (first_band_evaluation(evaluations, recipe.medium_band),
                 "the first evaluation whose mean return reached the band's min")
+    if episodes is None:
+        raise ValueError("medrep ends at a return: medrep_end_step needs the training episodes")
     step = next((step for episode_return, step in episodes if episode_return > until), None)
     return (None if step is None else int(step),
             f"the first training episode whose return exceeded {until:g}")
@@ -1453,7 +1460,7 @@ def levels_settle_early(recipe):
     return recipe.medium_band is not None and recipe.medrep_until != "medium"
 
 
-def early_levels_known_at(recipe, evaluations, episodes=()):
+def early_levels_known_at(recipe, evaluations, episodes=None):
     """The environment steps after which the run's random level (the snapshots before the band)
     and medrep (the training episodes before its end; ``episodes`` as for
     :func:`medrep_end_step`) are known: the later of the first band evaluation and medrep's end;

@@ -350,7 +350,8 @@ def test_medrep_ends_at_the_medium_snapshot_the_band_or_a_return():
     episodes = [(0.5, 0), (120.0, 20), (359.0, 40), (362.5, 60), (10.0, 80)]  # (return, step)
     assert medrep_end_step(at_return, evaluations, None, episodes) == (
         60, "the first training episode whose return exceeded 359")  # not 40: 359 is no more
-    assert medrep_end_step(at_return, evaluations, None, episodes[:4])[0] == 60
+    with pytest.raises(ValueError, match="needs the training episodes"):
+        medrep_end_step(at_return, evaluations, None)
     assert medrep_end_step(at_return, evaluations, None, episodes[:3])[0] is None
     read = zip(np.array([1.0, 400.0]), np.array([0, 20]))  # as training_episode_returns gives
     assert type(medrep_end_step(at_return, evaluations, None, read)[0]) is int  # for JSON
@@ -384,6 +385,18 @@ def test_a_state_recipe_medrep_can_end_before_the_first_episode_above_a_return(t
     with pytest.raises(GenerateError, match="medrep would hold no episode: the first training "
                                             "episode whose return exceeded 0.5 came at 0 "):
         medrep(tmp_path / "none", 0.5)
+    # With a band its first evaluation (40) reaches, medrep is recorded early; the episode that
+    # ends it starts right there.
+    early = dataclasses.replace(tiny_state_recipe(), medrep_until=ceiling, medium_band=(-1.0, 1e9),
+                                medium_mean=7e8)
+    assert steps[first] == 40
+    folder = generate(TASK, root=tmp_path / "early", seed=5, recipe=early, progress=False,
+                      levels=["medrep"], max_shard_bytes=60_000).folders["medrep"]
+    provenance = read_manifest(folder)["provenance"]
+    assert provenance["medrep_selection"]["until_env_steps"] == 40
+    assert provenance["training_run"]["env_steps"] == 40 and "medium_policy" not in \
+        provenance["training_run"]
+    assert shard_hashes(tmp_path / "early") == shard_hashes(tmp_path / "cut")
 
 
 def test_the_state_recipe_writes_three_datasets_with_its_policy_structure(state_generated):
