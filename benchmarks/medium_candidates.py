@@ -63,10 +63,9 @@ def judge(returns, search):
             "meets_search": sum(search.shortfalls(list(returns))) == 0}
 
 
-def play(simulator, snapshot, scale, episodes, seed, max_episode_steps):
-    """The returns of ``episodes`` probe episodes of ``snapshot`` (tanh(mean)) with its actions
-    scaled by ``scale``."""
-    policy = SACPolicy.load(snapshot)
+def play(simulator, policy, scale, episodes, seed, max_episode_steps):
+    """The returns of ``episodes`` probe episodes of ``policy`` (a SACPolicy, tanh(mean)) with
+    its actions scaled by ``scale``."""
     if scale != 1.0:
         policy = medium_policy(policy, ("action_scale", scale))
     return [episode.episode_return for _, episode in simulate_level(
@@ -123,9 +122,10 @@ def main(argv=None):
     simulator = make_state_simulator(args.task)
     rows = []
     for evaluation in chosen_evaluations(evaluations, steps, args.start, args.every):
+        snapshot = SACPolicy.load(folder / evaluation["snapshot"])
         for scale in args.scales:
-            returns = play(simulator, folder / evaluation["snapshot"], scale, args.episodes,
-                           args.seed, recipe.max_episode_steps)
+            returns = play(simulator, snapshot, scale, args.episodes, args.seed,
+                           recipe.max_episode_steps)
             rows.append({"policy_id": evaluation["policy_id"],
                          "env_steps": evaluation["env_steps"], "scale": scale,
                          "evaluation_mean_return": evaluation["mean_return"],

@@ -1101,10 +1101,12 @@ class StateJob(GenerateJob):
                      band=recipe.medium_band)
         early = [level for level in ("random", "medrep") if level in levels]
         if early and levels_settle_early(recipe):
-            state = self.train(run, until=lambda state: early_levels_known_at(
-                recipe, state.evaluations, episode_returns(run.episodes)) is not None)
-            known_at = early_levels_known_at(recipe, state.evaluations,
+            def settled_at():
+                return early_levels_known_at(recipe, run.state.evaluations,
                                              episode_returns(run.episodes))
+
+            self.train(run, until=lambda _: settled_at() is not None)
+            known_at = settled_at()
             if known_at is not None:
                 self.record_early_levels(folders, early, run, known_at)
                 levels = [level for level in levels if level not in early]
