@@ -8,10 +8,10 @@ tolerance. An interrupted run resumes when started again with the same arguments
 skipped are then missing from the timings).
 
 Usage: ``python benchmarks/datasets.py walker_walk [--root R] [--render-workers 2] [--seed 0]
-[--out docs/datasets] [--levels random,medrep,medium] [--max-env-steps N] [--set FIELD=JSON
-...]`` (``--levels``: make and check only these, e.g. the levels a run still searching for its
-medium snapshot has recorded already; ``--max-env-steps``: the
-training run's budget, as for ``lqv-d4rl generate``; ``--set``: an experiment's change to the cpu
+[--out docs/datasets] [--levels random,medrep,medium] [--max-env-steps N]
+[--record-closest-medium] [--set FIELD=JSON ...]`` (``--levels``: make and check only these,
+e.g. the levels a run still searching for its medium snapshot has recorded already;
+``--max-env-steps`` and ``--record-closest-medium``: as for ``lqv-d4rl generate``; ``--set``: an experiment's change to the cpu
 preset's recipe, e.g. ``--set training_shaping=5`` or, for a field of its SAC settings,
 ``--set sac.init_alpha=1.0``).
 """
@@ -46,15 +46,18 @@ def machine():
             "load_average_at_end": os.getloadavg(), "cpu_kernels": kernel_settings()}
 
 
-def run(task, root, render_workers, seed, changes=None, max_env_steps=None, levels=LEVELS):
+def run(task, root, render_workers, seed, changes=None, max_env_steps=None, levels=LEVELS,
+        record_closest_medium=False):
     """Generate (or resume, or find finished) the task's ``levels``; the GenerateResult.
     ``changes``: StateRecipe fields set on top of the cpu preset (an experiment's recipe);
-    ``max_env_steps``: the training run's budget (default: the preset's)."""
+    ``max_env_steps``: the training run's budget (default: the preset's);
+    ``record_closest_medium``: as for :func:`collectors.generate.generate`."""
     recipe = apply_changes(state_recipe(task, "cpu"), changes) if changes else None
     try:
         return generate(task, levels=list(levels), root=root, behaviour="sac-state",
                         preset="cpu", recipe=recipe, workers=render_workers, seed=seed,
-                        max_env_steps=max_env_steps)
+                        max_env_steps=max_env_steps,
+                        record_closest_medium=record_closest_medium)
     except DatasetExistsError:  # all of them finished: check them as they are
         folders = {level: dataset_path(f"{task}-{level}", root) for level in levels}
         return summarize(task, folders, None, progress=True)
@@ -74,6 +77,7 @@ def report(task, result, wall_seconds, args):
                f"--seed {args.seed}"
                + (f" --levels {','.join(args.levels)}" if args.levels != list(LEVELS) else "")
                + (f" --max-env-steps {args.max_env_steps}" if args.max_env_steps else "")
+               + (" --record-closest-medium" if args.record_closest_medium else "")
                + "".join(f" --set {item}" for item in args.set))
     return {"task": task, "command": command, "commit": git_commit(), "machine": machine(),
             "wall_seconds_this_call": wall_seconds, "phase_seconds_this_call": result.timings,
@@ -128,6 +132,9 @@ def main(argv=None):
     parser.add_argument("--max-env-steps", type=int, default=None,
                         help="the training run's budget in environment steps (default: the "
                              "preset's); a run that spent a smaller one goes on")
+    parser.add_argument("--record-closest-medium", action="store_true",
+                        help="when the budget is spent unmatched, record the closest medium "
+                             "candidate (its verdicts show the miss) instead of stopping")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                         help="a StateRecipe field on top of the cpu preset, e.g. "
                              "training_shaping=5, or sac.FIELD of its SACConfig (an "
@@ -137,7 +144,8 @@ def main(argv=None):
     start = time.perf_counter()
     with resume_hint_on_interrupt(kept_by_generate(args.root)):
         result = run(args.task, args.root, args.render_workers, args.seed,
-                     recipe_changes(args.set), args.max_env_steps, args.levels)
+                     recipe_changes(args.set), args.max_env_steps, args.levels,
+                     args.record_closest_medium)
     record = report(args.task, result, time.perf_counter() - start, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -210,7 +210,7 @@ class GenerateResult:
 def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, device="cpu",
              workers=1, seed=0, overwrite=False, num_envs=None, recipe=None, progress=True,
              max_shard_bytes=DEFAULT_MAX_SHARD_BYTES, backend="process", behaviour="sac-state",
-             max_env_steps=None):
+             max_env_steps=None, record_closest_medium=False):
     """Generate the datasets ``<task>-<level>`` for ``levels`` under the dataset root.
 
     Args:
@@ -245,6 +245,10 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
         max_env_steps: ``sac-state`` only: the SAC training run's budget in environment steps
             (default: the recipe's, ``SACConfig.total_steps``). A run that spent a smaller budget
             without a snapshot at the medium level continues from where it stopped.
+        record_closest_medium: ``sac-state`` only: when the budget is spent and no snapshot
+            matched Table 3's medium row, record the closest candidate as the medium level (its
+            manifest's ``training_run.medium_policy.recorded_without_match``, its fidelity
+            verdicts showing the miss) instead of raising GenerateError.
 
     Returns a :class:`GenerateResult`. Without ``overwrite``, finished datasets among the levels
     are skipped (an interrupted run is resumed), and DatasetExistsError is raised when every
@@ -259,6 +263,10 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
     behaviour = "sac-state" if _is_state_recipe(recipe) else "tia"
     if max_env_steps is not None:
         recipe = _with_training_budget(recipe, behaviour, max_env_steps)
+    if record_closest_medium and behaviour != "sac-state":
+        raise GenerateError("record_closest_medium applies to the sac-state behaviour (its "
+                            "medium search); a TIA run always records the snapshot closest to "
+                            "the band when its budget ends")
     if behaviour == "sac-state" and recipe.medium_speed_limits and spec.kind != "gym":
         raise GenerateError(f"medium_speed_limits apply to car_racing only (a speed limit on its "
                             f"state features); {task} has none")
@@ -300,7 +308,7 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
             job = StateJob(task, spec, recipe, workers=workers, root=root, work_dir=work_dir,
                            seed=seed, overwrite=overwrite, progress=progress,
                            provenance=provenance, max_shard_bytes=max_shard_bytes,
-                           video_pool=pool)
+                           video_pool=pool, record_closest_medium=record_closest_medium)
             with torch_threads(TORCH_THREADS):
                 job.run(folders, pending)
             return summarize(task, folders, work_dir, progress, job.timings)

@@ -118,6 +118,7 @@ import json
 import math
 import numbers
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -1000,10 +1001,11 @@ class StateJob(GenerateJob):
                                  "sac-initPP-seedS), sampled actions")
 
     def __init__(self, task, spec, recipe, *, workers, root, work_dir, seed, overwrite,
-                 progress, provenance, max_shard_bytes, video_pool):
+                 progress, provenance, max_shard_bytes, video_pool, record_closest_medium=False):
         super().__init__(task, spec, recipe, root, work_dir, seed, overwrite, progress,
                          provenance, max_shard_bytes)
         self.workers, self.video_pool = workers, video_pool
+        self.record_closest_medium = record_closest_medium  # when the budget ends unmatched
         self.timings = {}  # phase -> wall-clock seconds (GenerateResult.timings)
         if recipe.random_behaviour == "untrained":
             self.level_policies = dict(self.level_policies, random=self.untrained_random_policies)
@@ -1120,7 +1122,12 @@ class StateJob(GenerateJob):
                 f"evaluation (its budget total_steps={recipe.sac.total_steps} does not exceed "
                 f"learning_starts={recipe.sac.learning_starts}); raise the budget")
         if recipe.medium_band is not None and not medium["in_band"]:
-            raise GenerateError(budget_spent_message(self.task, state, medium, recipe, levels))
+            if not (self.record_closest_medium and "medium" in levels):
+                raise GenerateError(budget_spent_message(self.task, state, medium, recipe,
+                                                         levels))
+            warnings.warn(closest_medium_notice(self.task, state, medium, folders["medium"]),
+                          stacklevel=2)
+            medium = {**medium, "recorded_without_match": True}
         run_info = {"training_run": {
             "env_steps": state.env_steps, "episodes": state.episodes,
             "updates": run.agent.updates, "stop_reason": state.stop_reason,
@@ -1435,7 +1442,20 @@ def budget_spent_message(task, state, medium, recipe, unrecorded):
             f"{medium['policy_id']}. {names} {'was' if len(unrecorded) == 1 else 'were'} not "
             f"recorded. Give the run more steps: the same "
             f"command with --max-env-steps {2 * recipe.sac.total_steps} (lqv-d4rl generate; "
-            f"SACConfig.total_steps in Python) continues it from where it stopped")
+            f"SACConfig.total_steps in Python) continues it from where it stopped. Or add "
+            f"--record-closest-medium (record_closest_medium=True) to record the closest "
+            f"candidate as it is, its fidelity verdicts showing how far it is from Table 3")
+
+
+def closest_medium_notice(task, state, medium, folder):
+    """The warning of a medium level recorded from the closest candidate
+    (``--record-closest-medium``) once the budget was spent without a match."""
+    return (f"no evaluated snapshot of the {task} training run matched Table 3's medium row in "
+            f"its {state.env_steps:,} environment steps; recording the closest candidate, "
+            f"{medium['policy_id']} ({medium['share_in_band']:.0%} of its "
+            f"{len(medium['returns'])} evaluation episodes in the band), as {task}-medium "
+            f"(--record-closest-medium). Its fidelity verdicts show how far it is. To search "
+            f"on, delete {folder} and run the same command with a larger --max-env-steps")
 
 
 def medrep_end_step(recipe, evaluations, medium_step, episodes=None):

@@ -648,7 +648,10 @@ def test_random_and_medrep_are_recorded_at_the_band_and_kept_when_no_medium_is_f
     assert "budget of 120 environment steps" in message
     assert message.endswith(f"{TASK}-medium was not recorded. Give the run more steps: the same "
                             "command with --max-env-steps 240 (lqv-d4rl generate; "
-                            "SACConfig.total_steps in Python) continues it from where it stopped")
+                            "SACConfig.total_steps in Python) continues it from where it stopped. "
+                            "Or add --record-closest-medium (record_closest_medium=True) to "
+                            "record the closest candidate as it is, its fidelity verdicts showing "
+                            "how far it is from Table 3")
     assert sorted(shard_hashes(short)) == [f"{TASK}-medrep", f"{TASK}-random"]
     for folder in early_levels(short):
         assert verify_dataset(folder, require_complete=True) == []
@@ -742,6 +745,41 @@ def test_a_run_that_spends_its_budget_below_the_band_records_nothing_and_can_go_
         generate(TASK, root=tmp_path, seed=1, recipe=recipe, progress=False, max_env_steps=160)
     after = json.loads(state_file.read_text())["state"]
     assert after["env_steps"] == 160 and after["evaluations"][:len(before)] == before
+
+
+def test_a_spent_budget_records_the_closest_medium_when_asked_and_its_verdicts_show_the_miss(
+        tmp_path):
+    from collectors.generate import generate
+
+    recipe = dataclasses.replace(tiny_state_recipe(), medium_band=(5e8, 1e9), medium_mean=7e8)
+    work = tmp_path / ".work" / f"{TASK}-sac-state-seed1"
+    with pytest.warns(UserWarning, match=r"no evaluated snapshot of the .* training run matched "
+                                         r"Table 3's medium row in its 120 environment steps; "
+                                         r"recording the closest candidate, sac-seed1-step"):
+        result = generate(TASK, root=tmp_path, seed=1, recipe=recipe, progress=False,
+                          record_closest_medium=True)
+    closest = json.loads((work / "medium-policy.json").read_text())
+    medium = tmp_path / f"{TASK}-medium"
+    assert verify_dataset(medium, require_complete=True) == []
+    policy = read_manifest(medium)["provenance"]["training_run"]["medium_policy"]
+    assert policy == {**closest, "recorded_without_match": True} and not policy["in_band"]
+    assert load_dataset(medium).policies() == [closest["policy_id"]]
+    assert not result.faithful  # the miss is reported, not hidden
+    verdicts = {verdict.statistic: verdict for verdict in result.verdicts["medium"]}
+    assert verdicts["in_band"].value == 0.0 and not verdicts["in_band"].passed
+    again = tmp_path / "again"
+    with pytest.warns(UserWarning):
+        generate(TASK, root=again, seed=1, recipe=recipe, progress=False,
+                 record_closest_medium=True)
+    assert shard_hashes(again) == shard_hashes(tmp_path)
+    with pytest.raises(GenerateError, match="record_closest_medium applies to the sac-state "
+                                            "behaviour"):
+        generate(TASK, root=tmp_path / "tia", recipe=tiny_recipe(), record_closest_medium=True)
+    outcome = CliRunner().invoke(cli_main, ["generate", TASK, "--root", str(tmp_path / "tia"),
+                                            "--behaviour", "tia", "--record-closest-medium"])
+    assert outcome.exit_code == 1 and "record_closest_medium applies to the sac-state" in \
+        outcome.output and "Traceback" not in outcome.output
+    assert not (tmp_path / "tia").exists()
 
 
 def test_a_training_budget_is_checked_before_anything_is_written(tmp_path):

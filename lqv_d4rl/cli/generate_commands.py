@@ -52,10 +52,14 @@ def _workers_flag(values):
               help="sac-state only: the training run's budget in environment steps. A run that "
                    "spent a smaller one without reaching the medium level goes on from where it "
                    "stopped.")
+@click.option("--record-closest-medium", is_flag=True,
+              help="sac-state only: when the budget is spent and no snapshot matched Table 3's "
+                   "medium row, record the closest one as the medium level (its fidelity "
+                   "verdicts show the miss) instead of stopping with an error.")
 @click.option("--overwrite", is_flag=True,
               help="Replace finished datasets and restart the training run.")
 def generate(task, levels, root, video_dir, behaviour, preset, device, env_workers,
-             render_workers, seed, max_env_steps, overwrite):
+             render_workers, seed, max_env_steps, record_closest_medium, overwrite):
     """Make the datasets of TASK with behaviour policies trained on it.
 
     TASK is walker_walk, cheetah_run, hopper_hop, humanoid_walk or car_racing.
@@ -70,7 +74,8 @@ def generate(task, levels, root, video_dir, behaviour, preset, device, env_worke
     with resume_hint_on_interrupt(kept_by_generate(root)):
         result = run_generate(task, levels=levels, root=root, video_dir=video_dir,
                               behaviour=behaviour, preset=preset, device=device, workers=workers,
-                              seed=seed, overwrite=overwrite, max_env_steps=max_env_steps)
+                              seed=seed, overwrite=overwrite, max_env_steps=max_env_steps,
+                              record_closest_medium=record_closest_medium)
     for level, folder in result.folders.items():
         click.echo(f"{task}-{level}: {folder}")
 
