@@ -764,6 +764,9 @@ def test_a_spent_budget_records_the_closest_medium_when_asked_and_its_verdicts_s
     policy = read_manifest(medium)["provenance"]["training_run"]["medium_policy"]
     assert policy == {**closest, "recorded_without_match": True} and not policy["in_band"]
     assert load_dataset(medium).policies() == [closest["policy_id"]]
+    info = CliRunner().invoke(cli_main, ["info", str(medium)])
+    assert f"note:         {closest['policy_id']} is the medium search's closest candidate" in \
+        info.output and "NOT within the tolerances" in info.output
     assert not result.faithful  # the miss is reported, not hidden
     verdicts = {verdict.statistic: verdict for verdict in result.verdicts["medium"]}
     assert verdicts["in_band"].value == 0.0 and not verdicts["in_band"].passed

@@ -250,8 +250,20 @@ def dataset_report(folder: Path) -> dict:
             "code_version": provenance.get("code_version"),
             "created": provenance.get("created"),
             "source": provenance.get("source"),
+            "note": _unmatched_medium_note(provenance),
         },
     }
+
+
+def _unmatched_medium_note(provenance: dict):
+    """What ``info`` says of a medium level recorded from the closest candidate
+    (``generate --record-closest-medium``), else None."""
+    medium = (provenance.get("training_run") or {}).get("medium_policy") or {}
+    if not medium.get("recorded_without_match"):
+        return None
+    return (f"{medium['policy_id']} is the medium search's closest candidate when the training "
+            f"budget ended: no snapshot matched Table 3's medium row "
+            f"(generate --record-closest-medium)")
 
 
 def format_dataset_report(report: dict) -> str:
@@ -289,6 +301,8 @@ def format_dataset_report(report: dict) -> str:
     ]
     if provenance.get("source"):
         lines.append(f"  source:       {provenance['source']}")
+    if provenance.get("note"):
+        lines.append(f"  note:         {provenance['note']}")
     return "\n".join(lines)
 
 
