@@ -179,10 +179,12 @@ def print_table(record, every):
         if medium.get("transform"):
             how += f" under {medium['transform'][0]} {medium['transform'][1]:g}"
         share = medium["share_in_band"]
+        verdict = "found" if medium["in_band"] else "no match" if record["finished"] \
+            else "not yet a match"
         in_band = "" if share is None else f", {share:.0%} in band"  # None: a smoke run, no band
         print(f"medium search: best so far {medium['policy_id']} ({how}), mean "
               f"{medium['evaluation_return']:.1f}{in_band}, "
-              f"{'found' if medium['in_band'] else 'not yet a match'}")
+              f"{verdict}")
     medrep = record["medrep_preview"]
     if medrep["reached"]:
         where = (f"{medrep['before']} training episodes played before {medrep['ends_at']} "

@@ -900,6 +900,7 @@ def test_training_progress_reports_the_run_against_table_3(state_generated, tmp_
     assert (tmp_path / f"training-{TASK}.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "medium search: best so far sac-seed1-step000120" in printed
+    assert printed.split("medium search: ")[1].splitlines()[0].endswith(", no match")  # finished
     # medrep as the cpu preset would record it: the band is never reached, so all 6 episodes
     medrep, preview = load_dataset(root / f"{TASK}-medrep"), record["medrep_preview"]
     assert not preview["reached"] and preview["kept"] == len(medrep) == 6
