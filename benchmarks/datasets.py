@@ -11,9 +11,9 @@ Usage: ``python benchmarks/datasets.py walker_walk [--root R] [--render-workers 
 [--out docs/datasets] [--levels random,medrep,medium] [--max-env-steps N]
 [--record-closest-medium] [--set FIELD=JSON ...]`` (``--levels``: make and check only these,
 e.g. the levels a run still searching for its medium snapshot has recorded already;
-``--max-env-steps`` and ``--record-closest-medium``: as for ``lqv-d4rl generate``; ``--set``: an experiment's change to the cpu
-preset's recipe, e.g. ``--set training_shaping=5`` or, for a field of its SAC settings,
-``--set sac.init_alpha=1.0``).
+``--max-env-steps`` and ``--record-closest-medium``: as for ``lqv-d4rl generate``; ``--set``:
+an experiment's change to the cpu preset's recipe, e.g. ``--set training_shaping=5`` or, for a
+field of its SAC settings, ``--set sac.init_alpha=1.0``).
 """
 
 import argparse

@@ -44,8 +44,9 @@ shown). The levels, all from one SAC training run from scratch:
   and says so (:func:`budget_spent_message`); given a larger budget
   (``--max-env-steps``), the same run goes on from where it stopped
   (:meth:`SACRun._apply_budget`); with ``--record-closest-medium`` the closest candidate is
-  recorded instead (:func:`closest_medium_notice`; humanoid_walk's medium level). It is judged acting with tanh(mean), with sampled actions,
-  and, once it acts better than the paper's medium policy, under a fixed handicap: its actions
+  recorded instead (:func:`closest_medium_notice`; humanoid_walk's medium level). It is judged
+  acting with tanh(mean), with sampled actions, and, once it acts better than the paper's
+  medium policy, under a fixed handicap: its actions
   scaled down (``medium_action_scales``, :data:`MEDIUM_ACTION_SCALES`). **A departure**: SAC
   snapshots of walker_walk near the band fall now and then (episode returns ~15..250 or
   ~550..700, never 95 % in the band), and the first that no longer falls already walks above it
