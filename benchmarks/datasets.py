@@ -153,14 +153,20 @@ def main(argv=None):
     (out / f"{args.task}.json").write_text(json.dumps(record, indent=1))
     print(f"\nphases (s): {json.dumps({k: round(v) for k, v in result.timings.items()})}")
     print(f"wrote {out / (args.task + '.json')}")
-    missed = [level for level in args.levels if not all_passed(result.verdicts[level])]
+    line, status = outcome(args.task, args.levels, result.verdicts)
+    print(line)
+    return status
+
+
+def outcome(task, levels, verdicts):
+    """The closing line and exit status: FAILED naming the levels that missed a tolerance
+    (``verdicts``: level -> its fidelity verdicts), status 1; else PASSED, status 0."""
+    missed = [f"{task}-{level}" for level in levels if not all_passed(verdicts[level])]
     if missed:
-        print(f"FAILED: {', '.join(f'{args.task}-{level}' for level in missed)} miss Table 3's "
-              f"tolerances (see the table above)")
-        return 1
-    checked = ", ".join(f"{args.task}-{level}" for level in args.levels)
-    print(f"PASSED: {checked} lie within Table 3's tolerances")
-    return 0
+        return (f"FAILED: {', '.join(missed)} {'misses' if len(missed) == 1 else 'miss'} "
+                f"Table 3's tolerances (see the table above)"), 1
+    checked = ", ".join(f"{task}-{level}" for level in levels)
+    return f"PASSED: {checked} lie within Table 3's tolerances", 0
 
 
 if __name__ == "__main__":

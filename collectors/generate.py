@@ -267,6 +267,9 @@ def generate(task, levels=LEVELS, *, root=None, video_dir=None, preset=None, dev
         raise GenerateError("record_closest_medium applies to the sac-state behaviour (its "
                             "medium search); a TIA run always records the snapshot closest to "
                             "the band when its budget ends")
+    if record_closest_medium and "medium" not in levels:
+        raise GenerateError("record_closest_medium records the medium level; add medium to the "
+                            f"levels (--levels {','.join([*levels, 'medium'])})")
     if behaviour == "sac-state" and recipe.medium_speed_limits and spec.kind != "gym":
         raise GenerateError(f"medium_speed_limits apply to car_racing only (a speed limit on its "
                             f"state features); {task} has none")

@@ -1124,10 +1124,14 @@ class StateJob(GenerateJob):
                 f"evaluation (its budget total_steps={recipe.sac.total_steps} does not exceed "
                 f"learning_starts={recipe.sac.learning_starts}); raise the budget")
         if recipe.medium_band is not None and not medium["in_band"]:
-            if not (self.record_closest_medium and "medium" in levels):
+            unsettled = unsettled_levels(recipe, levels, state.evaluations)
+            if not self.record_closest_medium or unsettled:
                 raise GenerateError(budget_spent_message(self.task, state, medium, recipe,
-                                                         levels))
-            warnings.warn(closest_medium_notice(self.task, state, medium, folders["medium"]),
+                                                         levels, unsettled))
+            tied = [level for level in levels if level == "medium"
+                    or (level == "medrep" and recipe.medrep_until == "medium")]
+            warnings.warn(closest_medium_notice(self.task, state, medium,
+                                                [folders[level] for level in tied]),
                           stacklevel=2)
             medium = {**medium, "recorded_without_match": True}
         run_info = {"training_run": {
@@ -1338,7 +1342,8 @@ class MediumSearch:
     too. The closest candidate so far is kept (``medium-policy.pt`` and ``.json``, as
     :class:`~collectors.generate.MediumPolicyTracker` keeps TIA's): ``training_progress.py``
     shows it, and a run whose budget ends without a match names it and records no medium level
-    (:func:`budget_spent_message`), so that a larger budget can still find one.
+    (:func:`budget_spent_message`), so that a larger budget can still find one, unless asked to
+    record it (``--record-closest-medium``, :func:`closest_medium_notice`).
     Without a band (smoke) the last snapshot is kept, deterministic, and the run never stops.
 
     Two fixed handicaps of a snapshot that acts too well are judged too, each the same way
@@ -1431,9 +1436,10 @@ class MediumSearch:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def budget_spent_message(task, state, medium, recipe, unrecorded):
+def budget_spent_message(task, state, medium, recipe, unrecorded, unsettled=()):
     """What to do when the training run spent its budget and no snapshot matched the medium row;
-    ``unrecorded``: the levels asked for and not recorded."""
+    ``unrecorded``: the levels asked for and not recorded; ``unsettled``: those of them the run
+    cannot record without passing the band (:func:`unsettled_levels`)."""
     names = ", ".join(f"{task}-{level}" for level in unrecorded)
     best = max(state.evaluations, key=lambda e: e["mean_return"])
     low, high = recipe.medium_band
@@ -1444,20 +1450,51 @@ def budget_spent_message(task, state, medium, recipe, unrecorded):
             f"{medium['policy_id']}. {names} {'was' if len(unrecorded) == 1 else 'were'} not "
             f"recorded. Give the run more steps: the same "
             f"command with --max-env-steps {2 * recipe.sac.total_steps} (lqv-d4rl generate; "
-            f"SACConfig.total_steps in Python) continues it from where it stopped. Or add "
-            f"--record-closest-medium (record_closest_medium=True) to record the closest "
-            f"candidate as it is, its fidelity verdicts showing how far it is from Table 3")
+            f"SACConfig.total_steps in Python) continues it from where it stopped"
+            + closest_medium_hint(task, unrecorded, unsettled))
 
 
-def closest_medium_notice(task, state, medium, folder):
+def closest_medium_hint(task, unrecorded, unsettled):
+    """The budget-spent message's last sentence: how ``--record-closest-medium`` would record
+    the medium level (nothing when it is not asked for)."""
+    if "medium" not in unrecorded:
+        return ""
+    if unsettled:
+        names = " and ".join(f"{task}-{level}" for level in unsettled)
+        return (f". Or record the closest candidate as {task}-medium alone: the same command "
+                f"with --levels medium --record-closest-medium ({names} "
+                f"{'needs' if len(unsettled) == 1 else 'need'} a run that passed the band)")
+    return (". Or add --record-closest-medium (record_closest_medium=True) to record the "
+            "closest candidate as it is, its fidelity verdicts showing how far it is from "
+            "Table 3")
+
+
+def unsettled_levels(recipe, levels, evaluations):
+    """The random and medrep levels among ``levels`` that a run which spent its budget without a
+    medium match cannot record: random takes the snapshots before the band, so it needs a run
+    that reached the band; medrep too, unless it ends at the medium snapshot (then at the
+    closest candidate). Such levels are recorded early once known, so any still pending are
+    unsettled (:func:`levels_settle_early`)."""
+    early = [level for level in ("random", "medrep") if level in levels]
+    if levels_settle_early(recipe):
+        return early
+    if first_band_evaluation(evaluations, recipe.medium_band) is None:
+        return [level for level in early if level == "random"]
+    return []
+
+
+def closest_medium_notice(task, state, medium, folders):
     """The warning of a medium level recorded from the closest candidate
-    (``--record-closest-medium``) once the budget was spent without a match."""
+    (``--record-closest-medium``) once the budget was spent without a match; ``folders``: the
+    levels that depend on it (medium, and medrep when it ends at the medium snapshot)."""
+    names = " and ".join(str(folder) for folder in folders)
     return (f"no evaluated snapshot of the {task} training run matched Table 3's medium row in "
             f"its {state.env_steps:,} environment steps; recording the closest candidate, "
             f"{medium['policy_id']} ({medium['share_in_band']:.0%} of its "
             f"{len(medium['returns'])} evaluation episodes in the band), as {task}-medium "
             f"(--record-closest-medium). Its fidelity verdicts show how far it is. To search "
-            f"on, delete {folder} and run the same command with a larger --max-env-steps")
+            f"on, delete {names} (even if only partly written) and run the same command with "
+            f"a larger --max-env-steps")
 
 
 def medrep_end_step(recipe, evaluations, medium_step, episodes=None):

@@ -26,6 +26,7 @@ from collectors.online import CheckpointError
 from lqv_d4rl.cli import main as cli_main
 from lqv_d4rl.dataset import load_dataset
 from lqv_d4rl.errors import DatasetExistsError
+from lqv_d4rl.fidelity import Verdict
 from lqv_d4rl.format import read_manifest, verify_dataset
 from lqv_d4rl.stats import return_statistics
 from lqv_d4rl.tasks import LEVELS
@@ -747,42 +748,87 @@ def test_a_run_that_spends_its_budget_below_the_band_records_nothing_and_can_go_
     assert after["env_steps"] == 160 and after["evaluations"][:len(before)] == before
 
 
-def test_a_spent_budget_records_the_closest_medium_when_asked_and_its_verdicts_show_the_miss(
-        tmp_path):
+def generate_closest(root, recipe, levels=LEVELS):
+    """generate() with ``--record-closest-medium``; the result and the warning it gave."""
     from collectors.generate import generate
 
-    recipe = dataclasses.replace(tiny_state_recipe(), medium_band=(5e8, 1e9), medium_mean=7e8)
-    work = tmp_path / ".work" / f"{TASK}-sac-state-seed1"
     with pytest.warns(UserWarning, match=r"no evaluated snapshot of the .* training run matched "
                                          r"Table 3's medium row in its 120 environment steps; "
-                                         r"recording the closest candidate, sac-seed1-step"):
-        result = generate(TASK, root=tmp_path, seed=1, recipe=recipe, progress=False,
-                          record_closest_medium=True)
-    closest = json.loads((work / "medium-policy.json").read_text())
+                                         r"recording the closest candidate, sac-seed1-step") \
+            as warned:
+        result = generate(TASK, root=root, seed=1, recipe=recipe, progress=False,
+                          record_closest_medium=True, levels=levels)
+    return result, str(warned[0].message)
+
+
+def test_a_spent_budget_records_the_closest_medium_when_asked_and_its_verdicts_show_the_miss(
+        tmp_path):
+    # humanoid_walk's way: random and medrep recorded at the band, no medium match in the budget
+    result, notice = generate_closest(tmp_path, early_recipe())
+    closest = json.loads((tmp_path / ".work" / f"{TASK}-sac-state-seed1" /
+                          "medium-policy.json").read_text())
     medium = tmp_path / f"{TASK}-medium"
+    assert notice.endswith(f"To search on, delete {medium} (even if only partly written) and run "
+                           "the same command with a larger --max-env-steps")
+    assert sorted(shard_hashes(tmp_path)) == [f"{TASK}-{level}" for level in
+                                              ("medium", "medrep", "random")]
     assert verify_dataset(medium, require_complete=True) == []
     policy = read_manifest(medium)["provenance"]["training_run"]["medium_policy"]
     assert policy == {**closest, "recorded_without_match": True} and not policy["in_band"]
     assert load_dataset(medium).policies() == [closest["policy_id"]]
+    assert "medium_policy" not in read_manifest(tmp_path / f"{TASK}-medrep")["provenance"][
+        "training_run"]  # recorded at the band, before the search ended
     info = CliRunner().invoke(cli_main, ["info", str(medium)])
     assert f"note:         {closest['policy_id']} is the medium search's closest candidate" in \
         info.output and "NOT within the tolerances" in info.output
-    assert not result.faithful  # the miss is reported, not hidden
     verdicts = {verdict.statistic: verdict for verdict in result.verdicts["medium"]}
-    assert verdicts["in_band"].value == 0.0 and not verdicts["in_band"].passed
+    assert not verdicts["in_band"].passed  # the miss is reported, not hidden
     again = tmp_path / "again"
-    with pytest.warns(UserWarning):
-        generate(TASK, root=again, seed=1, recipe=recipe, progress=False,
-                 record_closest_medium=True)
+    generate_closest(again, early_recipe())
     assert shard_hashes(again) == shard_hashes(tmp_path)
+
+
+def test_the_closest_medium_names_the_medrep_that_ends_at_it(tmp_path):
+    # cheetah_run's way: medrep ends at the medium snapshot, here the closest candidate
+    recipe = dataclasses.replace(tiny_state_recipe(), medium_band=(-1.0, 1e9), medium_mean=7e8)
+    _, notice = generate_closest(tmp_path, recipe, levels=["medrep", "medium"])
+    medium = read_manifest(tmp_path / f"{TASK}-medium")["provenance"]["training_run"]
+    medrep = read_manifest(tmp_path / f"{TASK}-medrep")["provenance"]["training_run"]
+    assert medrep["medium_policy"] == medium["medium_policy"]
+    assert medrep["medium_policy"]["recorded_without_match"]
+    assert f"delete {tmp_path / (TASK + '-medrep')} and {tmp_path / (TASK + '-medium')} " in notice
+    info = CliRunner().invoke(cli_main, ["info", str(tmp_path / f"{TASK}-medrep")])
+    assert "closest candidate" not in info.output  # the note is the medium level's
+
+
+def test_the_closest_medium_is_refused_where_it_cannot_apply(tmp_path):
+    from collectors.generate import generate
+
+    # The band out of reach: random and medrep are undefined, so nothing is recorded ...
+    recipe = dataclasses.replace(tiny_state_recipe(), medium_band=(5e8, 1e9), medium_mean=7e8,
+                                 medrep_until="band")
+    with pytest.raises(GenerateError, match=rf"Or record the closest candidate as {TASK}-medium "
+                                            r"alone: the same command with --levels medium "
+                                            rf"--record-closest-medium \({TASK}-random and "
+                                            rf"{TASK}-medrep need a run that passed the band\)$"):
+        generate(TASK, root=tmp_path, seed=1, recipe=recipe, progress=False,
+                 record_closest_medium=True)
+    assert not list(tmp_path.glob("*/manifest.json"))
+    # ... but the medium level alone can be, from the same run
+    generate_closest(tmp_path, recipe, levels=["medium"])
+    assert sorted(shard_hashes(tmp_path)) == [f"{TASK}-medium"]
+    with pytest.raises(GenerateError, match="record_closest_medium records the medium level; add "
+                                            "medium to the levels \(--levels random,medium\)"):
+        generate(TASK, root=tmp_path / "no", recipe=recipe, levels=["random"],
+                 record_closest_medium=True)
     with pytest.raises(GenerateError, match="record_closest_medium applies to the sac-state "
                                             "behaviour"):
-        generate(TASK, root=tmp_path / "tia", recipe=tiny_recipe(), record_closest_medium=True)
-    outcome = CliRunner().invoke(cli_main, ["generate", TASK, "--root", str(tmp_path / "tia"),
+        generate(TASK, root=tmp_path / "no", recipe=tiny_recipe(), record_closest_medium=True)
+    outcome = CliRunner().invoke(cli_main, ["generate", TASK, "--root", str(tmp_path / "no"),
                                             "--behaviour", "tia", "--record-closest-medium"])
     assert outcome.exit_code == 1 and "record_closest_medium applies to the sac-state" in \
         outcome.output and "Traceback" not in outcome.output
-    assert not (tmp_path / "tia").exists()
+    assert not (tmp_path / "no").exists()
 
 
 def test_a_training_budget_is_checked_before_anything_is_written(tmp_path):
@@ -840,6 +886,12 @@ def test_the_datasets_benchmark_checks_only_the_levels_asked_for(state_generated
     assert sorted(record["levels"]) == ["medrep", "random"]
     assert record["command"].endswith("--seed 1 --levels random,medrep")
     assert f"FAILED: {TASK}-random, {TASK}-medrep miss" in capsys.readouterr().out
+    outcome = datasets.outcome
+    passed, missed = [Verdict("mean", 1.0, 1.0, 0.0, 2.0)], [Verdict("mean", 3.0, 1.0, 0.0, 2.0)]
+    assert outcome("t", ["random", "medium"], {"random": passed, "medium": missed}) == (
+        "FAILED: t-medium misses Table 3's tolerances (see the table above)", 1)
+    assert outcome("t", ["random", "medium"], {"random": passed, "medium": passed}) == (
+        "PASSED: t-random, t-medium lie within Table 3's tolerances", 0)
     with pytest.raises(SystemExit):
         datasets.main(argv + ["--levels", "expert"])
     assert "'expert': the levels are random, medrep, medium" in capsys.readouterr().err

@@ -250,16 +250,16 @@ def dataset_report(folder: Path) -> dict:
             "code_version": provenance.get("code_version"),
             "created": provenance.get("created"),
             "source": provenance.get("source"),
-            "note": _unmatched_medium_note(provenance),
+            "note": _unmatched_medium_note(manifest.get("level"), provenance),
         },
     }
 
 
-def _unmatched_medium_note(provenance: dict):
+def _unmatched_medium_note(level, provenance: dict):
     """What ``info`` says of a medium level recorded from the closest candidate
     (``generate --record-closest-medium``), else None."""
     medium = (provenance.get("training_run") or {}).get("medium_policy") or {}
-    if not medium.get("recorded_without_match"):
+    if level != "medium" or not medium.get("recorded_without_match"):
         return None
     return (f"{medium['policy_id']} is the medium search's closest candidate when the training "
             f"budget ended: no snapshot matched Table 3's medium row "
