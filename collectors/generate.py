@@ -520,7 +520,8 @@ class GenerateJob:
                                physics_fields=physics_fields(self.task))
         except ValueError as err:
             raise GenerateError(f"{err} (CLI: rerun with the options of the interrupted run, or "
-                                "add --overwrite)") from err
+                                f"delete {folder} to record it again; --overwrite would also "
+                                "restart the training run)") from err
 
     def bar(self, total, initial, description):
         """A tqdm bar (or None without progress)."""

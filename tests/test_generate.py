@@ -788,6 +788,22 @@ def test_a_spent_budget_records_the_closest_medium_when_asked_and_its_verdicts_s
     assert shard_hashes(again) == shard_hashes(tmp_path)
 
 
+def test_a_partly_written_closest_medium_is_kept_when_the_run_has_trained_on(tmp_path):
+    from collectors.generate import generate
+
+    generate_closest(tmp_path, early_recipe())
+    medium = tmp_path / f"{TASK}-medium"
+    manifest = json.loads((medium / "manifest.json").read_text())
+    (medium / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    kept = sorted(path.read_bytes() for path in medium.iterdir())
+    with pytest.warns(UserWarning), pytest.raises(
+            GenerateError, match=rf"delete {medium} to record it again; --overwrite would also "
+                                 r"restart the training run\)$"):
+        generate(TASK, root=tmp_path, seed=1, recipe=early_recipe(), progress=False,
+                 record_closest_medium=True, max_env_steps=240)  # the run trains on: 240 steps
+    assert sorted(path.read_bytes() for path in medium.iterdir()) == kept
+
+
 def test_the_closest_medium_names_the_medrep_that_ends_at_it(tmp_path):
     # cheetah_run's way: medrep ends at the medium snapshot, here the closest candidate
     recipe = dataclasses.replace(tiny_state_recipe(), medium_band=(-1.0, 1e9), medium_mean=7e8)
