@@ -1456,7 +1456,7 @@ def budget_spent_message(task, state, medium, recipe, unrecorded, unsettled=()):
 
 def closest_medium_hint(task, unrecorded, unsettled):
     """The budget-spent message's last sentence: how ``--record-closest-medium`` would record
-    the medium level (nothing when it is not asked for)."""
+    the medium level (nothing when medium is not among the ``unrecorded`` levels)."""
     if "medium" not in unrecorded:
         return ""
     if unsettled:
